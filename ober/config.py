@@ -1,0 +1,641 @@
+"""The node configuration model: everything one node needs, typed, validated once at load.
+
+A node's ``ober.yaml`` and an inventory's resolved node are read by the same :func:`parse_node_config`, so the
+fleet side and the node side share one schema. Secrets are only *referenced* here by name; their values live
+in the secrets file (see :mod:`ober.secrets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ober.errors import ConfigError
+from ober.hostlists import check_host, expand, is_ipv4
+from ober.schema import NAME, NAME_HINT, Fields, type_name
+
+DEFAULT_INSTALL_PATH = "/opt/ober"
+CONFIG_RELATIVE = "etc/ober.yaml"
+
+# Absolute paths with no spaces, quotes, '..' or anything a template or shell would read as syntax.
+_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*$")
+_PATH_HINT = "an absolute path of letters, digits and . _ + - only, e.g. /opt/ober/etc/certs/s3.pem"
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%:+-]*$")
+_COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}$")
+_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+_URL = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d+)?(?:/[A-Za-z0-9._~/%+-]*)?$")
+_USER = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+NETWORK_MANAGERS = ("netplan", "networkd", "networkmanager")
+KERNEL_PROFILES = ("default", "throughput", "none")
+HTTP_MODES = ("redirect", "serve", "off")
+CHECK_METHODS = ("GET", "HEAD", "OPTIONS")
+OLDEST_HAPROXY = (2, 6)
+
+
+@dataclass(frozen=True)
+class DrainPolicy:
+    """Make-before-break drain: re-announce less preferred for ``delay`` seconds, then withdraw."""
+
+    community: str | None
+    med: int | None
+    delay: float
+
+
+@dataclass(frozen=True)
+class Bgp:
+    """The BGP session(s) from this node to its upstream routers."""
+
+    local_as: int
+    peer_as: int
+    router_id: str
+    local_address: str
+    neighbors: tuple[str, ...]
+    hold_time: int
+    md5_secret: str | None
+    graceful_restart: int
+    drain: DrainPolicy | None
+
+
+@dataclass(frozen=True)
+class Vip:
+    """A service address announced by BGP, served by one backend group."""
+
+    name: str
+    address: str
+    backend: str
+
+
+@dataclass(frozen=True)
+class Server:
+    """One RGW server of a backend group."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How HAProxy checks each RGW server."""
+
+    method: str
+    path: str
+    expect_status: int
+    interval: float
+    rise: int
+    fall: int
+
+
+@dataclass(frozen=True)
+class BackendTls:
+    """TLS from HAProxy to the RGW servers."""
+
+    enabled: bool
+    verify: bool
+    ca_file: str | None
+
+
+@dataclass(frozen=True)
+class BackendGroup:
+    """A set of RGW servers of one Ceph cluster."""
+
+    name: str
+    servers: tuple[Server, ...]
+    check: HealthCheck
+    tls: BackendTls
+
+
+@dataclass(frozen=True)
+class Acme:
+    """Certificates obtained by ACME instead of a PEM given by the admin."""
+
+    email: str
+    directory: str
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """TLS on the VIPs: a PEM file, a directory of PEMs (SNI), or ACME; and what plain HTTP does."""
+
+    pem: str | None
+    acme: Acme | None
+    http: str
+
+    def crt_path(self, install_path: str) -> str:
+        """The file or directory HAProxy's ``crt`` reads."""
+        return self.pem if self.pem else f"{install_path}/etc/certs/acme"
+
+
+@dataclass(frozen=True)
+class Health:
+    """The health state machine's timing, and the maintenance switch."""
+
+    interval: float
+    rise: int
+    fall: int
+    timeout: float
+    drain_timeout: float
+    maintenance_file: str
+
+
+@dataclass(frozen=True)
+class StatsAuth:
+    """Basic auth on the stats page; the password is a secret referenced by name."""
+
+    user: str
+    password_secret: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The stats/metrics listener."""
+
+    bind: str
+    port: int
+    auth: StatsAuth | None
+
+
+@dataclass(frozen=True)
+class Whitelists:
+    """Who may talk to this node; empty means anyone. Entries are IPv4 addresses, networks or hostnames."""
+
+    routers: tuple[str, ...]
+    frontend_http: tuple[str, ...]
+    backend_http: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Logs:
+    """journald retention for ober's units."""
+
+    retention: float
+    max_use_mb: int
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the VIPs are put on the node: a dummy interface managed by the node's network stack."""
+
+    interface: str
+    manager: str
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """HAProxy timeouts in seconds; client and server are inactivity timeouts, long for slow uploads."""
+
+    connect: float
+    client: float
+    server: float
+    http_request: float
+    http_keep_alive: float
+    queue: float
+
+
+@dataclass(frozen=True)
+class HAProxy:
+    """HAProxy process settings, and the version the config targets (newer directives only when supported)."""
+
+    version: str
+    maxconn: int
+    hard_stop_after: float
+    timeouts: Timeouts
+
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        """The target version as ``(major, minor)``."""
+        major, minor = self.version.split(".")
+        return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one ober node needs. Build it with :func:`parse_node_config` or :func:`load_config`."""
+
+    name: str
+    install_path: str
+    bgp: Bgp
+    vips: tuple[Vip, ...]
+    backends: tuple[BackendGroup, ...]
+    certificates: Certificates
+    health: Health
+    stats: Stats
+    whitelists: Whitelists
+    logs: Logs
+    kernel_profile: str
+    network: Network
+    haproxy: HAProxy
+
+    def backend(self, name: str) -> BackendGroup:
+        """The backend group called ``name``."""
+        return next(group for group in self.backends if group.name == name)
+
+    def secret_names(self) -> list[str]:
+        """The names of the secrets this config refers to."""
+        names = [self.bgp.md5_secret] if self.bgp.md5_secret else []
+        if self.stats.auth:
+            names.append(self.stats.auth.password_secret)
+        return names
+
+
+def _path(fields: Fields, key: str, default: str | None = None) -> str | None:
+    if default is None and not fields.has(key):
+        fields.raw(key, None)
+        return None
+    return fields.string(key, default if default is not None else "", pattern=_PATH, hint=_PATH_HINT)
+
+
+def _secret_ref(fields: Fields, key: str) -> str | None:
+    if not fields.has(key):
+        fields.raw(key, None)
+        return None
+    return fields.string(key, pattern=NAME, hint=f"name a key of the secrets file; {NAME_HINT}")
+
+
+def _parse_drain(fields: Fields) -> DrainPolicy | None:
+    if not fields.has("drain"):
+        fields.raw("drain", None)
+        return None
+    drain = fields.section("drain")
+    community = drain.string("community", "") or None
+    if community is not None and (
+        not _COMMUNITY.match(community) or any(int(part) > 65535 for part in community.split(":"))
+    ):
+        raise ConfigError(
+            f"{drain.at('community')}: {community!r} is not a BGP community",
+            "write ASN:VALUE, e.g. 65535:0 (GRACEFUL_SHUTDOWN, RFC 8326)",
+        )
+    med = drain.integer("med", -1, low=-1, high=4294967295)
+    policy = DrainPolicy(
+        community=community,
+        med=None if med < 0 else med,
+        delay=drain.duration("delay", 5.0, low=0.0, high=600.0),
+    )
+    drain.done()
+    if policy.community is None and policy.med is None:
+        raise ConfigError(
+            f"{fields.at('drain')}: give a community, a med, or both",
+            "or remove 'drain:' to withdraw at once",
+        )
+    return policy
+
+
+def _parse_bgp(fields: Fields) -> Bgp:
+    neighbors = tuple(fields.hosts("neighbors", ipv4_only=True))
+    if not neighbors:
+        raise ConfigError(f"{fields.at('neighbors')}: at least one neighbor is needed", "list the routers' addresses")
+    router_id = fields.ipv4("router_id")
+    bgp = Bgp(
+        local_as=fields.integer("local_as", 65001, low=1, high=4294967295),
+        peer_as=fields.integer("peer_as", 65000, low=1, high=4294967295),
+        router_id=router_id,
+        local_address=fields.ipv4("local_address", router_id),
+        neighbors=neighbors,
+        hold_time=fields.integer("hold_time", 3, low=3, high=65535),
+        md5_secret=_secret_ref(fields, "md5_secret"),
+        graceful_restart=fields.integer("graceful_restart", 0, low=0, high=4095),
+        drain=_parse_drain(fields),
+    )
+    fields.done()
+    if bgp.local_address in neighbors:
+        raise ConfigError(
+            f"{fields.at('local_address')}: {bgp.local_address} is also a neighbor",
+            "use this node's own address",
+        )
+    return bgp
+
+
+def _parse_server(entry: str, port: int, where: str) -> Server:
+    host, _, port_text = entry.partition(":")
+    check_host(host, where)
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"{where}: bad port in {entry!r}", "write host:port with a port from 1 to 65535")
+        port = int(port_text)
+    return Server(name=f"{host}-{port}".replace(".", "_"), host=host, port=port)
+
+
+def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
+    port = fields.integer("port", 7480, low=1, high=65535)
+    raw = fields.raw("servers")
+    if not isinstance(raw, (str, list)):
+        raise ConfigError(f"{fields.at('servers')}: expected a hostlist or a list, got {type_name(raw)}")
+    # Expand with the ports still attached (rgw[1-2]:7480), then split host from port and check each.
+    entries = expand(raw, fields.at("servers"), check=False)
+    servers = tuple(_parse_server(entry, port, fields.at("servers")) for entry in entries)
+    if not servers:
+        raise ConfigError(f"{fields.at('servers')}: no servers", "list the RGW servers, e.g. rgw[1-2]:7480")
+    check_fields = fields.section("check")
+    check = HealthCheck(
+        method=check_fields.choice("method", CHECK_METHODS, "GET"),
+        path=check_fields.string("path", "/", pattern=_URL_PATH, hint="a URL path like / or /swift/healthcheck"),
+        expect_status=check_fields.integer("expect_status", 200, low=100, high=599),
+        interval=check_fields.duration("interval", health.interval, low=0.1, high=3600.0),
+        rise=check_fields.integer("rise", health.rise, low=1, high=100),
+        fall=check_fields.integer("fall", health.fall, low=1, high=100),
+    )
+    check_fields.done()
+    tls_fields = fields.section("tls")
+    tls = BackendTls(
+        enabled=tls_fields.boolean("enabled", False),
+        verify=tls_fields.boolean("verify", True),
+        ca_file=_path(tls_fields, "ca_file"),
+    )
+    tls_fields.done()
+    fields.done()
+    return BackendGroup(name=name, servers=servers, check=check, tls=tls)
+
+
+def _parse_vips(fields: Fields, groups: tuple[BackendGroup, ...]) -> tuple[Vip, ...]:
+    vips: list[Vip] = []
+    known = [group.name for group in groups]
+    for item in fields.sections("vips"):
+        address = item.ipv4("address")
+        default_name = "vip-" + address.replace(".", "-")
+        vip = Vip(name=item.name("name", default_name), address=address, backend=item.name("backend"))
+        item.done()
+        if vip.backend not in known:
+            raise ConfigError(
+                f"{item.at('backend')}: no backend group named {vip.backend!r}",
+                f"use one of: {', '.join(known)}" if known else "define it under 'backends:'",
+            )
+        for other in vips:
+            if other.address == vip.address:
+                raise ConfigError(f"{item.at('address')}: VIP {vip.address} is listed twice", "list each VIP once")
+            if other.name == vip.name:
+                raise ConfigError(
+                    f"{item.at('name')}: VIP name {vip.name!r} is used twice", "give each VIP its own name"
+                )
+        vips.append(vip)
+    if not vips:
+        raise ConfigError("vips: at least one VIP is needed", "add '- {address: 198.51.100.100, backend: NAME}'")
+    return tuple(vips)
+
+
+def _parse_whitelist(fields: Fields, key: str) -> tuple[str, ...]:
+    raw = fields.raw(key, [])
+    if not isinstance(raw, (str, list)):
+        raise ConfigError(f"{fields.at(key)}: expected a hostlist or a list, got {type_name(raw)}")
+    items = [raw] if isinstance(raw, str) else raw
+    entries: list[str] = []
+    for item in items:
+        if isinstance(item, str) and "/" in item:
+            entries.append(_network(item, fields.at(key)))
+        else:
+            entries.extend(expand([item], fields.at(key)))
+    return tuple(entries)
+
+
+def _network(text: str, where: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(text, strict=False))
+    except ValueError:
+        raise ConfigError(f"{where}: {text!r} is not an IPv4 network", "write it like 198.51.100.0/24") from None
+
+
+def whitelist_covers(entries: tuple[str, ...], address: str) -> bool:
+    """Tell whether an address is in a whitelist (names count as covering nothing until resolved)."""
+    ip = ipaddress.IPv4Address(address)
+    for entry in entries:
+        if "/" in entry and ip in ipaddress.IPv4Network(entry):
+            return True
+        if is_ipv4(entry) and ipaddress.IPv4Address(entry) == ip:
+            return True
+    return False
+
+
+def parse_node_config(data: object, where: str = "") -> NodeConfig:
+    """Validate a node configuration mapping (as read from ``ober.yaml``) into a :class:`NodeConfig`.
+
+    Args:
+        data: the parsed YAML.
+        where: a prefix for error messages (a file name, or an inventory node).
+
+    Raises:
+        ConfigError: naming the exact field and the fix.
+    """
+    try:
+        return _parse(Fields(data))
+    except ConfigError as exc:
+        if where:
+            raise ConfigError(f"{where}: {exc.message}", exc.fix) from None
+        raise
+
+
+def _parse(top: Fields) -> NodeConfig:
+    name = check_host(top.string("name"), "name")
+    install_path = _path(top, "install_path", DEFAULT_INSTALL_PATH) or DEFAULT_INSTALL_PATH
+
+    health_fields = top.section("health")
+    health = Health(
+        interval=health_fields.duration("interval", 1.0, low=0.1, high=3600.0),
+        rise=health_fields.integer("rise", 2, low=1, high=100),
+        fall=health_fields.integer("fall", 3, low=1, high=100),
+        timeout=health_fields.duration("timeout", 2.0, low=0.1, high=60.0),
+        drain_timeout=health_fields.duration("drain_timeout", 300.0, low=0.0, high=86400.0),
+        maintenance_file=_path(health_fields, "maintenance_file", f"{install_path}/etc/maintenance") or "",
+    )
+    health_fields.done()
+
+    bgp = _parse_bgp(top.section("bgp"))
+    groups = tuple(_parse_backend(group_name, fields, health) for group_name, fields in top.named_sections("backends"))
+    if not groups:
+        raise ConfigError(
+            "backends: at least one backend group is needed",
+            "add 'backends: {ceph-a: {servers: rgw[1-2]:7480}}'",
+        )
+    vips = _parse_vips(top, groups)
+
+    cert_fields = top.section("certificates")
+    acme: Acme | None = None
+    if cert_fields.has("acme"):
+        acme_fields = cert_fields.section("acme")
+        acme = Acme(
+            email=acme_fields.string("email", pattern=_EMAIL, hint="an e-mail address"),
+            directory=acme_fields.string(
+                "directory",
+                "https://acme-v02.api.letsencrypt.org/directory",
+                pattern=_URL,
+                hint="an https:// URL",
+            ),
+            domains=tuple(acme_fields.hosts("domains")),
+        )
+        acme_fields.done()
+    else:
+        cert_fields.raw("acme", None)
+    certificates = Certificates(
+        pem=_path(cert_fields, "pem"), acme=acme, http=cert_fields.choice("http", HTTP_MODES, "redirect")
+    )
+    cert_fields.done()
+    if (certificates.pem is None) == (certificates.acme is None):
+        raise ConfigError(
+            "certificates: give exactly one of 'pem' (a file or directory of PEMs) or 'acme'",
+            "e.g. certificates: {pem: /opt/ober/etc/certs/s3.pem}",
+        )
+
+    stats_fields = top.section("stats")
+    auth: StatsAuth | None = None
+    if stats_fields.has("auth"):
+        auth_fields = stats_fields.section("auth")
+        auth = StatsAuth(
+            user=auth_fields.string("user", "admin", pattern=_USER, hint="letters, digits, '.', '_' or '-'"),
+            password_secret=_secret_ref(auth_fields, "password_secret") or "",
+        )
+        if not auth.password_secret:
+            raise ConfigError(
+                f"{auth_fields.at('password_secret')}: required",
+                "name the secret that holds the stats password",
+            )
+        auth_fields.done()
+    else:
+        stats_fields.raw("auth", None)
+    stats = Stats(
+        # Scraped from other hosts; whitelists.backend_http limits who may connect.
+        bind=stats_fields.ipv4("bind", "0.0.0.0"),  # noqa: S104
+        port=stats_fields.integer("port", 8404, low=1, high=65535),
+        auth=auth,
+    )
+    stats_fields.done()
+    if stats.port in (80, 443):
+        raise ConfigError(f"stats.port: {stats.port} is used by the S3 frontends", "use another port, e.g. 8404")
+
+    wl_fields = top.section("whitelists")
+    whitelists = Whitelists(
+        routers=_parse_whitelist(wl_fields, "routers"),
+        frontend_http=_parse_whitelist(wl_fields, "frontend_http"),
+        backend_http=_parse_whitelist(wl_fields, "backend_http"),
+    )
+    wl_fields.done()
+    if whitelists.routers and all("/" in e or is_ipv4(e) for e in whitelists.routers):
+        for neighbor in bgp.neighbors:
+            if not whitelist_covers(whitelists.routers, neighbor):
+                raise ConfigError(
+                    f"whitelists.routers: BGP neighbor {neighbor} is not in it",
+                    "add the neighbor to whitelists.routers, or empty the list",
+                )
+
+    log_fields = top.section("logs")
+    logs = Logs(
+        retention=log_fields.duration("retention", 14 * 86400.0, low=3600.0, high=3650 * 86400.0),
+        max_use_mb=log_fields.integer("max_use_mb", 1024, low=16, high=1048576),
+    )
+    log_fields.done()
+
+    net_fields = top.section("network")
+    network = Network(
+        interface=net_fields.string(
+            "interface",
+            "ober0",
+            pattern=re.compile(r"^[a-z][a-z0-9_-]{0,14}$"),
+            hint="a Linux interface name of at most 15 characters",
+        ),
+        manager=net_fields.choice("manager", NETWORK_MANAGERS, "networkd"),
+    )
+    net_fields.done()
+
+    haproxy = _parse_haproxy(top.section("haproxy"))
+    config = NodeConfig(
+        name=name,
+        install_path=install_path,
+        bgp=bgp,
+        vips=vips,
+        backends=groups,
+        certificates=certificates,
+        health=health,
+        stats=stats,
+        whitelists=whitelists,
+        logs=logs,
+        kernel_profile=top.choice("kernel_profile", KERNEL_PROFILES, "default"),
+        network=network,
+        haproxy=haproxy,
+    )
+    top.done()
+    for vip in vips:
+        if vip.address == bgp.local_address or vip.address in bgp.neighbors:
+            raise ConfigError(
+                f"vips: {vip.address} is also a BGP address of this node or a neighbor",
+                "give the VIP its own address",
+            )
+    return config
+
+
+def _parse_haproxy(fields: Fields) -> HAProxy:
+    version = fields.string("version", "2.6", pattern=_VERSION, hint="MAJOR.MINOR, e.g. 2.6 or 3.0")
+    major, minor = (int(part) for part in version.split("."))
+    if (major, minor) < OLDEST_HAPROXY:
+        raise ConfigError(f"haproxy.version: {version} is too old", "ober needs HAProxy 2.6 or newer")
+    t = fields.section("timeouts")
+    timeouts = Timeouts(
+        connect=t.duration("connect", 5.0, low=0.1, high=600.0),
+        client=t.duration("client", 900.0, low=1.0, high=86400.0),
+        server=t.duration("server", 900.0, low=1.0, high=86400.0),
+        http_request=t.duration("http_request", 30.0, low=1.0, high=3600.0),
+        http_keep_alive=t.duration("http_keep_alive", 60.0, low=1.0, high=3600.0),
+        queue=t.duration("queue", 60.0, low=1.0, high=3600.0),
+    )
+    t.done()
+    haproxy = HAProxy(
+        version=f"{major}.{minor}",
+        maxconn=fields.integer("maxconn", 100000, low=100, high=10000000),
+        hard_stop_after=fields.duration("hard_stop_after", 3600.0, low=1.0, high=7 * 86400.0),
+        timeouts=timeouts,
+    )
+    fields.done()
+    return haproxy
+
+
+def read_yaml(path: Path) -> Any:
+    """Read a YAML file safely; syntax errors name the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", "check the path, or create it with 'ober config'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{place}: YAML syntax error: {problem}", "fix the YAML at that line") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a node's ``ober.yaml``."""
+    path = Path(path)
+    return parse_node_config(read_yaml(path), str(path))
+
+
+def config_to_dict(config: NodeConfig) -> dict[str, Any]:
+    """The YAML form of a config; :func:`parse_node_config` reads it back to an equal config."""
+    data: dict[str, Any] = _plain(dataclasses.asdict(config))
+    data["backends"] = {
+        group.pop("name"): {**group, "servers": [f"{s['host']}:{s['port']}" for s in group["servers"]]}
+        for group in data["backends"]
+    }
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists and None-valued keys dropped, recursively, so the YAML stays short."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items() if item is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def dump_config(config: NodeConfig) -> str:
+    """Render a config as ``ober.yaml`` text (no secrets: they are only referenced by name)."""
+    header = "# ober node configuration. Secrets are referenced by name and live in the secrets file.\n"
+    return header + yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,210 @@
+"""Rendering: a node config (plus the secrets it references) in, the node's files out.
+
+Pure and deterministic: no I/O besides reading templates, the same input gives byte-identical output, so a content
+hash tells whether a node has drifted. Templates hold layout; the decisions (which files, which paths, which
+directives for which HAProxy version) are made here and handed to the templates as plain values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ober.config import NodeConfig, dump_config
+from ober.errors import RenderError
+from ober.hostlists import is_ipv4
+from ober.secrets import pick
+
+TEMPLATES_HINT = "reinstall ober: its templates are missing"
+
+
+def templates_dir() -> Path:
+    """Where the templates are: inside the installed package, or the source tree's ``templates/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise RenderError("ober's templates directory is missing", TEMPLATES_HINT)
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    # Config files, not HTML: values are validated before they get here, and escaping would corrupt them.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701
+    )
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file for a node: where it goes, what it holds, and its mode (0600 for anything with a secret)."""
+
+    path: str
+    content: str
+    mode: int
+
+    @property
+    def sha256(self) -> str:
+        """The content hash."""
+        return hashlib.sha256(self.content.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """All files of one node, sorted by path."""
+
+    node: str
+    files: tuple[RenderedFile, ...]
+
+    def file(self, path: str) -> RenderedFile:
+        """The file at ``path`` (an absolute path on the node)."""
+        for item in self.files:
+            if item.path == path:
+                return item
+        raise KeyError(path)
+
+    @property
+    def digest(self) -> str:
+        """One hash over every file's path, mode and content: equal digests mean nothing to push."""
+        total = hashlib.sha256()
+        for item in self.files:
+            total.update(f"{item.path}\0{item.mode:o}\0{item.sha256}\n".encode())
+        return total.hexdigest()
+
+
+def seconds(value: float) -> str:
+    """A duration as HAProxy and systemd read it: ``5s`` when whole, else milliseconds."""
+    millis = round(value * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
+    """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
+    etc = f"{config.install_path}/etc"
+    run = f"{config.install_path}/run"
+    base = {
+        "config": f"{etc}/ober.yaml",
+        "haproxy_cfg": f"{etc}/haproxy.cfg",
+        "exabgp_conf": f"{etc}/exabgp.conf",
+        "secrets_env": f"{etc}/secrets.env",
+        "whitelist_dir": f"{etc}/whitelist",
+        "crt": config.certificates.crt_path(config.install_path),
+        "run_dir": run,
+        "admin_socket": f"{run}/haproxy.sock",
+        "pid_file": f"{run}/haproxy.pid",
+        "venv": f"{config.install_path}/venv",
+        "maintenance_file": config.health.maintenance_file,
+    }
+    return {key: root + value for key, value in base.items()}
+
+
+def _whitelist(entries: tuple[str, ...], field: str) -> list[str]:
+    for entry in entries:
+        if "/" not in entry and not is_ipv4(entry):
+            raise RenderError(
+                f"whitelists.{field}: {entry!r} is a name, not an address",
+                "resolve names first (ober render and ober sync do; from Python use ober.resolve_whitelists)",
+            )
+    return list(entries)
+
+
+def _context(config: NodeConfig, secrets: Mapping[str, str], root: str) -> dict[str, Any]:
+    version = config.haproxy.version_tuple
+    whitelists = {
+        "routers": _whitelist(config.whitelists.routers, "routers"),
+        "frontend_http": _whitelist(config.whitelists.frontend_http, "frontend_http"),
+        "backend_http": _whitelist(config.whitelists.backend_http, "backend_http"),
+    }
+    p = paths(config, root)
+    tls_ca = {
+        group.name: (root + group.tls.ca_file) if group.tls.ca_file else "/etc/ssl/certs/ca-certificates.crt"
+        for group in config.backends
+    }
+    return {
+        "c": config,
+        "p": p,
+        "secrets": secrets,
+        "whitelists": whitelists,
+        "whitelist_file": {name: f"{p['whitelist_dir']}/{name.replace('_', '-')}.lst" for name in whitelists},
+        "tls_ca": tls_ca,
+        "seconds": seconds,
+        # HAProxy 2.8 added ssl-default-bind-curves; older versions take the OpenSSL default groups.
+        "haproxy_has_curves": version >= (2, 8),
+        "groups_in_use": sorted({vip.backend for vip in config.vips}),
+    }
+
+
+def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]]:
+    """Which template goes where, with which mode: ``template#variant`` renders one template several ways."""
+    iface = config.network.interface
+    plan = [
+        ("haproxy/haproxy.cfg.j2", p["haproxy_cfg"], 0o644),
+        # The MD5 password, when set, is in the ExaBGP config: keep it private.
+        ("exabgp/exabgp.conf.j2", p["exabgp_conf"], 0o600),
+        ("secrets.env.j2", p["secrets_env"], 0o600),
+        ("systemd/ober-http.service.j2", "/etc/systemd/system/ober-http.service", 0o644),
+        ("systemd/ober-bgp.service.j2", "/etc/systemd/system/ober-bgp.service", 0o644),
+        ("sysctl.conf.j2", "/etc/sysctl.d/90-ober.conf", 0o644),
+        ("journald.conf.j2", "/etc/systemd/journald.conf.d/90-ober.conf", 0o644),
+    ]
+    for name in ("routers", "frontend-http", "backend-http"):
+        plan.append((f"whitelist.lst.j2#{name.replace('-', '_')}", f"{p['whitelist_dir']}/{name}.lst", 0o644))
+    if config.network.manager == "netplan":
+        plan.append(("network/netplan.yaml.j2", f"/etc/netplan/60-{iface}.yaml", 0o600))
+    elif config.network.manager == "networkd":
+        plan.append(("network/networkd.netdev.j2", f"/etc/systemd/network/60-{iface}.netdev", 0o644))
+        plan.append(("network/networkd.network.j2", f"/etc/systemd/network/60-{iface}.network", 0o644))
+    else:
+        plan.append(
+            (
+                "network/networkmanager.nmconnection.j2",
+                f"/etc/NetworkManager/system-connections/{iface}.nmconnection",
+                0o600,
+            )
+        )
+    return plan
+
+
+def render_node(config: NodeConfig, secrets: Mapping[str, str] | None = None, *, root: str = "") -> Rendered:
+    """Render every file of one node.
+
+    Args:
+        config: the validated node config.
+        secrets: secret values by name; only those the config references are used (and they must be there).
+        root: a prefix for every path *inside* the files, for validating a copy in a scratch directory. The
+            files' own ``path`` stay the real node paths.
+
+    Returns:
+        The node's files, sorted by path; ``ober.yaml`` itself included.
+
+    Raises:
+        RenderError: a whitelist still holds unresolved names, or a template failed.
+        SecretsError: a referenced secret is missing.
+    """
+    used = pick(secrets or {}, config.secret_names())
+    context = _context(config, used, root)
+    files = [RenderedFile(paths(config)["config"], dump_config(config), 0o644)]
+    for template, path, mode in _plan(config, paths(config)):
+        name, _, variant = template.partition("#")
+        files.append(RenderedFile(path, _render(name, {**context, "variant": variant}), mode))
+    return Rendered(node=config.name, files=tuple(sorted(files, key=lambda item: item.path)))
+
+
+def _render(name: str, context: Mapping[str, Any]) -> str:
+    try:
+        return _environment().get_template(name).render(context)
+    except jinja2.TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{name}:{line}" if line else name
+        raise RenderError(f"template {where}: {exc.message or exc}", TEMPLATES_HINT) from None

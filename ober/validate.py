@@ -1,0 +1,211 @@
+"""Check rendered files with the real tools: ``haproxy -c`` and ``exabgp validate``.
+
+The files are rendered a second time into a scratch tree (every path inside them prefixed by the scratch
+directory), so the check reads exactly what the node would, without touching the node's real paths. Files the
+node has but this machine may not (the TLS certificate, a backend CA, the ``ober`` program ExaBGP runs) are copied
+from their real path when present, else replaced by placeholders, and the result says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ober.config import NodeConfig
+from ober.errors import RenderError
+from ober.render import paths, render_node
+
+CHECK_TIMEOUT = 60.0
+
+
+@dataclass
+class CheckResult:
+    """What a check found: warnings from the tool, and what was stood in by placeholders."""
+
+    tool: str
+    warnings: list[str] = field(default_factory=list)
+    placeholders: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """How to run a checker: the command, and optionally a root directory it runs chrooted in.
+
+    With ``chroot`` set (a Debian image holding another HAProxy version), the scratch tree is made inside it.
+    """
+
+    command: tuple[str, ...]
+    chroot: Path | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        """The full command line."""
+        prefix = ["chroot", str(self.chroot)] if self.chroot else []
+        return [*prefix, *self.command, *args]
+
+
+HAPROXY = Tool(("haproxy",))
+EXABGP = Tool(("exabgp",))
+
+
+def _placeholder_pem(target: Path) -> None:
+    """A throwaway self-signed certificate with its key, for a syntax check only."""
+    with tempfile.TemporaryDirectory() as work:
+        key, crt = Path(work, "key.pem"), Path(work, "crt.pem")
+        _run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=ober-placeholder",
+                "-days",
+                "2",
+                "-keyout",
+                str(key),
+                "-out",
+                str(crt),
+            ],
+            "openssl",
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(crt.read_text() + key.read_text())
+
+
+def _stage_file(real: str, scratch: Path, result: CheckResult, make: str) -> None:
+    """Copy ``real`` into the scratch tree, or make a placeholder of kind ``make`` there."""
+    target = scratch / real.lstrip("/")
+    source = Path(real)
+    if source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return
+    if source.is_dir() and any(source.glob("*.pem")):
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return
+    result.placeholders.append(real)
+    if make == "program":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("#!/bin/sh\nexit 0\n")
+        target.chmod(0o755)
+    elif make == "pem-dir":
+        _placeholder_pem(target / "placeholder.pem")
+    else:
+        _placeholder_pem(target)
+
+
+def _run(argv: list[str], tool: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT, env=env, check=False)
+    except FileNotFoundError:
+        raise RenderError(f"{tool} is not installed here", f"install {tool}, or skip the check") from None
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"{tool} did not finish in {CHECK_TIMEOUT:.0f}s") from None
+
+
+class _Scratch:
+    """A scratch tree holding one node's files, seen by the tool at ``root``."""
+
+    def __init__(self, tool: Tool) -> None:
+        base = (tool.chroot / "tmp") if tool.chroot else None
+        self.host_dir = Path(tempfile.mkdtemp(prefix="ober-check-", dir=base))
+        # Inside the chroot the same directory is seen under /tmp.
+        self.root = "/tmp/" + self.host_dir.name if tool.chroot else str(self.host_dir)  # noqa: S108
+
+    def write(self, config: NodeConfig, secrets: Mapping[str, str]) -> None:
+        for item in render_node(config, secrets, root=self.root).files:
+            target = self.host_dir / item.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(item.content)
+            target.chmod(item.mode)
+
+    def unscratch(self, text: str) -> str:
+        """Tool output with scratch paths turned back into the node's real paths."""
+        return text.replace(self.root, "")
+
+    def close(self) -> None:
+        shutil.rmtree(self.host_dir, ignore_errors=True)
+
+
+def _lines(text: str, marker: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if marker in line]
+
+
+def check_haproxy(config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool = HAPROXY) -> CheckResult:
+    """Run ``haproxy -c`` on the node's rendered ``haproxy.cfg``.
+
+    Raises:
+        RenderError: HAProxy rejected the config; the message quotes its first alert.
+    """
+    secrets = secrets or {}
+    result = CheckResult(tool="haproxy")
+    scratch = _Scratch(tool)
+    try:
+        scratch.write(config, secrets)
+        crt = paths(config)["crt"]
+        _stage_file(
+            crt, scratch.host_dir, result, "pem" if config.certificates.pem and crt.endswith(".pem") else "pem-dir"
+        )
+        for group in config.backends:
+            if group.tls.enabled and group.tls.verify and group.tls.ca_file:
+                _stage_file(group.tls.ca_file, scratch.host_dir, result, "pem")
+        env = dict(os.environ)
+        if config.stats.auth:
+            env["OBER_STATS_PASSWORD"] = secrets.get(config.stats.auth.password_secret, "")
+        cfg = paths(config, scratch.root)["haproxy_cfg"]
+        done = _run(tool.argv("-c", "-f", cfg), "haproxy", env)
+        output = scratch.unscratch(done.stdout + done.stderr)
+        if done.returncode != 0:
+            alerts = _lines(output, "[ALERT]") or output.strip().splitlines()[-1:] or ["no output"]
+            raise RenderError(
+                f"haproxy -c rejected {paths(config)['haproxy_cfg']}: {alerts[0]}",
+                "fix the config value it names; see 'haproxy -c' output for more",
+            )
+        result.warnings = _lines(output, "[WARNING]")
+        return result
+    finally:
+        scratch.close()
+
+
+def check_exabgp(config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool = EXABGP) -> CheckResult:
+    """Run ``exabgp validate`` on the node's rendered ExaBGP configuration.
+
+    Raises:
+        RenderError: ExaBGP rejected the config; the message quotes its reason.
+    """
+    result = CheckResult(tool="exabgp")
+    scratch = _Scratch(tool)
+    try:
+        scratch.write(config, secrets or {})
+        _stage_file(f"{paths(config)['venv']}/bin/ober", scratch.host_dir, result, "program")
+        conf = paths(config, scratch.root)["exabgp_conf"]
+        done = _run(tool.argv("validate", "-n", conf), "exabgp")
+        if done.returncode != 0:
+            output = scratch.unscratch(done.stdout + done.stderr)
+            reasons = [line for line in output.splitlines() if line.strip() and not line.startswith("configuration")]
+            reason = "; ".join(line.strip() for line in reasons[-3:]) or "no output"
+            raise RenderError(
+                f"exabgp rejected {paths(config)['exabgp_conf']}: {reason}", "fix the BGP settings it names"
+            )
+        return result
+    finally:
+        scratch.close()
+
+
+def check_all(
+    config: NodeConfig,
+    secrets: Mapping[str, str] | None = None,
+    tools: Sequence[tuple[str, Tool]] = (("haproxy", HAPROXY), ("exabgp", EXABGP)),
+) -> list[CheckResult]:
+    """Run every checker named in ``tools``."""
+    checks = {"haproxy": check_haproxy, "exabgp": check_exabgp}
+    return [checks[name](config, secrets, tool) for name, tool in tools]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
 from ober.errors import ConfigError
-from ober.hostlists import expand, is_ipv4
+from ober.hostlists import check_host, expand, is_ipv4
 
 T = TypeVar("T")
 
@@ -183,12 +183,14 @@ class Fields:
         for index, item in enumerate(self.listed(key, default)):
             yield Fields(item, f"{self.at(key)}[{index}]")
 
-    def named_sections(self, key: str) -> Iterator[tuple[str, Fields]]:
-        """Each ``name: mapping`` entry of a mapping, the names checked as identifiers."""
+    def named_sections(self, key: str, *, hostnames: bool = False) -> Iterator[tuple[str, Fields]]:
+        """Each ``name: mapping`` entry of a mapping; names are checked as identifiers (or as hostnames)."""
         outer = self.section(key)
         for name in outer.names():
             outer._read.add(name)
-            if not NAME.match(name):
+            if hostnames:
+                check_host(name, outer.at(name))
+            elif not NAME.match(name):
                 raise ConfigError(f"{outer.at(name)}: name {name!r} is not allowed", NAME_HINT)
             yield name, Fields(outer._data[name], outer.at(name))
 

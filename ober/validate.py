@@ -9,15 +9,17 @@ from their real path when present, else replaced by placeholders, and the result
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ober.config import NodeConfig
 from ober.errors import RenderError
+from ober.facts import find_program
 from ober.render import paths, render_node
 
 CHECK_TIMEOUT = 60.0
@@ -48,12 +50,20 @@ class Tool:
         return [*prefix, *self.command, *args]
 
 
-HAPROXY = Tool(("haproxy",))
-EXABGP = Tool(("exabgp",))
+def local_tool(name: str) -> Tool:
+    """The tool as installed here (ExaBGP in ober's own venv, HAProxy in /usr/sbin)."""
+    return Tool((find_program(name) or name,))
+
+
+_PLACEHOLDER: list[str] = []
 
 
 def _placeholder_pem(target: Path) -> None:
-    """A throwaway self-signed certificate with its key, for a syntax check only."""
+    """A throwaway self-signed certificate with its key, for a syntax check only (made once per process)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if _PLACEHOLDER:
+        target.write_text(_PLACEHOLDER[0])
+        return
     with tempfile.TemporaryDirectory() as work:
         key, crt = Path(work, "key.pem"), Path(work, "crt.pem")
         _run(
@@ -77,8 +87,8 @@ def _placeholder_pem(target: Path) -> None:
             ],
             "openssl",
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(crt.read_text() + key.read_text())
+        _PLACEHOLDER.append(crt.read_text() + key.read_text())
+    target.write_text(_PLACEHOLDER[0])
 
 
 def _stage_file(real: str, scratch: Path, result: CheckResult, make: str) -> None:
@@ -136,17 +146,24 @@ class _Scratch:
         shutil.rmtree(self.host_dir, ignore_errors=True)
 
 
+_PREFIX = re.compile(r"^\[(?:ALERT|WARNING|NOTICE)\]\s*(?:\(\d+\))?\s*:\s*(?:config\s*:\s*)?")
+
+
 def _lines(text: str, marker: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if marker in line]
+    """The tool's lines carrying ``marker``, without its ``[ALERT] (pid) : config :`` prefix."""
+    return [_PREFIX.sub("", line.strip()) for line in text.splitlines() if marker in line]
 
 
-def check_haproxy(config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool = HAPROXY) -> CheckResult:
+def check_haproxy(
+    config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool | None = None
+) -> CheckResult:
     """Run ``haproxy -c`` on the node's rendered ``haproxy.cfg``.
 
     Raises:
         RenderError: HAProxy rejected the config; the message quotes its first alert.
     """
     secrets = secrets or {}
+    tool = tool or local_tool("haproxy")
     result = CheckResult(tool="haproxy")
     scratch = _Scratch(tool)
     try:
@@ -176,12 +193,13 @@ def check_haproxy(config: NodeConfig, secrets: Mapping[str, str] | None = None, 
         scratch.close()
 
 
-def check_exabgp(config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool = EXABGP) -> CheckResult:
+def check_exabgp(config: NodeConfig, secrets: Mapping[str, str] | None = None, tool: Tool | None = None) -> CheckResult:
     """Run ``exabgp validate`` on the node's rendered ExaBGP configuration.
 
     Raises:
         RenderError: ExaBGP rejected the config; the message quotes its reason.
     """
+    tool = tool or local_tool("exabgp")
     result = CheckResult(tool="exabgp")
     scratch = _Scratch(tool)
     try:
@@ -201,11 +219,6 @@ def check_exabgp(config: NodeConfig, secrets: Mapping[str, str] | None = None, t
         scratch.close()
 
 
-def check_all(
-    config: NodeConfig,
-    secrets: Mapping[str, str] | None = None,
-    tools: Sequence[tuple[str, Tool]] = (("haproxy", HAPROXY), ("exabgp", EXABGP)),
-) -> list[CheckResult]:
-    """Run every checker named in ``tools``."""
-    checks = {"haproxy": check_haproxy, "exabgp": check_exabgp}
-    return [checks[name](config, secrets, tool) for name, tool in tools]
+def check_all(config: NodeConfig, secrets: Mapping[str, str] | None = None) -> list[CheckResult]:
+    """Run both checks with the tools installed here."""
+    return [check_haproxy(config, secrets), check_exabgp(config, secrets)]

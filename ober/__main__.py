@@ -1,0 +1,5 @@
+"""``python -m ober``."""
+
+from ober.cli import entry
+
+entry()

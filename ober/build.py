@@ -1,0 +1,50 @@
+"""One node's files, made ready to ship: resolve whitelist names → render → check with the real tools."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ober.config import NodeConfig
+from ober.render import Rendered, render_node
+from ober.resolve import Lookup, lookup_ipv4, resolve_whitelists
+from ober.validate import CheckResult, check_exabgp, check_haproxy
+
+
+@dataclass(frozen=True)
+class Built:
+    """A node's rendered files and what checking them found."""
+
+    rendered: Rendered
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What the tools warned about, one line each."""
+        return [f"{check.tool}: {warning}" for check in self.checks for warning in check.warnings]
+
+    @property
+    def placeholders(self) -> list[str]:
+        """Files the node has but this machine did not, stood in for by placeholders during the check."""
+        return sorted({path for check in self.checks for path in check.placeholders})
+
+
+def build_node(
+    config: NodeConfig,
+    secrets: Mapping[str, str],
+    *,
+    check: bool = True,
+    lookup: Lookup = lookup_ipv4,
+) -> Built:
+    """Render a node's files and, unless ``check`` is false, validate them with ``haproxy -c`` and ExaBGP.
+
+    Raises:
+        ConfigError: a whitelist name does not resolve.
+        SecretsError: a referenced secret is missing.
+        RenderError: a template failed or a tool rejected the result.
+    """
+    config = resolve_whitelists(config, lookup)
+    rendered = render_node(config, secrets)
+    if not check:
+        return Built(rendered)
+    return Built(rendered, [check_haproxy(config, secrets), check_exabgp(config, secrets)])

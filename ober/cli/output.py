@@ -1,0 +1,82 @@
+"""Where the CLI writes: rich on a terminal (colour only there), plain text otherwise, JSON with ``--json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+@dataclass
+class Output:
+    """The CLI's output settings and consoles."""
+
+    as_json: bool
+    quiet: bool
+    verbose: int
+    console: Console
+    errors: Console
+
+    @classmethod
+    def create(cls, *, as_json: bool = False, quiet: bool = False, verbose: int = 0) -> Output:
+        """Consoles on the current stdout/stderr; colour only when they are terminals and NO_COLOR is unset."""
+        no_color = bool(os.environ.get("NO_COLOR"))
+        # Off a terminal rich would wrap tables at 80 columns; pipes and logs want whole lines.
+        width = None if sys.stdout.isatty() else 200
+        return cls(
+            as_json=as_json,
+            quiet=quiet,
+            verbose=verbose,
+            console=Console(file=sys.stdout, no_color=no_color, highlight=False, soft_wrap=True, width=width),
+            errors=Console(file=sys.stderr, no_color=no_color, highlight=False, soft_wrap=True),
+        )
+
+    def print(self, text: str, *, force: bool = False) -> None:
+        """A line of human output (markup allowed); silent with -q or --json unless ``force``."""
+        if force or not (self.quiet or self.as_json):
+            self.console.print(text)
+
+    def plain(self, text: str) -> None:
+        """Text printed as it is, no markup (diffs, file contents)."""
+        if not self.as_json:
+            self.console.print(escape(text), markup=True)
+
+    def table(self, table: Table) -> None:
+        """A rich table (human output only)."""
+        if not self.as_json:
+            self.console.print(table)
+
+    def json(self, data: Any) -> None:
+        """One JSON document on stdout."""
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr (kept with -q: it may matter)."""
+        self.errors.print(f"[yellow]warning:[/] {escape(text)}")
+
+    def error(self, message: str, fix: str | None, *, as_json: bool) -> None:
+        """The one error line (stderr), or a JSON error document (stdout)."""
+        if as_json:
+            self.json({"error": message, "fix": fix})
+            return
+        line = f"[bold red]error:[/] {escape(message)}"
+        if fix:
+            line += f" [dim](fix: {escape(fix)})[/]"
+        self.errors.print(line)
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, Output):
+        ctx.obj.as_json = True
+
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable output on stdout."
+)

@@ -1,0 +1,252 @@
+"""Inventories: a site's nodes as Slurm hostlists, resolved into one validated :class:`NodeConfig` per node.
+
+``inventory/<site>.yaml`` (or a directory of YAML files read as one) holds cluster-wide ``config``, ``groups`` of
+nodes with per-group values, and optional per-node ``hosts`` overrides. Hostlists of the same length zip
+together: ``nodes: node[01-04]`` with ``address: 198.51.100.[11-14]`` gives each node its own address. Values merge
+cluster → group → host (mappings merge key by key, anything else is replaced), and each node's result is read by
+the same parser as a node's own ``ober.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ober.config import NodeConfig, parse_node_config, read_yaml
+from ober.errors import ConfigError
+from ober.hostlists import collect, expand
+from ober.schema import Fields, type_name
+
+DEFAULT_INVENTORY = "inventory"
+_ZIPPED = ("address", "router_id", "local_address")
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How the fleet controller reaches nodes."""
+
+    user: str | None
+    port: int | None
+    config: str | None
+    known_hosts: str
+    connect_timeout: float
+    command_timeout: float
+    parallel: int
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Availability rules for rolling operations."""
+
+    min_available: int
+    max_unavailable: int
+
+
+@dataclass(frozen=True)
+class InventoryNode:
+    """One node: its name, its group, how to reach it, and its resolved config."""
+
+    name: str
+    group: str
+    address: str
+    config: NodeConfig
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A resolved inventory."""
+
+    site: str
+    source: str
+    ssh: SshSettings
+    fleet: FleetSettings
+    nodes: tuple[InventoryNode, ...]
+
+    def names(self) -> list[str]:
+        """All node names, in inventory order."""
+        return [node.name for node in self.nodes]
+
+    def select(self, targets: str | None) -> list[InventoryNode]:
+        """The nodes named by a hostlist (all when ``targets`` is empty); unknown names are an error."""
+        if not targets:
+            return list(self.nodes)
+        wanted = expand(targets, "TARGETS")
+        known = {node.name: node for node in self.nodes}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            raise ConfigError(
+                f"TARGETS: {collect(unknown)} not in inventory {self.source}",
+                f"choose from {collect(self.names())}",
+            )
+        return [known[name] for name in wanted]
+
+
+def merge(base: Any, override: Any) -> Any:
+    """Deep-merge ``override`` onto ``base``: mappings merge key by key; lists and scalars replace."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def _read_source(path: Path) -> tuple[dict[str, Any], str]:
+    """The inventory's raw data; a directory's YAML files are combined (a key set twice is an error)."""
+    if path.is_dir():
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        if not files:
+            raise ConfigError(f"{path}: no .yaml files in the inventory directory", "add one, e.g. site.yaml")
+        data: dict[str, Any] = {}
+        for file in files:
+            part = _mapping(read_yaml(file), str(file))
+            for key, value in part.items():
+                if key in ("groups", "hosts") and isinstance(value, Mapping):
+                    section = data.setdefault(key, {})
+                    for name in value:
+                        if name in section:
+                            raise ConfigError(f"{file}: {key}.{name} is also defined in another file", "keep one")
+                    section.update(value)
+                elif key in data:
+                    raise ConfigError(f"{file}: '{key}' is also set in another file of {path}", "set it in one file")
+                else:
+                    data[key] = value
+        return data, str(path)
+    return _mapping(read_yaml(path), str(path)), str(path)
+
+
+def _mapping(data: object, where: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type_name(data)}")
+    return dict(data)
+
+
+def inventory_path(path: str | Path | None = None) -> Path:
+    """The inventory: ``path``, else ``$OBER_INVENTORY``, else ``inventory/``."""
+    return Path(path or os.environ.get("OBER_INVENTORY") or DEFAULT_INVENTORY)
+
+
+def load_inventory(path: str | Path | None = None) -> Inventory:
+    """Load and resolve an inventory; every node's config is fully validated.
+
+    Raises:
+        ConfigError: naming the file, the node and the exact field.
+    """
+    source = inventory_path(path)
+    if not source.exists():
+        raise ConfigError(
+            f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or see inventory/example.yaml"
+        )
+    data, where = _read_source(source)
+    return resolve_inventory(data, where)
+
+
+def resolve_inventory(data: object, where: str = "inventory") -> Inventory:
+    """Resolve inventory data (as read from YAML) into an :class:`Inventory`."""
+    try:
+        top = Fields(data)
+        site = top.name("site")
+        ssh = _ssh(top.section("ssh"))
+        fleet = _fleet(top.section("fleet"))
+        cluster = top.raw("config", {})
+        Fields(cluster, "config")  # a mapping, or a clear error
+        nodes = _nodes(top, cluster)
+        top.done()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", exc.fix) from None
+    if not nodes:
+        raise ConfigError(f"{where}: no nodes", "add a group: groups: {rack1: {nodes: node[01-04], address: ...}}")
+    if fleet.min_available > len(nodes):
+        raise ConfigError(
+            f"{where}: fleet.min_available is {fleet.min_available} but there are only {len(nodes)} nodes",
+            "lower fleet.min_available",
+        )
+    return Inventory(site=site, source=where, ssh=ssh, fleet=fleet, nodes=tuple(nodes))
+
+
+def _ssh(fields: Fields) -> SshSettings:
+    user = fields.string("user", "") or None
+    port = fields.integer("port", 0, low=0, high=65535) or None
+    settings = SshSettings(
+        user=user,
+        port=port,
+        config=fields.string("config", "") or None,
+        known_hosts=fields.string("known_hosts", "~/.ssh/known_hosts"),
+        connect_timeout=fields.duration("connect_timeout", 10.0, low=1.0, high=300.0),
+        command_timeout=fields.duration("command_timeout", 600.0, low=1.0, high=86400.0),
+        parallel=fields.integer("parallel", 10, low=1, high=256),
+    )
+    fields.done()
+    return settings
+
+
+def _fleet(fields: Fields) -> FleetSettings:
+    settings = FleetSettings(
+        min_available=fields.integer("min_available", 1, low=1, high=4096),
+        max_unavailable=fields.integer("max_unavailable", 1, low=1, high=4096),
+    )
+    fields.done()
+    return settings
+
+
+def _zip(group: Fields, key: str, count: int) -> list[str] | None:
+    """A per-node hostlist value of a group, one entry per node, or None when absent."""
+    if not group.has(key):
+        group.raw(key, None)
+        return None
+    values = group.hosts(key)
+    if len(values) != count:
+        raise ConfigError(
+            f"{group.at(key)}: {len(values)} entries for {count} nodes",
+            "give one value per node, in the same order as 'nodes'",
+        )
+    return values
+
+
+def _nodes(top: Fields, cluster: Mapping[str, Any]) -> list[InventoryNode]:
+    hosts = dict(top.named_sections("hosts", hostnames=True))
+    resolved: list[InventoryNode] = []
+    seen: dict[str, str] = {}
+    for group_name, group in top.named_sections("groups"):
+        names = group.hosts("nodes")
+        zipped = {key: _zip(group, key, len(names)) for key in _ZIPPED}
+        group_config = group.raw("config", {})
+        Fields(group_config, group.at("config"))
+        group.done()
+        for index, name in enumerate(names):
+            if name in seen:
+                raise ConfigError(f"{group.at('nodes')}: node {name} is also in group {seen[name]}", "list it once")
+            seen[name] = group_name
+            host = hosts.get(name)
+            values = {key: (column[index] if column else None) for key, column in zipped.items()}
+            host_config: Any = {}
+            if host is not None:
+                for key in _ZIPPED:
+                    if host.has(key):
+                        values[key] = host.hosts(key)[0]
+                    else:
+                        host.raw(key, None)
+                host_config = host.raw("config", {})
+                host.done()
+            address = values["address"] or name
+            router_id = values["router_id"] or values["address"]
+            local_address = values["local_address"] or router_id
+            identity: dict[str, Any] = {"name": name, "bgp": {}}
+            if router_id:
+                identity["bgp"]["router_id"] = router_id
+            if local_address:
+                identity["bgp"]["local_address"] = local_address
+            # Zipped per-node values beat cluster and group config; explicit per-host config beats everything.
+            data = merge(merge(merge(cluster, group_config), identity), host_config)
+            config = parse_node_config(data, f"node {name} (group {group_name})")
+            resolved.append(InventoryNode(name=name, group=group_name, address=address, config=config))
+    unused = sorted(set(hosts) - set(seen))
+    if unused:
+        raise ConfigError(f"hosts.{unused[0]}: not a node of any group", "add it to a group's 'nodes' or remove it")
+    return resolved

@@ -1,0 +1,69 @@
+"""The lab's Debian node image: built once with debootstrap, cached, used read-only.
+
+It also carries a newer HAProxy than the host's (Debian 13 has 3.0), so rendered configs can be checked against
+both versions without touching the host's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ober.errors import OberError
+
+SUITE = "trixie"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "haproxy",
+    "python3",
+    "python3-venv",
+    "iproute2",
+    "iputils-ping",
+    "curl",
+    "ca-certificates",
+)
+DEFAULT_IMAGE = Path(os.environ.get("OBER_LAB_IMAGE", "/var/cache/ober/image-trixie"))
+STAMP = ".ober-image"
+BUILD_TIMEOUT = 1800
+
+
+def image_ready(image: Path = DEFAULT_IMAGE) -> bool:
+    """Tell whether a complete image is there (the stamp is written last)."""
+    return (image / STAMP).is_file()
+
+
+def ensure_image(image: Path = DEFAULT_IMAGE, *, mirror: str = MIRROR) -> Path:
+    """Build the image unless it is already there; a half-built image is never left in its place.
+
+    Raises:
+        OberError: not root, debootstrap missing, or the build failed (its last output line is quoted).
+    """
+    if image_ready(image):
+        return image
+    if os.geteuid() != 0:
+        raise OberError("building the lab image needs root", "run as root (sudo)")
+    if shutil.which("debootstrap") is None:
+        raise OberError("debootstrap is not installed", "apt-get install debootstrap")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    work = image.with_name(image.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(work), mirror]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(work, ignore_errors=True)
+        raise OberError(f"debootstrap did not finish in {BUILD_TIMEOUT}s", "check the mirror is reachable") from None
+    if done.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise OberError(f"debootstrap failed: {last[0]}", f"check that {mirror} is reachable")
+    (work / STAMP).write_text(f"suite={SUITE}\npackages={','.join(PACKAGES)}\n")
+    shutil.rmtree(image, ignore_errors=True)
+    work.rename(image)
+    return image

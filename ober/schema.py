@@ -89,10 +89,8 @@ class Fields:
         value = self.raw(key, default)
         if value is default:
             return value
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.at(key)}: expected {what}, got a boolean")
-        if not isinstance(value, kinds):
-            raise ConfigError(f"{self.at(key)}: expected {what}, got {type_name(value)}")
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{self.at(key)}: expected {what}, got {type_name(value)}", f"set '{key}' to {what}")
         return value
 
     def string(

@@ -1,0 +1,188 @@
+"""The CLI, run in-process: exit codes, one-line errors, --json, and nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ober.cli import main
+from tests.conftest import DATA, REPO, SECRETS, require
+
+EXAMPLE = REPO / "inventory" / "example.yaml"
+
+
+@pytest.fixture
+def secrets_file(tmp_path: Path) -> Path:
+    path = tmp_path / "login"
+    path.write_text(yaml.safe_dump(SECRETS))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _needs_haproxy() -> None:
+    require(shutil.which("haproxy") is not None, "haproxy is not installed")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "--version")
+    assert status == 0 and out.startswith("ober 0.1.0, HAProxy ")
+    status, out, _ = run(capsys, "--json", "--version")
+    info = json.loads(out)
+    assert info["ober"] == "0.1.0" and set(info) == {"ober", "HAProxy", "ExaBGP"}
+    assert info["HAProxy"] is not None and info["HAProxy"].startswith("2.")
+
+
+def test_render_writes_checked_tree(capsys: pytest.CaptureFixture[str], tmp_path: Path, secrets_file: Path) -> None:
+    out_dir = tmp_path / "out"
+    status, out, err = run(
+        capsys, "render", "-c", str(DATA / "node.yaml"), "-o", str(out_dir), "--secrets", str(secrets_file)
+    )
+    assert status == 0, err
+    assert "node01: 12 files written" in out and "checked by haproxy -c" in out
+    exabgp = out_dir / "opt/ober/etc/exabgp.conf"
+    assert stat.S_IMODE(exabgp.stat().st_mode) == 0o600
+    assert "backend be_ceph-a" in (out_dir / "opt/ober/etc/haproxy.cfg").read_text()
+    # A second render replaces the first whole.
+    status, out, _ = run(
+        capsys, "--json", "render", "-c", str(DATA / "node.yaml"), "-o", str(out_dir), "--secrets", str(secrets_file)
+    )
+    doc = json.loads(out)
+    assert status == 0 and doc["node"] == "node01" and len(doc["files"]) == 12 and doc["checked"] is True
+    assert not any(value in out for value in SECRETS.values())
+
+
+def _bad_config(tmp_path: Path, change: Any) -> Path:
+    data = yaml.safe_load((DATA / "node.yaml").read_text())
+    change(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda d: d.update(vips=[{"address": "198.51.100.10", "backend": "ceph-x"}]),
+            "vips[0].backend: no backend group named 'ceph-x'",
+        ),
+        (lambda d: d["bgp"].update(local_ass=1), "bgp.local_ass: unknown key"),
+        (lambda d: d["bgp"].update(peer_as="sixty"), "bgp.peer_as: expected a whole number, got a string"),
+        (lambda d: d["backends"]["ceph-a"].update(servers="rgw[1-"), "backends.ceph-a.servers: bad hostlist"),
+        (
+            lambda d: d["vips"].append({"address": "198.51.100.10", "backend": "ceph-a", "name": "again"}),
+            "vips[2].address: VIP 198.51.100.10 is listed twice",
+        ),
+        (lambda d: d["backends"].update({"x{{7*7}}": {"servers": "rgw1"}}), "backends.x{{7*7}}: name"),
+        (lambda d: d["certificates"].update(pem="/etc/x.pem; rm -rf /"), "certificates.pem"),
+    ],
+)
+def test_bad_config_is_one_line_exit_1_nothing_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, secrets_file: Path, change: Any, expected: str
+) -> None:
+    out_dir = tmp_path / "out"
+    status, _out, err = run(
+        capsys, "render", "-c", str(_bad_config(tmp_path, change)), "-o", str(out_dir), "--secrets", str(secrets_file)
+    )
+    assert status == 1
+    assert expected in err and "(fix: " in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
+
+
+def test_malformed_yaml_and_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: node01\nbgp: [unclosed\n")
+    status, _, err = run(capsys, "render", "-c", str(bad), "-o", str(tmp_path / "o"))
+    assert status == 1 and f"{bad}:3:1: YAML syntax error" in err
+    status, _, err = run(capsys, "render", "-c", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "o"))
+    assert status == 1 and "no such file" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_world_readable_secrets_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path, secrets_file: Path) -> None:
+    secrets_file.chmod(0o644)
+    status, _, err = run(
+        capsys, "render", "-c", str(DATA / "node.yaml"), "-o", str(tmp_path / "o"), "--secrets", str(secrets_file)
+    )
+    assert status == 1 and "readable by others (mode 644)" in err and f"chmod 600 {secrets_file}" in err
+    assert not any(value in err for value in SECRETS.values())
+    assert not (tmp_path / "o").exists()
+
+
+def test_json_errors_and_verbose_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, out, _ = run(capsys, "--json", "render", "-c", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "o"))
+    assert status == 1 and json.loads(out)["error"].endswith("no such file")
+    status, _, err = run(capsys, "-v", "render", "-c", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "o"))
+    assert status == 1 and "Traceback" in err
+
+
+def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "render", "--bogus")
+    assert status == 2 and "No such option '--bogus'" in err and "ober render --help" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_refuses_to_overwrite_foreign_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, secrets_file: Path
+) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "precious.txt").write_text("keep me")
+    status, _, err = run(
+        capsys, "render", "-c", str(DATA / "node.yaml"), "-o", str(tmp_path / "home"), "--secrets", str(secrets_file)
+    )
+    assert status == 1 and "not written by ober render" in err
+    assert (tmp_path / "home" / "precious.txt").read_text() == "keep me"
+
+
+def test_fleet_inventory_json(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "--json")
+    doc = json.loads(out)
+    assert status == 0 and doc["site"] == "example"
+    assert [n["name"] for n in doc["nodes"]] == ["node01", "node02", "node03", "node04"]
+    assert doc["nodes"][3]["config"]["network"]["manager"] == "netplan"
+    assert doc["nodes"][0]["config"]["bgp"]["md5_secret"] == "bgp_md5"  # a reference, never a value
+    status, out, _ = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "node[02-03]")
+    assert status == 0 and "node02" in out and "node03" in out and "node01" not in out
+    status, _, err = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "node[07-08]")
+    assert status == 1 and "TARGETS: node[07-08] not in inventory" in err
+
+
+def test_fleet_render_all_or_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path, secrets_file: Path) -> None:
+    out_dir = tmp_path / "out"
+    status, _out, err = run(
+        capsys, "fleet", "render", "-i", str(EXAMPLE), "-o", str(out_dir), "--secrets", str(secrets_file)
+    )
+    assert status == 0, err
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["node01", "node02", "node03", "node04"]
+    assert (out_dir / "node04/etc/netplan/60-ober0.yaml").exists()
+    assert (out_dir / "node01/etc/systemd/network/60-ober0.netdev").exists()
+    before = (out_dir / "node01/opt/ober/etc/haproxy.cfg").read_text()
+
+    # One node whose certificate HAProxy rejects: nothing is written, the previous render stays whole.
+    data = yaml.safe_load(EXAMPLE.read_text())
+    broken = tmp_path / "broken.pem"
+    broken.write_text("garbage\n")
+    data["hosts"]["node03"] = {"config": {"certificates": {"pem": str(broken)}}}
+    inventory = tmp_path / "inv.yaml"
+    inventory.write_text(yaml.safe_dump(data))
+    status, _, err = run(
+        capsys, "fleet", "render", "-i", str(inventory), "-o", str(out_dir), "--secrets", str(secrets_file)
+    )
+    assert status == 1 and "haproxy -c rejected" in err
+    assert (out_dir / "node01/opt/ober/etc/haproxy.cfg").read_text() == before
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["node01", "node02", "node03", "node04"]
+    assert not list(tmp_path.glob(".out.*"))  # no staging directory left behind

@@ -156,8 +156,8 @@ class Fields:
     def hosts(self, key: str, default: list[str] | _Missing = MISSING, *, ipv4_only: bool = False) -> list[str]:
         """A hostlist (string or list of strings), expanded and validated."""
         value = self.raw(key, default)
-        if value is default:
-            return list(value)  # type: ignore[call-overload]
+        if value is default and isinstance(default, list):
+            return list(default)
         if not isinstance(value, (str, list)):
             raise ConfigError(f"{self.at(key)}: expected a hostlist or a list, got {type_name(value)}")
         names = expand(value, self.at(key))

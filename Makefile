@@ -1,10 +1,10 @@
-# Two commands for a newcomer: `make test` (everything the tests need, then the tests) and, with the fleet
-# controller, `make demo`. Both set themselves up: system packages, a virtualenv in .venv, ober in it.
+# Two commands for a newcomer: `make example` (ober's main job on the example site; the lab fleet demo comes
+# with the fleet controller) and `make test`. Both set themselves up: system packages, a virtualenv in .venv, ober in it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint unit bench clean
+.PHONY: setup test unit example bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,14 @@ test: setup
 unit: setup
 	$(BIN)/pytest -m "not lab" -q
 
+# ober's main job until the lab fleet arrives: render and check every node of the example site.
+example: setup
+	install -m 600 tests/data/login.example $(VENV)/login.example
+	$(BIN)/ober fleet render -i inventory/example.yaml --secrets $(VENV)/login.example -o out/example
+	@echo "see out/example/NODE/... ; try: $(BIN)/ober fleet inventory -i inventory/example.yaml"
+
 bench: setup
 	$(BIN)/python bench/render.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .coverage

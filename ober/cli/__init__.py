@@ -13,6 +13,7 @@ from enum import IntEnum
 import click
 
 from ober.cli.fleet import fleet
+from ober.cli.health import health
 from ober.cli.output import Output
 from ober.cli.render import render
 from ober.cli.version import version_info
@@ -51,6 +52,7 @@ def cli(ctx: click.Context, show_version: bool, as_json: bool, quiet: bool, verb
 
 cli.add_command(render)
 cli.add_command(fleet)
+cli.add_command(health)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

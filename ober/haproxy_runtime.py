@@ -1,0 +1,87 @@
+"""HAProxy's runtime API (the admin socket): what is really up, read rather than guessed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+from dataclasses import dataclass
+
+from ober.errors import OberError
+
+
+@dataclass(frozen=True)
+class BackendState:
+    """A backend's servers: how many there are and how many HAProxy considers up."""
+
+    servers: int
+    up: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One ``show stat``: backends by name, and current sessions per frontend."""
+
+    backends: dict[str, BackendState]
+    sessions: dict[str, int]
+
+    def live_servers(self, backend: str) -> int:
+        """Servers up in ``backend`` (0 when HAProxy has no such backend)."""
+        state = self.backends.get(backend)
+        return state.up if state else 0
+
+
+def _server_up(status: str) -> bool:
+    # "UP", "UP 1/3" (up, failing checks), "no check" (never checked, so in use); DOWN, MAINT, DRAIN, NOLB are not.
+    return status.startswith("UP") or status == "no check"
+
+
+def parse_show_stat(text: str) -> Snapshot:
+    """Parse the CSV of ``show stat``.
+
+    Raises:
+        OberError: the text is not ``show stat`` output.
+    """
+    if not text.startswith("# "):
+        raise OberError("HAProxy's runtime API did not answer 'show stat' with CSV")
+    rows = csv.DictReader(io.StringIO(text[2:]))
+    servers: dict[str, list[bool]] = {}
+    sessions: dict[str, int] = {}
+    for row in rows:
+        proxy, name = row.get("pxname") or "", row.get("svname") or ""
+        if name == "FRONTEND":
+            sessions[proxy] = int(row.get("scur") or 0)
+        elif name == "BACKEND":
+            servers.setdefault(proxy, [])
+        elif proxy:
+            servers.setdefault(proxy, []).append(_server_up(row.get("status") or ""))
+    backends = {proxy: BackendState(servers=len(states), up=sum(states)) for proxy, states in servers.items()}
+    return Snapshot(backends=backends, sessions=sessions)
+
+
+def query(socket_path: str, command: str, timeout: float) -> str:
+    """Send one command to the runtime API and return its whole answer.
+
+    Raises:
+        OberError: HAProxy is not there (socket missing, refused) or did not answer within ``timeout``.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(socket_path)
+            conn.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    except FileNotFoundError:
+        raise OberError(f"HAProxy runtime socket {socket_path} does not exist", "is ober-http running?") from None
+    except OSError as exc:
+        raise OberError(
+            f"HAProxy runtime socket {socket_path}: {exc.strerror or exc}", "is ober-http running?"
+        ) from None
+    return b"".join(chunks).decode(errors="replace")
+
+
+def snapshot(socket_path: str, timeout: float) -> Snapshot:
+    """``show stat`` from the running HAProxy."""
+    return parse_show_stat(query(socket_path, "show stat", timeout))

@@ -1,0 +1,201 @@
+"""The health state machine, transition by transition, and the loop around it with a fake HAProxy."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ober.config import DrainPolicy, NodeConfig
+from ober.haproxy_runtime import BackendState, Snapshot, parse_show_stat
+from ober.health import Action, Observation, Rules, State, VipState, command, step
+from ober.healthd import HealthLoop, Pipe, servable
+
+RULES = Rules(rise=2, fall=3)
+UP = VipState(State.UP, 0, Action.ANNOUNCE, 0.0)
+DOWN = VipState(State.DOWN, 0, None, 0.0)
+
+# (start, healthy, maintenance, rules, expected state, expected count, expected action)
+TABLE: list[tuple[VipState, bool, bool, Rules, State, int, Action | None]] = [
+    (VipState(), True, False, RULES, State.RISING, 1, None),
+    (VipState(), True, False, Rules(1, 3), State.UP, 0, Action.ANNOUNCE),
+    (VipState(), False, False, RULES, State.DOWN, 0, None),
+    (VipState(State.RISING, 1), True, False, RULES, State.UP, 0, Action.ANNOUNCE),
+    (VipState(State.RISING, 1), False, False, RULES, State.DOWN, 0, None),
+    (UP, True, False, RULES, State.UP, 0, None),
+    (UP, False, False, RULES, State.FALLING, 1, None),
+    (UP, False, False, Rules(2, 1), State.DOWN, 0, Action.WITHDRAW),
+    (VipState(State.FALLING, 1, Action.ANNOUNCE), False, False, RULES, State.FALLING, 2, None),
+    (VipState(State.FALLING, 2, Action.ANNOUNCE), False, False, RULES, State.DOWN, 0, Action.WITHDRAW),
+    (VipState(State.FALLING, 2, Action.ANNOUNCE), True, False, RULES, State.UP, 0, None),
+    (DOWN, True, False, RULES, State.RISING, 1, None),
+    (DOWN, False, False, RULES, State.DOWN, 0, None),
+    # Maintenance: withdraw at once without a drain policy, whatever the health.
+    (UP, True, True, RULES, State.DISABLED, 0, Action.WITHDRAW),
+    (UP, False, True, RULES, State.DISABLED, 0, Action.WITHDRAW),
+    (DOWN, True, True, RULES, State.DISABLED, 0, None),
+    (VipState(State.DISABLED), True, True, RULES, State.DISABLED, 0, None),
+    # Leaving maintenance needs `rise` good checks again.
+    (VipState(State.DISABLED), True, False, RULES, State.RISING, 1, None),
+    (VipState(State.DISABLED), False, False, RULES, State.DOWN, 0, None),
+    # Make-before-break: announce less preferred first.
+    (UP, True, True, Rules(2, 3, 5.0), State.DRAINING, 0, Action.ANNOUNCE_DRAIN),
+]
+
+
+@pytest.mark.parametrize(("start", "healthy", "maintenance", "rules", "state", "count", "action"), TABLE)
+def test_transitions(
+    start: VipState, healthy: bool, maintenance: bool, rules: Rules, state: State, count: int, action: Action | None
+) -> None:
+    after, did = step(start, Observation(healthy, maintenance, 10.0), rules)
+    assert (after.state, after.count, did) == (state, count, action)
+    if did is Action.WITHDRAW:
+        assert after.announced is None
+    if did in (Action.ANNOUNCE, Action.ANNOUNCE_DRAIN):
+        assert after.announced is did
+
+
+def test_drain_waits_its_delay_then_withdraws() -> None:
+    rules = Rules(2, 3, drain_delay=5.0)
+    draining, action = step(UP, Observation(True, True, 100.0), rules)
+    assert action is Action.ANNOUNCE_DRAIN and draining.since == 100.0
+    still, action = step(draining, Observation(True, True, 104.9), rules)
+    assert still.state is State.DRAINING and action is None
+    done, action = step(still, Observation(True, True, 105.0), rules)
+    assert done.state is State.DISABLED and action is Action.WITHDRAW and done.announced is None
+
+
+def test_drain_cancelled_restores_normal_announcement() -> None:
+    rules = Rules(2, 3, drain_delay=5.0)
+    draining, _ = step(UP, Observation(True, True, 0.0), rules)
+    back, action = step(draining, Observation(True, False, 1.0), rules)
+    assert back.state is State.UP and action is Action.ANNOUNCE and back.announced is Action.ANNOUNCE
+    broken, action = step(draining, Observation(False, False, 1.0), rules)
+    assert broken.state is State.DOWN and action is Action.WITHDRAW
+
+
+def test_flapping_never_announces_twice_in_a_row() -> None:
+    state, sent = VipState(), []
+    for i in range(200):
+        state, action = step(state, Observation(i % 3 != 0, False, float(i)), RULES)
+        if action:
+            sent.append(action)
+    # Announce and withdraw alternate: ExaBGP never gets a duplicate.
+    assert all(a is not b for a, b in itertools.pairwise(sent))
+
+
+def test_commands() -> None:
+    assert command(Action.ANNOUNCE, "198.51.100.10", None) == "announce route 198.51.100.10/32 next-hop self"
+    assert command(Action.WITHDRAW, "198.51.100.10", None) == "withdraw route 198.51.100.10/32 next-hop self"
+    drain = DrainPolicy(community="65535:0", med=1000, delay=5.0)
+    assert (
+        command(Action.ANNOUNCE_DRAIN, "198.51.100.10", drain)
+        == "announce route 198.51.100.10/32 next-hop self med 1000 community [65535:0]"
+    )
+
+
+SHOW_STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status
+fe_s3-a,FRONTEND,,,7,9,100,20,0,0,0,0,0,,,,,OPEN
+be_ceph-a,100_64_1_11-7480,0,0,0,1,,5,0,0,,0,,0,0,0,0,UP
+be_ceph-a,100_64_1_12-7480,0,0,0,1,,5,0,0,,0,,0,0,0,0,DOWN
+be_ceph-a,BACKEND,0,0,0,1,,5,0,0,0,0,,0,0,0,0,UP
+be_ceph-b,rgw-b1-8080,0,0,0,1,,5,0,0,,0,,0,0,0,0,MAINT
+be_ceph-b,rgw-b2-8080,0,0,0,1,,5,0,0,,0,,0,0,0,0,UP 1/3
+be_ceph-c,s1,0,0,0,1,,5,0,0,,0,,0,0,0,0,DOWN 1/2
+stats,FRONTEND,,,1,1,100,1,0,0,0,0,0,,,,,OPEN
+"""
+
+
+def test_parse_show_stat() -> None:
+    snap = parse_show_stat(SHOW_STAT)
+    assert snap.backends["be_ceph-a"] == BackendState(servers=2, up=1)
+    assert snap.live_servers("be_ceph-b") == 1  # "UP 1/3" is still up
+    assert snap.live_servers("be_ceph-c") == 0
+    assert snap.live_servers("be_missing") == 0
+    assert snap.sessions == {"fe_s3-a": 7, "stats": 1}
+
+
+class FakeHAProxy:
+    def __init__(self) -> None:
+        self.up: dict[str, int] | None = {"be_ceph-a": 1, "be_ceph-b": 1}
+
+    def __call__(self) -> Snapshot | None:
+        if self.up is None:
+            return None
+        return Snapshot({name: BackendState(2, n) for name, n in self.up.items()}, {})
+
+
+@pytest.fixture
+def loop(make_config: Callable[..., NodeConfig], tmp_path: Path) -> tuple[HealthLoop, FakeHAProxy, io.StringIO]:
+    config = make_config(
+        health={"rise": 2, "fall": 2, "maintenance_file": str(tmp_path / "maint")},
+        bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1"},
+    )
+    out = io.StringIO()
+    haproxy = FakeHAProxy()
+    clock = iter(float(i) for i in range(1000))
+    return HealthLoop(config, list(config.vips), Pipe(out, io.StringIO()), haproxy, lambda: next(clock)), haproxy, out
+
+
+def lines(out: io.StringIO) -> list[str]:
+    text = out.getvalue().splitlines()
+    out.seek(0)
+    out.truncate()
+    return text
+
+
+def test_loop_announces_per_vip_and_withdraws_only_the_broken_one(
+    loop: tuple[HealthLoop, FakeHAProxy, io.StringIO],
+) -> None:
+    health, haproxy, out = loop
+    health.tick()
+    assert lines(out) == []  # rise is 2
+    health.tick()
+    assert lines(out) == [
+        "announce route 198.51.100.10/32 next-hop self",
+        "announce route 198.51.100.20/32 next-hop self",
+    ]
+    haproxy.up = {"be_ceph-a": 1, "be_ceph-b": 0}
+    health.tick()
+    health.tick()
+    assert lines(out) == ["withdraw route 198.51.100.20/32 next-hop self"]
+    haproxy.up = None  # HAProxy gone: every VIP falls
+    health.tick()
+    health.tick()
+    assert lines(out) == ["withdraw route 198.51.100.10/32 next-hop self"]
+
+
+def test_loop_maintenance_file_and_shutdown(loop: tuple[HealthLoop, FakeHAProxy, io.StringIO]) -> None:
+    health, _, out = loop
+    health.tick()
+    health.tick()
+    lines(out)
+    Path(health.config.health.maintenance_file).touch()
+    health.tick()
+    assert lines(out) == [
+        "withdraw route 198.51.100.10/32 next-hop self",
+        "withdraw route 198.51.100.20/32 next-hop self",
+    ]
+    assert health.report()["vips"] == {
+        "198.51.100.10": {"name": "s3-a", "state": "disabled", "announced": None},
+        "198.51.100.20": {"name": "s3-b", "state": "disabled", "announced": None},
+    }
+    Path(health.config.health.maintenance_file).unlink()
+    health.tick()
+    health.tick()
+    assert len(lines(out)) == 2
+    health.shutdown()
+    assert lines(out) == [
+        "withdraw route 198.51.100.10/32 next-hop self",
+        "withdraw route 198.51.100.20/32 next-hop self",
+    ]
+
+
+def test_servable_needs_haproxy_and_a_live_server(make_config: Callable[..., NodeConfig]) -> None:
+    vip = make_config().vips[0]
+    assert not servable(vip, None)
+    assert not servable(vip, Snapshot({"be_ceph-a": BackendState(2, 0)}, {}))
+    assert servable(vip, Snapshot({"be_ceph-a": BackendState(2, 1)}, {}))

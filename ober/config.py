@@ -24,14 +24,14 @@ DEFAULT_INSTALL_PATH = "/opt/ober"
 CONFIG_RELATIVE = "etc/ober.yaml"
 
 # Absolute paths with no spaces, quotes, '..' or anything a template or shell would read as syntax.
-_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*$")
+_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*\Z")
 _PATH_HINT = "an absolute path of letters, digits and . _ + - only, e.g. /opt/ober/etc/certs/s3.pem"
-_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%:+-]*$")
-_COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}$")
-_VERSION = re.compile(r"^(\d+)\.(\d+)$")
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
-_URL = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d+)?(?:/[A-Za-z0-9._~/%+-]*)?$")
-_USER = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/?=&%:+-]*\Z")
+_COMMUNITY = re.compile(r"^\d{1,5}:\d{1,5}\Z")
+_VERSION = re.compile(r"^(\d+)\.(\d+)\Z")
+_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
+_URL = re.compile(r"^https://[A-Za-z0-9.-]+(?::\d+)?(?:/[A-Za-z0-9._~/%+-]*)?\Z")
+_USER = re.compile(r"^[A-Za-z0-9._-]{1,32}\Z")
 
 NETWORK_MANAGERS = ("netplan", "networkd", "networkmanager")
 KERNEL_PROFILES = ("default", "throughput", "none")
@@ -251,7 +251,10 @@ def _path(fields: Fields, key: str, default: str | None = None) -> str | None:
     if default is None and not fields.has(key):
         fields.raw(key, None)
         return None
-    return fields.string(key, default if default is not None else "", pattern=_PATH, hint=_PATH_HINT)
+    value = fields.string(key, default if default is not None else "", pattern=_PATH, hint=_PATH_HINT)
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ConfigError(f"{fields.at(key)}: {value!r} has '.' or '..' in it", "write the path without them")
+    return value
 
 
 def _secret_ref(fields: Fields, key: str) -> str | None:
@@ -318,7 +321,7 @@ def _parse_server(entry: str, port: int, where: str) -> Server:
     host, _, port_text = entry.partition(":")
     check_host(host, where)
     if port_text:
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"{where}: bad port in {entry!r}", "write host:port with a port from 1 to 65535")
         port = int(port_text)
     return Server(name=f"{host}-{port}".replace(".", "_"), host=host, port=port)
@@ -535,7 +538,7 @@ def _parse(top: Fields) -> NodeConfig:
         interface=net_fields.string(
             "interface",
             "ober0",
-            pattern=re.compile(r"^[a-z][a-z0-9_-]{0,14}$"),
+            pattern=re.compile(r"^[a-z][a-z0-9_-]{0,14}\Z"),
             hint="a Linux interface name of at most 15 characters",
         ),
         manager=net_fields.choice("manager", NETWORK_MANAGERS, "networkd"),
@@ -603,6 +606,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         return yaml.safe_load(text)
+    except ValueError:
+        # PyYAML turns a number of thousands of digits into an int, which Python refuses.
+        raise ConfigError(f"{path}: a number in the file is far too large", "use realistic values") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

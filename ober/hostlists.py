@@ -18,8 +18,8 @@ from ober.errors import ConfigError
 MAX_HOSTS = 4096
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
-_DOTTED_NUMBERS = re.compile(r"^[0-9.]+$")
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\Z")
+_DOTTED_NUMBERS = re.compile(r"^[0-9.]+\Z")
 
 
 def is_ipv4(text: str) -> bool:

@@ -26,10 +26,10 @@ MISSING: Final = _Missing()
 
 # Identifiers that reach templates (group names, VIP names, secret names, node names): no quoting, spaces,
 # braces or anything HAProxy, ExaBGP or systemd would read as syntax.
-NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 NAME_HINT = "start with a lowercase letter; then lowercase letters, digits, '-' or '_' (at most 32)"
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?\Z")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -118,7 +118,8 @@ class Fields:
         value: int = self._typed(key, default, (int,), "a whole number")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(f"{self.at(key)}: {value} is out of range", f"use a number {bounds}")
+            shown = str(value) if abs(value) < 10**18 else "a huge number"
+            raise ConfigError(f"{self.at(key)}: {shown} is out of range", f"use a number {bounds}")
         return value
 
     def boolean(self, key: str, default: bool | _Missing = MISSING) -> bool:

@@ -21,7 +21,7 @@ DEFAULT_SECRETS = Path("~/.ober/login")
 
 # Values end up inside quoted strings in ExaBGP's config and a systemd EnvironmentFile: no quotes, backslashes,
 # '$', ';', '#', whitespace or control characters, which would break out of them.
-_VALUE = re.compile(r"^[A-Za-z0-9!%&()*+,\-./:<=>?@\[\]^_{|}~]{1,80}$")
+_VALUE = re.compile(r"^[A-Za-z0-9!%&()*+,\-./:<=>?@\[\]^_{|}~]{1,80}\Z")
 
 
 def secrets_path(path: str | Path | None = None) -> Path:
@@ -56,7 +56,8 @@ def load_secrets(path: str | Path | None = None, *, required: bool = True) -> di
         )
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
+        # ValueError: undecodable bytes, or a number too large for Python; never quote the content.
         raise SecretsError(f"{file}: cannot read: {exc.__class__.__name__}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -12,6 +12,7 @@ from enum import IntEnum
 
 import click
 
+from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
 from ober.cli.health import health
 from ober.cli.output import Output
@@ -53,6 +54,8 @@ def cli(ctx: click.Context, show_version: bool, as_json: bool, quiet: bool, verb
 cli.add_command(render)
 cli.add_command(fleet)
 cli.add_command(health)
+cli.add_command(drain)
+cli.add_command(undrain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

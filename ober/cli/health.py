@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from ober.config import CONFIG_RELATIVE, DEFAULT_INSTALL_PATH, load_config
+from ober.cli.options import config_option
+from ober.config import load_config
 from ober.healthd import run
-
-DEFAULT_CONFIG = f"{DEFAULT_INSTALL_PATH}/{CONFIG_RELATIVE}"
 
 
 @click.command()
 @click.argument("vips", nargs=-1)
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=lambda: os.environ.get("OBER_CONFIG", DEFAULT_CONFIG),
-    show_default=DEFAULT_CONFIG,
-    help="The node's ober.yaml [or $OBER_CONFIG].",
-)
+@config_option
 def health(vips: tuple[str, ...], config_path: Path) -> None:
     """Announce each VIP (all, or those named) while HAProxy serves it; run by ExaBGP, speaks its text API."""
     config = load_config(config_path)

@@ -1,0 +1,68 @@
+"""``ober drain`` / ``ober undrain``: take this node out of (or back into) the ECMP set."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from ober.cli.options import config_option
+from ober.cli.output import Output, json_option
+from ober.config import load_config
+from ober.drain import clear_drain, read_drain, set_drain, wait_idle
+from ober.errors import OberError
+from ober.healthd import state_file
+
+
+def _withdrawn(path: Path) -> bool:
+    try:
+        vips = json.loads(path.read_text())["vips"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all(v.get("announced") is None for v in vips.values())
+
+
+@click.command()
+@config_option
+@click.option("--reason", default="", help="Why, shown by status.")
+@click.option("--wait", is_flag=True, help="Return when the VIPs are withdrawn and connections reached 0.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait [default: health.drain_timeout].")
+@json_option
+@click.pass_obj
+def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: float | None) -> None:
+    """Withdraw this node's VIPs (the maintenance file tells ober health), optionally waiting until idle."""
+    config = load_config(config_path)
+    info = set_drain(config, reason)
+    out.print(f"drained by {info.by}: ober health withdraws the VIPs")
+    left = None
+    if wait:
+        limit = config.health.drain_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        # First the routers must stop sending: the health process withdraws within an interval (plus the
+        # make-before-break delay, if configured).
+        while not _withdrawn(state_file(config)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = wait_idle(config, max(0.0, deadline - time.monotonic()))
+    if out.as_json:
+        out.json({"drained": True, "by": info.by, "since": info.since, "sessions_left": left})
+    if left:
+        raise OberError(f"{left} connections still open after {limit:g}s", "wait longer (--timeout) or stop anyway")
+    if wait:
+        out.print("[green]✓[/] withdrawn and idle")
+
+
+@click.command()
+@config_option
+@json_option
+@click.pass_obj
+def undrain(out: Output, config_path: Path) -> None:
+    """Put this node back in service: ober health announces again after `rise` good checks."""
+    config = load_config(config_path)
+    was = read_drain(config)
+    clear_drain(config)
+    if out.as_json:
+        out.json({"drained": False, "was_drained": was is not None})
+        return
+    out.print("back in service" if was else "was not drained: nothing to do")

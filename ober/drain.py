@@ -1,0 +1,105 @@
+"""Node-local drain: the maintenance file makes ``ober health`` withdraw; then wait for connections to end.
+
+The file records who drained the node, when and why, so ``ober status`` (and the fleet controller) can show it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ober.config import NodeConfig
+from ober.errors import OberError
+from ober.haproxy_runtime import Snapshot, snapshot
+from ober.render import paths
+
+
+@dataclass(frozen=True)
+class DrainInfo:
+    """What the maintenance file says."""
+
+    by: str
+    since: float
+    reason: str
+
+
+def drain_file(config: NodeConfig) -> Path:
+    """The maintenance file ``ober health`` watches."""
+    return Path(config.health.maintenance_file)
+
+
+def read_drain(config: NodeConfig) -> DrainInfo | None:
+    """The node's drain record, or None when it is in service. An unreadable file still counts as drained."""
+    path = drain_file(config)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return DrainInfo(by=str(data["by"]), since=float(data["since"]), reason=str(data.get("reason", "")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return DrainInfo(by="unknown", since=path.stat().st_mtime, reason="maintenance file present")
+
+
+def set_drain(config: NodeConfig, reason: str = "", by: str | None = None) -> DrainInfo:
+    """Create the maintenance file (atomically); keeps an existing record."""
+    current = read_drain(config)
+    if current is not None:
+        return current
+    info = DrainInfo(by=by or f"{getpass.getuser()}@{socket.gethostname()}", since=time.time(), reason=reason)
+    path = drain_file(config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.tmp")
+        temp.write_text(json.dumps({"by": info.by, "since": info.since, "reason": info.reason}) + "\n")
+        temp.replace(path)
+    except OSError as exc:
+        raise OberError(f"cannot write {path}: {exc.strerror}", "run as root") from None
+    return info
+
+
+def clear_drain(config: NodeConfig) -> bool:
+    """Remove the maintenance file; True when it was there."""
+    try:
+        drain_file(config).unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise OberError(f"cannot remove {drain_file(config)}: {exc.strerror}", "run as root") from None
+    return True
+
+
+def s3_sessions(config: NodeConfig, seen: Snapshot) -> int:
+    """Current client sessions on the S3 frontends (not the stats listener)."""
+    return sum(seen.sessions.get(f"fe_{vip.name}", 0) for vip in config.vips)
+
+
+def wait_idle(
+    config: NodeConfig,
+    timeout: float,
+    *,
+    read: Callable[[], Snapshot] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Wait until the S3 frontends have no sessions, or ``timeout`` passes; returns the sessions left.
+
+    HAProxy not answering counts as idle: nothing is being served.
+    """
+    reader = read or (lambda: snapshot(paths(config)["admin_socket"], config.health.timeout))
+    deadline = clock() + timeout
+    while True:
+        try:
+            left = s3_sessions(config, reader())
+        except OberError:
+            return 0
+        if progress:
+            progress(left)
+        if left == 0 or clock() >= deadline:
+            return left
+        sleep(min(1.0, max(0.0, deadline - clock())))

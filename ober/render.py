@@ -201,6 +201,11 @@ def render_node(config: NodeConfig, secrets: Mapping[str, str] | None = None, *,
     return Rendered(node=config.name, files=tuple(sorted(files, key=lambda item: item.path)))
 
 
+def render_template(name: str, context: Mapping[str, Any]) -> str:
+    """Render one template from ``templates/`` with ober's settings (strict, no escaping)."""
+    return _render(name, context)
+
+
 def _render(name: str, context: Mapping[str, Any]) -> str:
     try:
         return _environment().get_template(name).render(context)

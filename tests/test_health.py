@@ -199,3 +199,27 @@ def test_servable_needs_haproxy_and_a_live_server(make_config: Callable[..., Nod
     assert not servable(vip, None)
     assert not servable(vip, Snapshot({"be_ceph-a": BackendState(2, 0)}, {}))
     assert servable(vip, Snapshot({"be_ceph-a": BackendState(2, 1)}, {}))
+
+
+def test_acks_are_read_so_exabgp_never_blocks() -> None:
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+    pipe = Pipe(io.StringIO(), os.fdopen(read_end, "r"))
+    pipe.start()
+    writer = os.fdopen(write_end, "w")
+    # Far more than a pipe buffer holds (64 KiB): without a reader, ExaBGP's write would block here.
+    done = threading.Event()
+
+    def flood() -> None:
+        for _ in range(100_000):
+            writer.write("done\n")
+        writer.write("error\n")
+        writer.close()
+        done.set()
+
+    threading.Thread(target=flood, daemon=True).start()
+    assert done.wait(10.0), "the ack writer blocked: acks are not being read"
+    assert pipe.gone.wait(5.0)  # EOF: ExaBGP closed our stdin
+    assert pipe.errors == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socketserver
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,6 +109,12 @@ class Server(ThreadingHTTPServer):
     """Threaded; connections that the peer resets (HAProxy ends its health checks so) are not errors."""
 
     daemon_threads = True
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup of the address, which stalls 5 s where no DNS answers."""
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Report everything but a connection the peer reset or closed."""

@@ -1,0 +1,153 @@
+"""A lab node made of plain processes in a namespace: HAProxy, ExaBGP and ``ober health`` from a rendered config.
+
+No systemd here (the nspawn nodes have it): this is the smallest real node, for testing health and failover
+against a real router. The rendered tree is written under the lab's work directory; the ``ober`` and ``exabgp``
+programs ExaBGP's config names are linked to the ones installed with this ober.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ober.config import NodeConfig, parse_node_config
+from ober.errors import OberError
+from ober.facts import find_program
+from ober.lab.netns import Lab, add_address
+from ober.lab.router import Router
+from ober.render import paths, render_node
+
+READY_TIMEOUT = 20.0
+
+
+@dataclass
+class ProcessNode:
+    """A running lab node."""
+
+    name: str
+    ns: str
+    address: str
+    config: NodeConfig
+    haproxy: subprocess.Popen[bytes]
+    exabgp: subprocess.Popen[bytes]
+    logdir: Path
+
+    def state(self) -> dict[str, Any]:
+        """What ``ober health`` last published (empty before its first round)."""
+        try:
+            data: dict[str, Any] = json.loads((Path(paths(self.config)["run_dir"]) / "health.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def health_pid(self) -> int | None:
+        """The PID of this node's ``ober health`` (ExaBGP's child), from its state file."""
+        pid = self.state().get("pid")
+        return int(pid) if isinstance(pid, int) else None
+
+    def maintenance(self, on: bool) -> None:
+        """Create or remove the maintenance file (what ``ober drain`` does)."""
+        path = Path(self.config.health.maintenance_file)
+        if on:
+            path.write_text('{"by": "lab", "since": 0, "reason": "test"}\n')
+        else:
+            path.unlink(missing_ok=True)
+
+    def kill_haproxy(self) -> None:
+        """SIGKILL this node's HAProxy master and its workers, by PID (a crash, not a stop).
+
+        Network namespaces do not separate PIDs: killing by name would hit every HAProxy on the machine.
+        """
+        master = self.haproxy.pid
+        workers = children(master)
+        for pid in [master, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.haproxy.wait(5)
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of a process's children (from /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def lab_config(data: Mapping[str, Any], install_path: Path) -> NodeConfig:
+    """A node config for the lab: the caller's values, paths under ``install_path``."""
+    merged = {**data, "install_path": str(install_path)}
+    merged.setdefault("health", {})
+    merged["health"] = {**merged["health"], "maintenance_file": str(install_path / "etc" / "maintenance")}
+    return parse_node_config(merged)
+
+
+def start_node(
+    lab: Lab, router: Router, name: str, address: str, data: Mapping[str, Any], secrets: Mapping[str, str]
+) -> ProcessNode:
+    """Create a namespace on the router's link, render ``data`` for it, start HAProxy and ExaBGP.
+
+    ``data`` is an ``ober.yaml`` mapping; ``install_path`` and the maintenance file are set to lab paths.
+    """
+    ns = lab.netns(name)
+    router.connect(ns, address)
+    install = lab.path(name, "opt", "ober")
+    config = lab_config(data, install)
+    for vip in config.vips:
+        add_address(ns, "lo", f"{vip.address}/32")
+    p = paths(config)
+    for item in render_node(config, secrets).files:
+        if item.path.startswith(str(install)):
+            target = Path(item.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(item.content)
+            target.chmod(item.mode)
+    Path(p["run_dir"]).mkdir(parents=True, exist_ok=True)
+    venv_bin = Path(p["venv"]) / "bin"
+    venv_bin.mkdir(parents=True, exist_ok=True)
+    for program in ("ober", "exabgp"):
+        found = find_program(program)
+        if found is None:
+            raise OberError(f"{program} is not installed here", "pip install -e . in this environment")
+        (venv_bin / program).symlink_to(found)
+    logs = lab.path(name, "log")
+    haproxy = lab.spawn(
+        ns, [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"]], log=logs / "haproxy.log"
+    )
+    _wait_for(lambda: Path(p["admin_socket"]).exists(), f"{name}: HAProxy did not start; see {logs}/haproxy.log")
+    env = {
+        "exabgp_daemon_user": "root",
+        "exabgp_daemon_daemonize": "false",
+        # Several ExaBGP on one host share the filesystem: no CLI pipe to fight over.
+        "exabgp_api_cli": "false",
+        "exabgp_api_ack": "true",
+        "exabgp_log_destination": "stdout",
+    }
+    exabgp = lab.spawn(ns, [str(venv_bin / "exabgp"), "server", p["exabgp_conf"]], log=logs / "exabgp.log", env=env)
+    return ProcessNode(name, ns, address, config, haproxy, exabgp, logs)
+
+
+def stop_health(node: ProcessNode) -> int | None:
+    """SIGTERM the node's health process; returns its PID."""
+    pid = node.health_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+    return pid
+
+
+def _wait_for(condition: Any, message: str, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise OberError(message)

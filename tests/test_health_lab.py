@@ -1,0 +1,230 @@
+"""``ober health`` on a real lab: 3 nodes (HAProxy + ExaBGP + ober health), a BIRD router doing ECMP, backends.
+
+The router's kernel route for each VIP is the truth: its next-hops are the nodes that announce.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ober.facts import find_program
+from ober.lab.netns import Lab, add_address
+from ober.lab.procnode import ProcessNode, start_node, stop_health
+from ober.lab.router import Router, start_router
+from tests.conftest import DATA, require
+
+pytestmark = pytest.mark.lab
+
+VIP_A, VIP_B = "198.51.100.10", "198.51.100.20"
+NODES = {"n1": "100.64.0.11", "n2": "100.64.0.12", "n3": "100.64.0.13"}
+BACKENDS = {"ceph-a": ("100.64.0.101", "100.64.0.102"), "ceph-b": ("100.64.0.111", "100.64.0.112")}
+DEADLINE = 20.0
+
+
+@dataclass
+class HealthLab:
+    lab: Lab
+    router: Router
+    nodes: dict[str, ProcessNode]
+    backend_ns: str
+    backends: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start_backend(self, address: str) -> None:
+        script = str(DATA / "serving_backend.py")
+        log = self.lab.path("backend") / f"{address}.log"
+        self.backends[address] = self.lab.spawn(self.backend_ns, [sys.executable, script, address, "7480"], log=log)
+
+    def stop_backend(self, address: str) -> None:
+        process = self.backends.pop(address)
+        process.terminate()
+        process.wait(5)
+
+    def hops(self, vip: str) -> set[str]:
+        return set(self.router.next_hops(vip))
+
+    def wait_hops(self, vip: str, expected: set[str], timeout: float = DEADLINE) -> float:
+        """Poll the router's route every 10 ms until its next-hops are ``expected``; returns the time it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.hops(vip) == expected:
+                return time.monotonic() - started
+            time.sleep(0.01)
+        raise AssertionError(f"{vip}: next-hops {sorted(self.hops(vip))}, expected {sorted(expected)}")
+
+
+def node_data(name: str, address: str, cert: Path) -> dict[str, Any]:
+    check = {"interval": "200ms", "rise": 1, "fall": 1}
+    return {
+        "name": name,
+        "bgp": {"router_id": address, "neighbors": "100.64.0.1", "hold_time": 3},
+        "vips": [
+            {"name": "s3-a", "address": VIP_A, "backend": "ceph-a"},
+            {"name": "s3-b", "address": VIP_B, "backend": "ceph-b"},
+        ],
+        "backends": {
+            group: {"servers": list(addrs), "port": 7480, "check": check} for group, addrs in BACKENDS.items()
+        },
+        "certificates": {"pem": str(cert), "http": "serve"},
+        "health": {"interval": "200ms", "rise": 2, "fall": 2, "timeout": "1s"},
+        "stats": {"bind": "127.0.0.1"},
+        "network": {"manager": "networkd"},
+        "kernel_profile": "none",
+        # This sandbox caps file descriptors at 20000; HAProxy wants 2 per connection.
+        "haproxy": {"maxconn": 5000},
+    }
+
+
+@pytest.fixture(scope="module")
+def health_lab() -> Iterator[HealthLab]:
+    require(os.geteuid() == 0, "the lab needs root (network namespaces)")
+    for program in ("bird", "haproxy", "exabgp", "openssl"):
+        require(find_program(program) is not None, f"{program} is not installed")
+    with Lab() as lab:
+        router = start_router(lab, list(NODES.values()), ["198.51.100.0/24"])
+        cert = lab.path("certs") / "s3.pem"
+        key = lab.path("certs") / "key.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=s3.lab.test",
+                "-days",
+                "2",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        cert.write_text(cert.read_text() + key.read_text())
+        backend_ns = lab.netns("rgw")
+        addresses = [a for group in BACKENDS.values() for a in group]
+        router.connect(backend_ns, addresses[0])
+        for extra in addresses[1:]:
+            add_address(backend_ns, "eth0", f"{extra}/24")
+        hl = HealthLab(lab, router, {}, backend_ns)
+        for address in addresses:
+            hl.start_backend(address)
+        for name, address in NODES.items():
+            hl.nodes[name] = start_node(lab, router, name, address, node_data(name, address, cert), {})
+        yield hl
+
+
+ALL = set(NODES.values())
+
+
+def test_every_healthy_node_is_a_next_hop_for_every_vip(health_lab: HealthLab) -> None:
+    took = health_lab.wait_hops(VIP_A, ALL)
+    health_lab.wait_hops(VIP_B, ALL)
+    assert health_lab.router.bgp_sessions() == dict.fromkeys(NODES.values(), "Established")
+    print(f"all VIPs on 3 next-hops {took:.2f}s after the check started")
+
+
+def test_group_down_withdraws_only_its_vip_then_rises_back(health_lab: HealthLab) -> None:
+    health_lab.wait_hops(VIP_B, ALL)
+    for address in BACKENDS["ceph-b"]:
+        health_lab.stop_backend(address)
+    took = health_lab.wait_hops(VIP_B, set())
+    assert health_lab.hops(VIP_A) == ALL  # the other VIP's group is fine: still announced everywhere
+    states = {name: node.state()["vips"][VIP_B]["state"] for name, node in health_lab.nodes.items()}
+    assert set(states.values()) == {"down"}
+    for address in BACKENDS["ceph-b"]:
+        health_lab.start_backend(address)
+    back = health_lab.wait_hops(VIP_B, ALL)
+    print(f"group down -> VIP withdrawn on all nodes: {took:.2f}s; backends back -> re-announced: {back:.2f}s")
+
+
+def test_maintenance_withdraws_the_node_and_undrain_brings_it_back(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n2"]
+    health_lab.wait_hops(VIP_A, ALL)
+    node.maintenance(True)
+    took = health_lab.wait_hops(VIP_A, ALL - {node.address})
+    health_lab.wait_hops(VIP_B, ALL - {node.address})
+    assert node.state()["vips"][VIP_A] == {"name": "s3-a", "state": "disabled", "announced": None}
+    assert node.haproxy.poll() is None  # withdrawn while HAProxy still runs: drain comes before stop
+    node.maintenance(False)
+    back = health_lab.wait_hops(VIP_A, ALL)
+    print(f"maintenance -> withdrawn {took:.2f}s; undrain -> back {back:.2f}s")
+
+
+def test_fast_flapping_never_hangs_exabgp(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n1"]
+    health_lab.wait_hops(VIP_A, ALL)
+    for i in range(60):  # flip the maintenance switch every 50 ms for 3 s
+        node.maintenance(i % 2 == 0)
+        time.sleep(0.05)
+    node.maintenance(False)
+    assert node.exabgp.poll() is None
+    health_lab.wait_hops(VIP_A, ALL)
+    health_lab.wait_hops(VIP_B, ALL)
+    updated = node.state()["updated"]
+    assert isinstance(updated, float) and time.time() - updated < 2.0  # the health loop still turns
+
+
+def test_sigterm_to_health_withdraws_before_it_exits(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n3"]
+    health_lab.wait_hops(VIP_A, ALL)
+    pid = stop_health(node)
+    assert pid is not None
+    # The withdraw reaches the router; ExaBGP then respawns the helper, which announces again after `rise`.
+    fewest = len(ALL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and fewest == len(ALL):
+        fewest = min(fewest, len(health_lab.hops(VIP_A)))
+        time.sleep(0.005)
+    assert fewest == len(ALL) - 1
+    health_lab.wait_hops(VIP_A, ALL)
+    log = (node.logdir / "exabgp.log").read_text()
+    assert "withdrawn on exit" in log
+
+
+def test_haproxy_killed_withdraws_the_node(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n3"]
+    health_lab.wait_hops(VIP_A, ALL)
+    node.kill_haproxy()
+    took = health_lab.wait_hops(VIP_A, ALL - {node.address})
+    health_lab.wait_hops(VIP_B, ALL - {node.address})
+    print(f"HAProxy killed -> next-hop gone: {took:.2f}s (health interval 0.2s, fall 2)")
+
+
+def test_health_exits_when_exabgp_goes_away(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n1"]
+    pid = node.health_pid()
+    assert pid is not None
+    node.exabgp.kill()
+    node.exabgp.wait(5)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    assert not _alive(pid), "ober health kept running after ExaBGP died"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status

@@ -5,6 +5,7 @@ The router's kernel route for each VIP is the truth: its next-hops are the nodes
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 
+from ober.cli import main
 from ober.facts import find_program
 from ober.lab.netns import Lab, add_address
 from ober.lab.procnode import ProcessNode, start_node, stop_health
 from ober.lab.router import Router, start_router
+from ober.render import paths
 from tests.conftest import DATA, require
 
 pytestmark = pytest.mark.lab
@@ -164,6 +167,38 @@ def test_maintenance_withdraws_the_node_and_undrain_brings_it_back(health_lab: H
     node.maintenance(False)
     back = health_lab.wait_hops(VIP_A, ALL)
     print(f"maintenance -> withdrawn {took:.2f}s; undrain -> back {back:.2f}s")
+
+
+def _ober(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    status = main(list(argv))
+    out = capsys.readouterr().out
+    return status, json.loads(out) if out.strip().startswith("{") else out
+
+
+def test_status_reads_bgp_from_exabgp_and_drain_round_trip(
+    health_lab: HealthLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    node = health_lab.nodes["n2"]
+    config = paths(node.config)["config"]
+    health_lab.wait_hops(VIP_A, ALL)
+    health_lab.wait_hops(VIP_B, ALL)
+    code, data = _ober(capsys, "status", "--json", "-c", config)
+    assert code == 0
+    assert data["bgp"]["sessions"] == {"100.64.0.1": "established"}
+    assert data["bgp"]["announced"] == {"100.64.0.1": [f"{VIP_A}/32", f"{VIP_B}/32"]}
+    assert data["drained"] is None and data["haproxy"]["running"] is True
+    assert data["haproxy"]["backends"]["be_ceph-a"] == {"servers": 2, "up": 2}
+    assert {v["state"] for v in data["health"]["vips"].values()} == {"up"} and data["health"]["stale"] is False
+
+    code, _ = _ober(capsys, "drain", "--wait", "--timeout", "10", "--reason", "kernel update", "-c", config)
+    assert code == 0
+    health_lab.wait_hops(VIP_A, ALL - {node.address}, timeout=1.0)  # withdrawn by the time --wait returned
+    code, data = _ober(capsys, "status", "--json", "-c", config)
+    assert data["drained"]["reason"] == "kernel update"
+    assert data["bgp"]["announced"] == {"100.64.0.1": []}
+    code, data = _ober(capsys, "--json", "undrain", "-c", config)
+    assert code == 0 and data == {"drained": False, "was_drained": True}
+    health_lab.wait_hops(VIP_A, ALL)
 
 
 def test_fast_flapping_never_hangs_exabgp(health_lab: HealthLab) -> None:

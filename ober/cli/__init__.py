@@ -17,6 +17,7 @@ from ober.cli.fleet import fleet
 from ober.cli.health import health
 from ober.cli.output import Output
 from ober.cli.render import render
+from ober.cli.status import status
 from ober.cli.version import version_info
 from ober.errors import OberError
 
@@ -56,6 +57,7 @@ cli.add_command(fleet)
 cli.add_command(health)
 cli.add_command(drain)
 cli.add_command(undrain)
+cli.add_command(status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

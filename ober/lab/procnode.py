@@ -26,6 +26,7 @@ from ober.lab.router import Router
 from ober.render import paths, render_node
 
 READY_TIMEOUT = 20.0
+PIPENAME = "ober"
 
 
 @dataclass
@@ -124,11 +125,18 @@ def start_node(
         ns, [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"]], log=logs / "haproxy.log"
     )
     _wait_for(lambda: Path(p["admin_socket"]).exists(), f"{name}: HAProxy did not start; see {logs}/haproxy.log")
+    # Several ExaBGP on one host share the filesystem: each node's CLI pipes live under its own root
+    # (ExaBGP looks in $EXABGP_ROOT/run/exabgp/ when /run/exabgp/ has none).
+    pipes = install / "run" / "exabgp"
+    pipes.mkdir(parents=True, exist_ok=True)
+    for end in ("in", "out"):
+        os.mkfifo(pipes / f"{PIPENAME}.{end}", 0o600)
     env = {
+        "EXABGP_ROOT": str(install),
         "exabgp_daemon_user": "root",
         "exabgp_daemon_daemonize": "false",
-        # Several ExaBGP on one host share the filesystem: no CLI pipe to fight over.
-        "exabgp_api_cli": "false",
+        "exabgp_api_cli": "true",
+        "exabgp_api_pipename": PIPENAME,
         "exabgp_api_ack": "true",
         "exabgp_log_destination": "stdout",
     }

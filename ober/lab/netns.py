@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -234,6 +234,8 @@ class Lab:
         self.keep_files = keep_files
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
+        # Stops that need more than a PID (a Ceph cluster stops in order): run first, newest first.
+        self.cleanups: list[Callable[[], None]] = []
 
     def __enter__(self) -> Lab:
         return self
@@ -273,6 +275,12 @@ class Lab:
             OberError: something could not be stopped or deleted (everything else was still torn down).
         """
         problems: list[str] = []
+        while self.cleanups:
+            cleanup = self.cleanups.pop()
+            try:
+                cleanup()
+            except (OberError, OSError, subprocess.TimeoutExpired) as exc:
+                problems.append(f"cleanup: {exc}")
         while self.processes:
             process = self.processes.pop()
             try:

@@ -75,6 +75,8 @@ def expand(
         for word in _split_outside_brackets(part, where):
             try:
                 names.extend(_hostlist.expand_hostlist(word))
+            except RecursionError:
+                raise ConfigError(f"{where}: bad hostlist {word!r}", "write ranges like node[01-04]") from None
             except _hostlist.BadHostlist as exc:
                 raise ConfigError(
                     f"{where}: bad hostlist {word!r}: {exc}",
@@ -107,6 +109,9 @@ def _split_outside_brackets(text: str, where: str) -> list[str]:
             depth -= 1
         if depth < 0:
             break
+        if depth > 0 and char.isspace():
+            # python-hostlist recurses forever on a newline inside brackets; Slurm allows no space there either.
+            raise ConfigError(f"{where}: bad hostlist {text!r}: space inside brackets", "write ranges like node[01-04]")
         if depth == 0 and (char == "," or char.isspace()):
             if current:
                 words.append(current)

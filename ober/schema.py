@@ -212,6 +212,8 @@ def parse_duration(value: object, where: str) -> float:
     """Parse ``30``, ``30s``, ``500ms``, ``10m``, ``2h`` or ``7d`` into seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(f"{where}: expected a duration like 30s or 10m, got {type_name(value)}")
+    if isinstance(value, int) and abs(value) > 10**12:
+        raise ConfigError(f"{where}: a huge number is not a duration", "write it like 500ms, 30s, 10m, 2h or 7d")
     match = _DURATION.match(str(value).strip())
     if not match:
         raise ConfigError(f"{where}: {value!r} is not a duration", "write it like 500ms, 30s, 10m, 2h or 7d")

@@ -96,7 +96,9 @@ def write_secrets(path: Path, secrets: Mapping[str, str]) -> None:
     """Write a secrets file atomically with mode 600 (never readable by others, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A temp file left by a crash keeps its old mode under O_CREAT: start afresh, and exclusively.
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         yaml.safe_dump(dict(secrets), handle)
     temp.replace(path)

@@ -12,6 +12,7 @@ from enum import IntEnum
 
 import click
 
+from ober.cli.config import config_cmd
 from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
 from ober.cli.health import health
@@ -58,6 +59,7 @@ cli.add_command(health)
 cli.add_command(drain)
 cli.add_command(undrain)
 cli.add_command(status)
+cli.add_command(config_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

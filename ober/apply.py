@@ -1,0 +1,209 @@
+"""Applying rendered files to a node: diff, then swap in all or nothing, reload, verify, roll back on failure.
+
+``root`` is the filesystem root the node's paths are under: ``/`` on a node, a directory in tests and staging.
+A manifest of the files ober wrote lets a later apply remove the ones no longer rendered (e.g. after switching the
+VIP interface from netplan to networkd). Files that hold secrets (mode 600) are never shown in a diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ober.errors import OberError
+from ober.render import Rendered, RenderedFile
+
+
+@dataclass(frozen=True)
+class Change:
+    """One file to create, replace or remove (``new`` None)."""
+
+    path: str
+    old: str | None
+    new: RenderedFile | None
+
+    @property
+    def kind(self) -> str:
+        """``create``, ``update`` or ``remove``."""
+        if self.new is None:
+            return "remove"
+        return "create" if self.old is None else "update"
+
+
+def manifest_path(install_path: str) -> str:
+    """Where the list of files ober owns on a node lives."""
+    return f"{install_path}/etc/.ober-manifest.json"
+
+
+def _on(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        return ""  # not ours to show; a changed file all the same
+    except OSError as exc:
+        raise OberError(f"cannot read {path}: {exc.strerror}", "run as root") from None
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+
+
+def plan(rendered: Rendered, root: Path, install_path: str) -> list[Change]:
+    """What applying ``rendered`` would change under ``root`` (content or mode), in path order."""
+    changes: list[Change] = []
+    wanted = {item.path for item in rendered.files}
+    for item in rendered.files:
+        target = _on(root, item.path)
+        old = _read(target)
+        if old != item.content or _mode(target) != item.mode:
+            changes.append(Change(item.path, old, item))
+    owned = _read(_on(root, manifest_path(install_path)))
+    if owned:
+        try:
+            previous = [str(p) for p in json.loads(owned)]
+        except ValueError:
+            previous = []
+        for path in sorted(set(previous) - wanted):
+            old = _read(_on(root, path))
+            if old is not None:
+                changes.append(Change(path, old, None))
+    return sorted(changes, key=lambda change: change.path)
+
+
+def diff(changes: list[Change]) -> str:
+    """A unified diff of the changes; secret files (mode 600) say only that they change."""
+    parts: list[str] = []
+    for change in changes:
+        secret = change.new is not None and change.new.mode == 0o600
+        if secret and change.old != (change.new.content if change.new else None):
+            parts.append(
+                f"--- {change.path}\n+++ {change.path}\n(secret file: contents not shown; it {change.kind}s)\n"
+            )
+            continue
+        new_text = change.new.content if change.new else ""
+        lines = difflib.unified_diff(
+            (change.old or "").splitlines(keepends=True),
+            new_text.splitlines(keepends=True),
+            fromfile=change.path if change.old is not None else "/dev/null",
+            tofile=change.path if change.new is not None else "/dev/null",
+        )
+        text = "".join(lines)
+        if not text and change.new is not None:
+            text = f"--- {change.path}\n+++ {change.path}\n(mode changes to {change.new.mode:04o})\n"
+        parts.append(text if text.endswith("\n") else text + "\n")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What an apply did."""
+
+    changes: list[Change]
+    backup: Path | None
+
+
+def _write_atomically(target: Path, content: str, mode: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.ober-new")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temp, mode)  # noqa: PTH101 - the umask may have narrowed os.open's mode
+    temp.replace(target)
+
+
+def apply(
+    changes: list[Change],
+    root: Path,
+    install_path: str,
+    owned: list[str],
+    *,
+    reload: Callable[[], None],
+    verify: Callable[[], None],
+) -> Applied:
+    """Back up, swap in every change, reload, verify; on any failure put every file back and reload again.
+
+    Args:
+        changes: from :func:`plan`.
+        root: the filesystem root (``/`` on a node).
+        install_path: the node's install path (backups go to ``<install>/backup/<time>/``).
+        owned: every path the new render holds (the next manifest).
+        reload: makes the services read the new files (raises OberError on failure).
+        verify: checks the node serves with them (raises OberError on failure).
+
+    Raises:
+        OberError: the change was rolled back; the message says why.
+    """
+    if not changes:
+        return Applied([], None)
+    backup = _on(root, f"{install_path}/backup/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    saved: list[tuple[Path, Path | None]] = []
+    manifest = Change(
+        manifest_path(install_path),
+        None,
+        RenderedFile(manifest_path(install_path), json.dumps(sorted(owned), indent=1) + "\n", 0o644),
+    )
+    try:
+        for change in [*changes, manifest]:
+            target = _on(root, change.path)
+            copy = None
+            if target.exists():
+                copy = backup / change.path.lstrip("/")
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(target, copy)
+            saved.append((target, copy))
+        for change in [*changes, manifest]:
+            target = _on(root, change.path)
+            if change.new is None:
+                target.unlink(missing_ok=True)
+            else:
+                _write_atomically(target, change.new.content, change.new.mode)
+        reload()
+        verify()
+    except (OberError, OSError) as exc:
+        _restore(saved)
+        try:
+            reload()
+        except OberError as again:
+            raise OberError(
+                f"{_why(exc)}; files restored, but the reload after restoring failed too: {again.message}",
+                "check 'ober status' and the journal (ober logs)",
+            ) from None
+        raise OberError(f"{_why(exc)}; rolled back to the previous files", "fix the config and apply again") from None
+    return Applied(changes, backup)
+
+
+def _why(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, OberError) else f"{exc.__class__.__name__}: {exc}"
+
+
+def _restore(saved: list[tuple[Path, Path | None]]) -> None:
+    for target, copy in reversed(saved):
+        try:
+            if copy is None:
+                target.unlink(missing_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temp = target.with_name(f".{target.name}.ober-restore")
+                shutil.copy2(copy, temp)
+                temp.replace(target)
+        except OSError:
+            continue  # restore as much as possible; the error that started this is what gets reported

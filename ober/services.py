@@ -1,0 +1,76 @@
+"""systemd actions on ober's units, and what each changed file needs to take effect."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable
+
+from ober.config import NodeConfig
+from ober.errors import OberError
+from ober.haproxy_runtime import snapshot
+from ober.render import paths
+from ober.status import unit_state
+
+SYSTEMCTL_TIMEOUT = 90.0
+
+
+def systemctl(*args: str) -> None:
+    """Run ``systemctl ARGS``; a failure is an OberError quoting systemd."""
+    if shutil.which("systemctl") is None:
+        raise OberError("systemctl is not available here", "run this on a node with systemd")
+    try:
+        done = subprocess.run(
+            ["systemctl", *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise OberError(f"systemctl {' '.join(args)} did not finish in {SYSTEMCTL_TIMEOUT:g}s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        unit = args[-1]
+        raise OberError(f"systemctl {' '.join(args)}: {last}", f"see: journalctl -u {unit} -n 50")
+
+
+def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
+    """The actions (as systemctl argument strings) the changed paths need, in order; HAProxy is reloaded hitlessly."""
+    changed = set(changed)
+    p = paths(config)
+    actions: list[str] = []
+    if any(path.startswith("/etc/systemd/system/ober-") for path in changed):
+        actions.append("daemon-reload")
+    if any(path.startswith("/etc/sysctl.d/") for path in changed):
+        actions.append("restart systemd-sysctl")
+    if any(path.startswith("/etc/systemd/journald.conf.d/") for path in changed):
+        actions.append("restart systemd-journald")
+    http_inputs = {p["haproxy_cfg"], p["secrets_env"], "/etc/systemd/system/ober-http.service"}
+    if changed & http_inputs or any(path.startswith(p["whitelist_dir"]) for path in changed):
+        actions.append("reload ober-http")
+    if changed & {p["exabgp_conf"], "/etc/systemd/system/ober-bgp.service"}:
+        # ExaBGP re-reads its configuration on reload (SIGUSR1) without dropping the sessions it keeps.
+        actions.append("reload ober-bgp")
+    return actions
+
+
+def run_actions(actions: list[str]) -> None:
+    """Carry out ``reload_for``'s actions, skipping reloads of units that are not running."""
+    for action in actions:
+        verb, _, unit = action.partition(" ")
+        if verb == "reload" and unit_state(unit) != "active":
+            continue
+        systemctl(*action.split())
+
+
+def verify_haproxy(config: NodeConfig, timeout: float = 10.0) -> None:
+    """HAProxy answers on its runtime socket within ``timeout`` (after a reload)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            snapshot(paths(config)["admin_socket"], config.health.timeout)
+            return
+        except OberError as exc:
+            if time.monotonic() >= deadline:
+                raise OberError(
+                    f"HAProxy does not answer after the reload: {exc.message}", "see: journalctl -u ober-http -n 50"
+                ) from None
+            time.sleep(0.2)

@@ -43,8 +43,8 @@ def build_node(
         SecretsError: a referenced secret is missing.
         RenderError: a template failed or a tool rejected the result.
     """
-    config = resolve_whitelists(config, lookup)
-    rendered = render_node(config, secrets)
+    resolved = resolve_whitelists(config, lookup)
+    rendered = render_node(config, secrets, resolved=resolved.whitelists)
     if not check:
         return Built(rendered)
-    return Built(rendered, [check_haproxy(config, secrets), check_exabgp(config, secrets)])
+    return Built(rendered, [check_haproxy(resolved, secrets), check_exabgp(resolved, secrets)])

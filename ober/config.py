@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ober.errors import ConfigError
-from ober.hostlists import check_host, expand, is_ipv4
+from ober.hostlists import check_host, expand, is_ipv4, split_words
 from ober.schema import NAME, NAME_HINT, Fields, type_name
 
 DEFAULT_INSTALL_PATH = "/opt/ober"
@@ -388,13 +388,16 @@ def _parse_whitelist(fields: Fields, key: str) -> tuple[str, ...]:
     raw = fields.raw(key, [])
     if not isinstance(raw, (str, list)):
         raise ConfigError(f"{fields.at(key)}: expected a hostlist or a list, got {type_name(raw)}")
-    items = [raw] if isinstance(raw, str) else raw
     entries: list[str] = []
-    for item in items:
-        if isinstance(item, str) and "/" in item:
-            entries.append(_network(item, fields.at(key)))
-        else:
-            entries.extend(expand([item], fields.at(key)))
+    for item in [raw] if isinstance(raw, str) else raw:
+        if not isinstance(item, str):
+            raise ConfigError(f"{fields.at(key)}: expected hostlists, addresses or networks, got {type_name(item)}")
+        # Networks (198.18.0.0/15) may stand between hostlist words; python-hostlist would not take them.
+        for word in split_words(item, fields.at(key)):
+            if "/" in word:
+                entries.append(_network(word, fields.at(key)))
+            else:
+                entries.extend(expand(word, fields.at(key)))
     return tuple(entries)
 
 

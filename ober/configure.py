@@ -8,14 +8,19 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ober.config import read_yaml
+from ober.apply import Change, apply, plan
+from ober.build import build_node
+from ober.config import parse_node_config, read_yaml
 from ober.errors import ConfigError
 from ober.inventory import merge
+from ober.secrets import load_secrets
+from ober.services import reload_for, run_actions, verify_haproxy
 
 _KEY = re.compile(r"^[a-z_][a-z0-9_-]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_-]*(?:\[\d+\])?)*\Z")
 
@@ -75,3 +80,63 @@ def edited(current: dict[str, Any], from_file: Path | None, assignments: Iterabl
         path, value = parse_assignment(text)
         assign(data, path, value, text)
     return data
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What configuring did (or, on a dry run, would do)."""
+
+    changes: list[Change]
+    actions: list[str]
+    backup: Path | None
+    dry_run: bool
+    live: bool
+
+    def summary(self) -> list[dict[str, str]]:
+        """Each changed path and how, for ``--json``."""
+        return [{"path": change.path, "change": change.kind} for change in self.changes]
+
+
+def current_data(config_path: Path, root: Path) -> dict[str, Any]:
+    """The node's ober.yaml as a mapping (empty when there is none yet)."""
+    on_disk = root / str(config_path).lstrip("/")
+    if not on_disk.exists():
+        return {}
+    loaded = read_yaml(on_disk)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def configure(
+    data: dict[str, Any], *, root: Path, secrets_path: Path | None = None, check: bool = True, dry_run: bool = False
+) -> Outcome:
+    """Validate ``data`` as the node's config, render and check it, then apply it (unless ``dry_run``).
+
+    On ``/`` the services that read changed files are reloaded (HAProxy hitlessly) and HAProxy verified; on
+    failure every file is put back. Under another ``root`` (staging) nothing is reloaded.
+
+    Raises:
+        ConfigError, SecretsError, RenderError: nothing was written.
+        OberError: applying failed and was rolled back.
+    """
+    config = parse_node_config(data, "new config")
+    secrets = load_secrets(secrets_path, required=bool(config.secret_names()))
+    built = build_node(config, secrets, check=check)
+    changes = plan(built.rendered, root, config.install_path)
+    live = root.resolve() == Path("/")
+    actions = reload_for(config, [c.path for c in changes]) if live else []
+    if dry_run or not changes:
+        return Outcome(changes, actions, None, dry_run, live)
+
+    def verify() -> None:
+        if "reload ober-http" in actions:
+            verify_haproxy(config)
+
+    result = apply(
+        changes,
+        root,
+        config.install_path,
+        [f.path for f in built.rendered.files],
+        reload=lambda: run_actions(actions),
+        verify=verify,
+    )
+    return Outcome(changes, actions, result.backup, False, live)

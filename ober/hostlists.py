@@ -72,7 +72,7 @@ def expand(
     for part in parts:
         if not isinstance(part, str):
             raise ConfigError(f"{where}: expected a hostlist string, got {type(part).__name__}")
-        for word in _split_outside_brackets(part, where):
+        for word in split_words(part, where):
             try:
                 names.extend(_hostlist.expand_hostlist(word))
             except RecursionError:
@@ -97,8 +97,8 @@ def expand(
     return names
 
 
-def _split_outside_brackets(text: str, where: str) -> list[str]:
-    """Split on commas and whitespace that are not inside ``[...]``."""
+def split_words(text: str, where: str) -> list[str]:
+    """Split a hostlist on the commas and whitespace that are not inside ``[...]``."""
     words: list[str] = []
     depth = 0
     current = ""

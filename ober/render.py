@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from ober.config import NodeConfig, dump_config
+from ober.config import NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
 from ober.secrets import pick
@@ -119,12 +119,12 @@ def _whitelist(entries: tuple[str, ...], field: str) -> list[str]:
     return list(entries)
 
 
-def _context(config: NodeConfig, secrets: Mapping[str, str], root: str) -> dict[str, Any]:
+def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: Whitelists) -> dict[str, Any]:
     version = config.haproxy.version_tuple
     whitelists = {
-        "routers": _whitelist(config.whitelists.routers, "routers"),
-        "frontend_http": _whitelist(config.whitelists.frontend_http, "frontend_http"),
-        "backend_http": _whitelist(config.whitelists.backend_http, "backend_http"),
+        "routers": _whitelist(lists.routers, "routers"),
+        "frontend_http": _whitelist(lists.frontend_http, "frontend_http"),
+        "backend_http": _whitelist(lists.backend_http, "backend_http"),
     }
     p = paths(config, root)
     tls_ca = {
@@ -176,7 +176,13 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
     return plan
 
 
-def render_node(config: NodeConfig, secrets: Mapping[str, str] | None = None, *, root: str = "") -> Rendered:
+def render_node(
+    config: NodeConfig,
+    secrets: Mapping[str, str] | None = None,
+    *,
+    root: str = "",
+    resolved: Whitelists | None = None,
+) -> Rendered:
     """Render every file of one node.
 
     Args:
@@ -184,6 +190,8 @@ def render_node(config: NodeConfig, secrets: Mapping[str, str] | None = None, *,
         secrets: secret values by name; only those the config references are used (and they must be there).
         root: a prefix for every path *inside* the files, for validating a copy in a scratch directory. The
             files' own ``path`` stay the real node paths.
+        resolved: the whitelists with names resolved to addresses (see :mod:`ober.resolve`); ``ober.yaml`` keeps
+            the names, so they are resolved again next time.
 
     Returns:
         The node's files, sorted by path; ``ober.yaml`` itself included.
@@ -193,7 +201,7 @@ def render_node(config: NodeConfig, secrets: Mapping[str, str] | None = None, *,
         SecretsError: a referenced secret is missing.
     """
     used = pick(secrets or {}, config.secret_names())
-    context = _context(config, used, root)
+    context = _context(config, used, root, resolved or config.whitelists)
     files = [RenderedFile(paths(config)["config"], dump_config(config), 0o644)]
     for template, path, mode in _plan(config, paths(config)):
         name, _, variant = template.partition("#")

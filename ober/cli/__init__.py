@@ -19,6 +19,7 @@ from ober.cli.health import health
 from ober.cli.output import Output
 from ober.cli.render import render
 from ober.cli.status import status
+from ober.cli.sync import sync
 from ober.cli.version import version_info
 from ober.errors import OberError
 
@@ -60,6 +61,7 @@ cli.add_command(drain)
 cli.add_command(undrain)
 cli.add_command(status)
 cli.add_command(config_cmd)
+cli.add_command(sync)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,10 +21,11 @@ from botocore.exceptions import ClientError
 
 from ober.cli import main
 from ober.facts import find_program
-from ober.lab.netns import Lab, add_address, add_route, add_veth, link_up
-from ober.lab.procnode import ProcessNode, start_node, stop_health
+from ober.lab.netns import Lab, add_address, add_route, add_veth, link_up, stop_process
+from ober.lab.procnode import ProcessNode, restart_node, start_node, stop_health
 from ober.lab.rgw import RgwCluster, in_netns, missing_programs, start_cluster
 from ober.lab.router import Router, start_router
+from ober.lifecycle import graceful_stop
 from ober.render import paths
 from tests.conftest import require
 
@@ -286,6 +287,27 @@ def test_sigterm_to_health_withdraws_before_it_exits(health_lab: HealthLab) -> N
     health_lab.wait_hops(VIP_A, ALL)
     log = (node.logdir / "exabgp.log").read_text()
     assert "withdrawn on exit" in log
+
+
+def test_graceful_stop_withdraws_before_the_services_stop(health_lab: HealthLab) -> None:
+    node = health_lab.nodes["n3"]
+    health_lab.wait_hops(VIP_A, ALL)
+    seen_at_stop: list[set[str]] = []
+
+    def systemctl(*args: str) -> None:
+        # What systemd would do to the units; first record what the router sees at that moment.
+        assert args == ("stop", "ober-bgp", "ober-http")
+        seen_at_stop.append(health_lab.hops(VIP_A))
+        stop_process(node.exabgp)
+        stop_process(node.haproxy)
+
+    report = graceful_stop(node.config, systemctl, timeout=5.0)
+    assert seen_at_stop == [ALL - {node.address}]  # withdrawn while HAProxy still served
+    assert report.withdrawn and report.sessions_left == 0
+    assert not Path(node.config.health.maintenance_file).exists()  # our own drain is lifted for the next start
+    # Bring the node back as `ober start` would: HAProxy, then ExaBGP (which respawns ober health).
+    health_lab.nodes["n3"] = restart_node(health_lab.lab, node)
+    health_lab.wait_hops(VIP_A, ALL)
 
 
 def test_haproxy_killed_withdraws_the_node(health_lab: HealthLab) -> None:

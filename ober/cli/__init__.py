@@ -18,6 +18,7 @@ from ober.cli.fleet import fleet
 from ober.cli.health import health
 from ober.cli.output import Output
 from ober.cli.render import render
+from ober.cli.service import logs, reload, restart, start, stop
 from ober.cli.status import status
 from ober.cli.sync import sync
 from ober.cli.version import version_info
@@ -62,6 +63,8 @@ cli.add_command(undrain)
 cli.add_command(status)
 cli.add_command(config_cmd)
 cli.add_command(sync)
+for command in (start, stop, restart, reload, logs):
+    cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

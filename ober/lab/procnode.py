@@ -40,6 +40,7 @@ class ProcessNode:
     haproxy: subprocess.Popen[bytes]
     exabgp: subprocess.Popen[bytes]
     logdir: Path
+    env: dict[str, str]
 
     def state(self) -> dict[str, Any]:
         """What ``ober health`` last published (empty before its first round)."""
@@ -141,7 +142,27 @@ def start_node(
         "exabgp_log_destination": "stdout",
     }
     exabgp = lab.spawn(ns, [str(venv_bin / "exabgp"), "server", p["exabgp_conf"]], log=logs / "exabgp.log", env=env)
-    return ProcessNode(name, ns, address, config, haproxy, exabgp, logs)
+    return ProcessNode(name, ns, address, config, haproxy, exabgp, logs, env)
+
+
+def _start_haproxy(lab: Lab, ns: str, config: NodeConfig, logs: Path) -> subprocess.Popen[bytes]:
+    p = paths(config)
+    Path(p["admin_socket"]).unlink(missing_ok=True)
+    haproxy = lab.spawn(
+        ns, [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"]], log=logs / "haproxy.log"
+    )
+    _wait_for(lambda: Path(p["admin_socket"]).exists(), f"{config.name}: HAProxy did not start; see {logs}/haproxy.log")
+    return haproxy
+
+
+def restart_node(lab: Lab, node: ProcessNode) -> ProcessNode:
+    """Start a stopped node's HAProxy and ExaBGP again (what ``ober start`` does through systemd)."""
+    p = paths(node.config)
+    haproxy = _start_haproxy(lab, node.ns, node.config, node.logdir)
+    exabgp = lab.spawn(
+        node.ns, [f"{p['venv']}/bin/exabgp", "server", p["exabgp_conf"]], log=node.logdir / "exabgp.log", env=node.env
+    )
+    return ProcessNode(node.name, node.ns, node.address, node.config, haproxy, exabgp, node.logdir, node.env)
 
 
 def stop_health(node: ProcessNode) -> int | None:

@@ -318,9 +318,9 @@ def _parse_bgp(fields: Fields) -> Bgp:
 
 
 def _parse_server(entry: str, port: int, where: str) -> Server:
-    host, _, port_text = entry.partition(":")
+    host, colon, port_text = entry.partition(":")
     check_host(host, where)
-    if port_text:
+    if colon:
         if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
             raise ConfigError(f"{where}: bad port in {entry!r}", "write host:port with a port from 1 to 65535")
         port = int(port_text)
@@ -565,10 +565,10 @@ def _parse(top: Fields) -> NodeConfig:
         haproxy=haproxy,
     )
     top.done()
-    for vip in vips:
+    for index, vip in enumerate(vips):
         if vip.address == bgp.local_address or vip.address in bgp.neighbors:
             raise ConfigError(
-                f"vips: {vip.address} is also a BGP address of this node or a neighbor",
+                f"vips[{index}].address: {vip.address} is also a BGP address of this node or a neighbor",
                 "give the VIP its own address",
             )
     return config

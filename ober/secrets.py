@@ -71,8 +71,13 @@ def load_secrets(path: str | Path | None = None, *, required: bool = True) -> di
     secrets: dict[str, str] = {}
     for name, value in data.items():
         if not isinstance(name, str) or not NAME.match(name):
-            raise SecretsError(f"{file}: secret name {str(name)[:40]!r} is not allowed", "use names like bgp_md5")
-        if not isinstance(value, str) or not _VALUE.match(value):
+            # Not echoed: a value pasted where a name belongs would be shown.
+            raise SecretsError(
+                f"{file}: a secret name is not allowed", "use names like bgp_md5 (lowercase, digits, - _)"
+            )
+        if not isinstance(value, str):
+            raise SecretsError(f"{file}: the value of {name!r} is not a string", f'quote it: {name}: "..."')
+        if not _VALUE.match(value):
             raise SecretsError(
                 f"{file}: the value of {name!r} is not allowed",
                 "use 1-80 characters without quotes, spaces, '$', '#', ';' or backslashes",

@@ -13,6 +13,7 @@ from enum import IntEnum
 import click
 
 from ober.cli.config import config_cmd
+from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
 from ober.cli.health import health
@@ -62,6 +63,8 @@ cli.add_command(drain)
 cli.add_command(undrain)
 cli.add_command(status)
 cli.add_command(config_cmd)
+cli.add_command(doctor)
+cli.add_command(node_test)
 cli.add_command(sync)
 for command in (start, stop, restart, reload, logs):
     cli.add_command(command)
@@ -73,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = any(arg in ("-v", "--verbose") or (arg.startswith("-v") and set(arg[1:]) == {"v"}) for arg in args)
     as_json = "--json" in args
     try:
-        cli.main(args=args, prog_name="ober", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit()'s code instead of raising.
+        returned = cli.main(args=args, prog_name="ober", standalone_mode=False)
     except click.exceptions.Exit as done:
         return int(done.exit_code)
     except click.UsageError as exc:
@@ -96,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_json,
             ExitStatus.ERROR,
         )
-    return ExitStatus.OK
+    return returned if isinstance(returned, int) else ExitStatus.OK
 
 
 def _fail(message: str, fix: str | None, as_json: bool, status: ExitStatus) -> int:

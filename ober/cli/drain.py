@@ -45,10 +45,17 @@ def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: floa
         while not _withdrawn(state_file(config)) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = wait_idle(config, max(0.0, deadline - time.monotonic()))
+    problem = f"{left} connections still open after {limit:g}s" if left else None
     if out.as_json:
-        out.json({"drained": True, "by": info.by, "since": info.since, "sessions_left": left})
-    if left:
-        raise OberError(f"{left} connections still open after {limit:g}s", "wait longer (--timeout) or stop anyway")
+        doc: dict[str, object] = {"drained": True, "by": info.by, "since": info.since, "sessions_left": left}
+        if problem:
+            doc.update(error=problem, fix="wait longer (--timeout) or stop anyway")
+        out.json(doc)
+        if problem:
+            click.get_current_context().exit(1)
+        return
+    if problem:
+        raise OberError(problem, "wait longer (--timeout) or stop anyway")
     if wait:
         out.print("[green]✓[/] withdrawn and idle")
 

@@ -440,6 +440,9 @@ def parse_node_config(data: object, where: str = "") -> NodeConfig:
 def _parse(top: Fields) -> NodeConfig:
     name = check_host(top.string("name"), "name")
     install_path = _path(top, "install_path", DEFAULT_INSTALL_PATH) or DEFAULT_INSTALL_PATH
+    if len(install_path) > 64:
+        # HAProxy's admin socket lives under it, and Unix socket paths are limited to 107 bytes.
+        raise ConfigError(f"install_path: {install_path!r} is longer than 64 characters", "choose a shorter path")
 
     health_fields = top.section("health")
     health = Health(

@@ -127,7 +127,7 @@ class _Scratch:
 
     def __init__(self, tool: Tool) -> None:
         base = (tool.chroot / "tmp") if tool.chroot else None
-        self.host_dir = Path(tempfile.mkdtemp(prefix="ober-check-", dir=base))
+        self.host_dir = Path(tempfile.mkdtemp(prefix="oc-", dir=base))
         # Inside the chroot the same directory is seen under /tmp.
         self.root = "/tmp/" + self.host_dir.name if tool.chroot else str(self.host_dir)  # noqa: S108
 

@@ -127,16 +127,15 @@ def configure(
     if dry_run or not changes:
         return Outcome(changes, actions, None, dry_run, live)
 
+    done: list[str] = []
+
+    def reload() -> None:
+        done[:] = run_actions(actions)
+
     def verify() -> None:
-        if "reload ober-http" in actions:
+        if "reload ober-http" in done:  # a stopped HAProxy is not reloaded, so there is nothing to verify
             verify_haproxy(config)
 
-    result = apply(
-        changes,
-        root,
-        config.install_path,
-        [f.path for f in built.rendered.files],
-        reload=lambda: run_actions(actions),
-        verify=verify,
-    )
-    return Outcome(changes, actions, result.backup, False, live)
+    owned = [f.path for f in built.rendered.files]
+    result = apply(changes, root, config.install_path, owned, reload=reload, verify=verify)
+    return Outcome(changes, done, result.backup, False, live)

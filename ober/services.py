@@ -52,13 +52,16 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
     return actions
 
 
-def run_actions(actions: list[str]) -> None:
-    """Carry out ``reload_for``'s actions, skipping reloads of units that are not running."""
+def run_actions(actions: list[str]) -> list[str]:
+    """Carry out ``reload_for``'s actions, skipping reloads of units that are not running; returns those done."""
+    done: list[str] = []
     for action in actions:
         verb, _, unit = action.partition(" ")
         if verb == "reload" and unit_state(unit) != "active":
             continue
         systemctl(*action.split())
+        done.append(action)
+    return done
 
 
 def verify_haproxy(config: NodeConfig, timeout: float = 10.0) -> None:

@@ -97,7 +97,7 @@ def _stage_file(real: str, scratch: Path, result: CheckResult, make: str) -> Non
     source = Path(real)
     if source.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        shutil.copy2(source, target)  # keeps the mode: ExaBGP refuses a program it cannot execute
         return
     if source.is_dir() and any(source.glob("*.pem")):
         shutil.copytree(source, target, dirs_exist_ok=True)

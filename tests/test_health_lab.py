@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from ober.cli import main
 from ober.facts import find_program
-from ober.lab.netns import Lab, add_address, add_route, add_veth, link_up, stop_process
+from ober.lab.netns import Lab, add_address, stop_process
 from ober.lab.procnode import ProcessNode, restart_node, start_node, stop_health
 from ober.lab.rgw import RgwCluster, in_netns, missing_programs, start_cluster
 from ober.lab.router import Router, start_router
@@ -78,18 +78,6 @@ class HealthLab:
                 request_checksum_calculation="when_required",
             ),
         )
-
-
-def _segment(lab: Lab, router: Router, short: str, segment: int) -> str:
-    """A namespace on its own /24 behind the router: router .1, the namespace's default route via it."""
-    ns = lab.netns(short)
-    add_veth(router.ns, short, ns, "eth0")
-    add_address(router.ns, short, f"100.64.{segment}.1/24")
-    link_up(router.ns, short)
-    link_up(ns, "eth0")
-    add_address(ns, "eth0", f"100.64.{segment}.2/24")
-    add_route(ns, "default", f"100.64.{segment}.1")
-    return ns
 
 
 def node_data(name: str, address: str, cert: Path) -> dict[str, Any]:
@@ -152,12 +140,12 @@ def health_lab() -> Iterator[HealthLab]:
         cert.write_text(cert.read_text() + key.read_text())
         clusters: dict[str, RgwCluster] = {}
         for group, segment in SEGMENTS.items():
-            ns = _segment(lab, router, group, segment)
+            ns = router.segment(lab, group, segment)
             for address in (*RGWS[group], f"100.64.{segment}.10"):
                 add_address(ns, "lo", f"{address}/32")
             clusters[group] = start_cluster(ns, lab.path(group), list(RGWS[group]), f"100.64.{segment}.10")
             lab.cleanups.append(clusters[group].stop)
-        client_ns = _segment(lab, router, "client", 10)
+        client_ns = router.segment(lab, "client", 10)
         hl = HealthLab(lab, router, {}, clusters, client_ns, public)
         for name, address in NODES.items():
             hl.nodes[name] = start_node(lab, router, name, address, node_data(name, address, cert), {})

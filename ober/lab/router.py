@@ -26,6 +26,7 @@ from ober.lab.netns import (
     add_veth,
     attach,
     check_off_host,
+    link_up,
     run,
     set_sysctl,
     stop_process,
@@ -71,6 +72,20 @@ class Router:
         attach(self.ns, port, BRIDGE)
         add_address(node_ns, ifname, str(node))
         add_route(node_ns, "default", str(self.address.ip))
+
+    def segment(self, lab: Lab, short: str, number: int) -> str:
+        """A new namespace on its own /24 (100.64.NUMBER.0) behind the router: router .1, the namespace .2.
+
+        Backends and clients live on such segments, so their traffic crosses the router like in a real site.
+        """
+        ns = lab.netns(short)
+        add_veth(self.ns, short, ns, "eth0")
+        add_address(self.ns, short, f"100.64.{number}.1/24")
+        link_up(self.ns, short)
+        link_up(ns, "eth0")
+        add_address(ns, "eth0", f"100.64.{number}.2/24")
+        add_route(ns, "default", f"100.64.{number}.1")
+        return ns
 
     def birdc(self, *command: str) -> str:
         """Run a ``birdc`` command on this router's socket and return its output."""

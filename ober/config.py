@@ -550,6 +550,11 @@ def _parse(top: Fields) -> NodeConfig:
         manager=net_fields.choice("manager", NETWORK_MANAGERS, "networkd"),
     )
     net_fields.done()
+    if network.interface == "lo" and network.manager != "networkd":
+        raise ConfigError(
+            "network.interface: VIPs on lo are supported with network.manager networkd only",
+            "use a dummy interface (the default ober0), or networkd",
+        )
 
     haproxy = _parse_haproxy(top.section("haproxy"))
     config = NodeConfig(

@@ -163,7 +163,8 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
     if config.network.manager == "netplan":
         plan.append(("network/netplan.yaml.j2", f"/etc/netplan/60-{iface}.yaml", 0o600))
     elif config.network.manager == "networkd":
-        plan.append(("network/networkd.netdev.j2", f"/etc/systemd/network/60-{iface}.netdev", 0o644))
+        if iface != "lo":  # lo exists already; a dummy interface has to be created
+            plan.append(("network/networkd.netdev.j2", f"/etc/systemd/network/60-{iface}.netdev", 0o644))
         plan.append(("network/networkd.network.j2", f"/etc/systemd/network/60-{iface}.network", 0o644))
     else:
         plan.append(

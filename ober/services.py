@@ -32,6 +32,32 @@ def systemctl(*args: str) -> None:
         raise OberError(f"systemctl {' '.join(args)}: {last}", f"see: journalctl -u {unit} -n 50")
 
 
+# Where each network stack keeps the VIP interface's files, and how it takes a change without a restart.
+NETWORK_DIRS = {
+    "netplan": "/etc/netplan/",
+    "networkd": "/etc/systemd/network/",
+    "networkmanager": "/etc/NetworkManager/system-connections/",
+}
+NETWORK_APPLY = {
+    "netplan": "netplan apply",
+    "networkd": "networkctl reload",
+    "networkmanager": "nmcli connection reload",
+}
+
+
+def command(argv: list[str]) -> None:
+    """Run a system command; a failure is an OberError quoting its last line."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT, check=False)
+    except FileNotFoundError:
+        raise OberError(f"{argv[0]} is not installed here", "check network.manager in ober.yaml") from None
+    except subprocess.TimeoutExpired:
+        raise OberError(f"{' '.join(argv)} did not finish in {SYSTEMCTL_TIMEOUT:g}s") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        raise OberError(f"{' '.join(argv)}: {last}")
+
+
 def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
     """The actions (as systemctl argument strings) the changed paths need, in order; HAProxy is reloaded hitlessly."""
     changed = set(changed)
@@ -43,6 +69,8 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         actions.append("restart systemd-sysctl")
     if any(path.startswith("/etc/systemd/journald.conf.d/") for path in changed):
         actions.append("restart systemd-journald")
+    if any(path.startswith(NETWORK_DIRS[config.network.manager]) for path in changed):
+        actions.append(NETWORK_APPLY[config.network.manager])
     http_inputs = {p["haproxy_cfg"], p["secrets_env"], "/etc/systemd/system/ober-http.service"}
     if changed & http_inputs or any(path.startswith(p["whitelist_dir"]) for path in changed):
         actions.append("reload ober-http")
@@ -59,7 +87,10 @@ def run_actions(actions: list[str]) -> list[str]:
         verb, _, unit = action.partition(" ")
         if verb == "reload" and unit_state(unit) != "active":
             continue
-        systemctl(*action.split())
+        if action in NETWORK_APPLY.values():
+            command(action.split())
+        else:
+            systemctl(*action.split())
         done.append(action)
     return done
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ober.config import NodeConfig, parse_node_config
-from ober.errors import RenderError, SecretsError
+from ober.errors import ConfigError, RenderError, SecretsError
 from ober.render import render_node, seconds
 from ober.validate import Tool, check_exabgp, check_haproxy
 from tests.conftest import SECRETS, require
@@ -200,3 +200,12 @@ def test_unresolved_whitelist_name_is_refused(make_config: Callable[..., NodeCon
 @pytest.mark.parametrize(("value", "text"), [(1.0, "1s"), (0.5, "500ms"), (900.0, "900s"), (0.25, "250ms")])
 def test_seconds_format(value: float, text: str) -> None:
     assert seconds(value) == text
+
+
+def test_vips_on_lo_with_networkd(make_config: Callable[..., NodeConfig]) -> None:
+    rendered = render_node(make_config(network={"manager": "networkd", "interface": "lo"}), SECRETS)
+    network = rendered.file("/etc/systemd/network/60-lo.network").content
+    assert "Address=127.0.0.1/8" in network and "Address=198.51.100.10/32" in network
+    assert not any(f.path.endswith(".netdev") for f in rendered.files)
+    with pytest.raises(ConfigError, match=r"VIPs on lo are supported with network\.manager networkd only"):
+        make_config(network={"manager": "netplan", "interface": "lo"})

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ober.certs import self_signed_pem
 from ober.config import NodeConfig
 from ober.errors import RenderError
 from ober.facts import find_program
@@ -61,33 +62,8 @@ _PLACEHOLDER: list[str] = []
 def _placeholder_pem(target: Path) -> None:
     """A throwaway self-signed certificate with its key, for a syntax check only (made once per process)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if _PLACEHOLDER:
-        target.write_text(_PLACEHOLDER[0])
-        return
-    with tempfile.TemporaryDirectory() as work:
-        key, crt = Path(work, "key.pem"), Path(work, "crt.pem")
-        _run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=ober-placeholder",
-                "-days",
-                "2",
-                "-keyout",
-                str(key),
-                "-out",
-                str(crt),
-            ],
-            "openssl",
-        )
-        _PLACEHOLDER.append(crt.read_text() + key.read_text())
+    if not _PLACEHOLDER:
+        _PLACEHOLDER.append("".join(self_signed_pem("ober-placeholder")))
     target.write_text(_PLACEHOLDER[0])
 
 

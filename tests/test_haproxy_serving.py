@@ -50,8 +50,9 @@ OUTSIDER = "100.64.200.1"  # outside it
 STATS_ADDRESS = "127.0.0.1"
 STATS_PORT = 8404
 BIG_BODY = 64 * 1024 * 1024
-# curl's exit codes for a connection that was refused, reset or closed before any answer.
-REFUSED = (7, 35, 52, 56)
+# curl's exit codes for a connection refused, reset or closed before any answer (55: reset while sending).
+REFUSED = (7, 35, 52, 55, 56)
+
 
 BACKEND_SCRIPT = Path(__file__).parent / "data" / "serving_backend.py"
 TOOLS = ("ip", "haproxy", "curl", "openssl")

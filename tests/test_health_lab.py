@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from ober.certs import write_pem
 from ober.cli import main
 from ober.facts import find_program
 from ober.lab.netns import Lab, add_address, stop_process
@@ -109,35 +109,9 @@ def health_lab() -> Iterator[HealthLab]:
     with Lab() as lab:
         router = start_router(lab, list(NODES.values()), ["198.51.100.0/24"])
         cert_dir = lab.path("certs")
-        cert, key = cert_dir / "s3.pem", cert_dir / "key.pem"
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=s3.lab.test",
-                "-addext",
-                f"subjectAltName=IP:{VIP_A},IP:{VIP_B},DNS:s3.lab.test",
-                "-days",
-                "2",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        public = cert_dir / "ca.pem"
-        public.write_text(cert.read_text())
-        cert.write_text(cert.read_text() + key.read_text())
+        cert = write_pem(cert_dir / "s3.pem", "s3.lab.test", [f"IP:{VIP_A}", f"IP:{VIP_B}", "DNS:s3.lab.test"])
+        public = cert_dir / "ca.pem"  # what clients trust: the certificate without its key
+        public.write_text(cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
         clusters: dict[str, RgwCluster] = {}
         for group, segment in SEGMENTS.items():
             ns = router.segment(lab, group, segment)

@@ -6,7 +6,6 @@ the router's kernel route is the truth about what the node announces.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ober.certs import write_pem
 from ober.lab.netns import Lab, add_address, run_in
 from ober.lab.nspawn import NspawnNode, boot_node, install_ober
 from ober.lab.rgw import RgwCluster, missing_programs, start_cluster
@@ -87,30 +87,7 @@ def systemd_lab() -> Iterator[SystemdLab]:
         # What `ober bootstrap` will do: the VIP interface's manager, a certificate.
         node.run("systemctl enable --now systemd-networkd && install -d -m 700 /opt/ober/etc/certs")
         certs = lab.path("certs")
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                "/CN=s3.lab.test",
-                "-days",
-                "2",
-                "-keyout",
-                str(certs / "k"),
-                "-out",
-                str(certs / "c"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        (certs / "s3.pem").write_text((certs / "c").read_text() + (certs / "k").read_text())
+        write_pem(certs / "s3.pem", "s3.lab.test", [f"IP:{VIP}"])
         node.put(certs / "s3.pem", "/opt/ober/etc/certs/s3.pem", 0o600)
         wanted = lab.path("cfg") / "ober.yaml"
         wanted.write_text(yaml.safe_dump(config_data()))

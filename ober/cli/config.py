@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ober.apply import diff
-from ober.cli.options import config_option
+from ober.cli.options import config_option, no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.configure import Outcome, configure, current_data, edited
 from ober.errors import OberError
@@ -18,13 +18,6 @@ root_option = click.option(
     default=Path("/"),
     show_default=True,
     help="Apply under this directory instead of / (staging; no services are reloaded).",
-)
-secrets_option = click.option(
-    "--secrets",
-    "secrets_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Secrets file [default: $OBER_SECRETS or ~/.ober/login].",
 )
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="Show the unified diff of every file that would change; change nothing."
@@ -69,7 +62,7 @@ def report(out: Output, outcome: Outcome) -> None:
 @dry_run_option
 @root_option
 @secrets_option
-@click.option("--no-check", is_flag=True, help="Skip haproxy -c and exabgp validate (not recommended).")
+@no_check_option
 @json_option
 @click.pass_obj
 def config_cmd(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,15 +12,7 @@ from ober.cli.output import Output, json_option
 from ober.config import load_config
 from ober.drain import clear_drain, read_drain, set_drain, wait_idle
 from ober.errors import OberError
-from ober.healthd import state_file
-
-
-def _withdrawn(path: Path) -> bool:
-    try:
-        vips = json.loads(path.read_text())["vips"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all(v.get("announced") is None for v in vips.values())
+from ober.lifecycle import withdrawn
 
 
 @click.command()
@@ -42,7 +33,7 @@ def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: floa
         deadline = time.monotonic() + limit
         # First the routers must stop sending: the health process withdraws within an interval (plus the
         # make-before-break delay, if configured).
-        while not _withdrawn(state_file(config)) and time.monotonic() < deadline:
+        while not withdrawn(config) and time.monotonic() < deadline:
             time.sleep(0.2)
         left = wait_idle(config, max(0.0, deadline - time.monotonic()))
     problem = f"{left} connections still open after {limit:g}s" if left else None

@@ -9,6 +9,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ober.build import Built, build_node
+from ober.cli.options import no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.config import config_to_dict
 from ober.files import write_tree
@@ -81,14 +82,8 @@ def inventory_cmd(out: Output, inventory_path: Path | None, targets: str | None)
     type=click.Path(path_type=Path),
     help="Directory to write one tree per node into (OUT/NODE/…).",
 )
-@click.option(
-    "--secrets",
-    "secrets_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Secrets file [default: $OBER_SECRETS or ~/.ober/login].",
-)
-@click.option("--no-check", is_flag=True, help="Skip haproxy -c and exabgp validate.")
+@secrets_option
+@no_check_option
 @json_option
 @click.pass_obj
 def render_cmd(

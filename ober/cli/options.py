@@ -1,4 +1,4 @@
-"""Options shared by the node-local commands."""
+"""Options shared by several commands."""
 
 from __future__ import annotations
 
@@ -20,3 +20,13 @@ config_option = click.option(
     show_default=DEFAULT_CONFIG,
     help="The node's ober.yaml [or $OBER_CONFIG].",
 )
+
+secrets_option = click.option(
+    "--secrets",
+    "secrets_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Secrets file [default: $OBER_SECRETS or ~/.ober/login].",
+)
+
+no_check_option = click.option("--no-check", is_flag=True, help="Skip haproxy -c and exabgp validate.")

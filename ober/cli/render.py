@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ober.build import build_node
+from ober.cli.options import no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.config import load_config
 from ober.files import write_tree
@@ -25,14 +26,8 @@ from ober.secrets import load_secrets
     type=click.Path(path_type=Path),
     help="Directory to write the node's files into (as paths below /).",
 )
-@click.option(
-    "--secrets",
-    "secrets_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Secrets file [default: $OBER_SECRETS or ~/.ober/login].",
-)
-@click.option("--no-check", is_flag=True, help="Skip haproxy -c and exabgp validate.")
+@secrets_option
+@no_check_option
 @json_option
 @click.pass_obj
 def render(out: Output, config_path: Path, out_dir: Path, secrets_path: Path | None, no_check: bool) -> None:

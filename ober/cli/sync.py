@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from ober.cli.config import dry_run_option, report, root_option, secrets_option
-from ober.cli.options import config_option
+from ober.cli.config import dry_run_option, report, root_option
+from ober.cli.options import config_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.configure import configure, current_data
 from ober.errors import OberError

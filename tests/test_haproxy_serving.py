@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import pytest
 
+from ober.certs import self_signed_pem
 from ober.config import NodeConfig, parse_node_config
 from ober.render import paths, render_node
 from tests.conftest import require
@@ -409,30 +410,10 @@ def lab_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cert(lab_base: Path) -> Path:
     """A self-signed certificate for HOST and its subdomains; ``.pem`` next to it holds certificate and key."""
-    crt, key = lab_base / "s3.crt", lab_base / "s3.key"
-    run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            f"/CN={HOST}",
-            "-addext",
-            f"subjectAltName=DNS:{HOST},DNS:*.{HOST}",
-            "-days",
-            "2",
-            "-keyout",
-            str(key),
-            "-out",
-            str(crt),
-        ]
-    )
-    crt.with_suffix(".pem").write_text(crt.read_text() + key.read_text())
+    certificate, key = self_signed_pem(HOST, [f"DNS:{HOST}", f"DNS:*.{HOST}"])
+    crt = lab_base / "s3.crt"
+    crt.write_text(certificate)
+    crt.with_suffix(".pem").write_text(certificate + key)
     return crt
 
 

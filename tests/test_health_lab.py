@@ -59,7 +59,25 @@ class HealthLab:
             if self.hops(vip) == expected:
                 return time.monotonic() - started
             time.sleep(0.01)
-        raise AssertionError(f"{vip}: next-hops {sorted(self.hops(vip))}, expected {sorted(expected)}")
+        raise AssertionError(
+            f"{vip}: next-hops {sorted(self.hops(vip))}, expected {sorted(expected)}; "
+            f"sessions {self.router.bgp_sessions()}"
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait for every session and both VIPs on every node; on a busy machine ExaBGP's reconnect backoff
+        (1, 2, 3, … up to 60 s after a failed attempt) can delay a node's first session."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.hops(VIP_A) == ALL and self.hops(VIP_B) == ALL:
+                print(f"lab ready: all nodes announcing {time.monotonic() - started:.2f}s after start")
+                return
+            time.sleep(0.1)
+        logs = {name: (node.logdir / "exabgp.log").read_text()[-1500:] for name, node in self.nodes.items()}
+        pytest.fail(
+            f"lab not ready: sessions {self.router.bgp_sessions()}, {VIP_A} via {sorted(self.hops(VIP_A))}, "
+            f"health {[n.state().get('vips') for n in self.nodes.values()]}, ExaBGP logs {logs}"
+        )
 
     def s3(self, vip: str, secret: str | None = None) -> Any:
         """A boto3 client in the client namespace, to the VIP over TLS (certificate verified)."""
@@ -123,6 +141,7 @@ def health_lab() -> Iterator[HealthLab]:
         hl = HealthLab(lab, router, {}, clusters, client_ns, public)
         for name, address in NODES.items():
             hl.nodes[name] = start_node(lab, router, name, address, node_data(name, address, cert), {})
+        hl.wait_ready()
         yield hl
 
 

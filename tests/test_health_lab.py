@@ -5,11 +5,11 @@ The router's kernel route for each VIP is the truth: its next-hops are the nodes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,66 +18,31 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from ober.certs import write_pem
 from ober.cli import main
+from ober.errors import OberError
 from ober.facts import find_program
-from ober.lab.netns import Lab, add_address, stop_process
-from ober.lab.procnode import ProcessNode, restart_node, start_node, stop_health
-from ober.lab.rgw import RgwCluster, in_netns, missing_programs, start_cluster
-from ober.lab.router import Router, start_router
+from ober.lab.netns import Lab, stop_process
+from ober.lab.procnode import restart_node, stop_health
+from ober.lab.rgw import in_netns, missing_programs
+from ober.lab.site import VIP_A, VIP_B, Site, node_address, start_site
 from ober.lifecycle import graceful_stop
 from ober.render import paths
 from tests.conftest import require
 
 pytestmark = pytest.mark.lab
 
-VIP_A, VIP_B = "198.51.100.10", "198.51.100.20"
-NODES = {"n1": "100.64.0.11", "n2": "100.64.0.12", "n3": "100.64.0.13"}
-# Two real Ceph clusters, each a mon and two radosgw, each on its own segment behind the router.
-SEGMENTS = {"ceph-a": 1, "ceph-b": 2}
-RGWS = {group: (f"100.64.{n}.11", f"100.64.{n}.12") for group, n in SEGMENTS.items()}
-CLIENT = "100.64.10.2"
+NODES = {"n1": node_address(1), "n2": node_address(2), "n3": node_address(3)}
 DEADLINE = 20.0
 
 
-@dataclass
-class HealthLab:
-    lab: Lab
-    router: Router
-    nodes: dict[str, ProcessNode]
-    clusters: dict[str, RgwCluster]
-    client_ns: str
-    cert: Path
-
-    def hops(self, vip: str) -> set[str]:
-        return set(self.router.next_hops(vip))
+class HealthLab(Site):
+    """The site, with assertions for tests and an S3 client."""
 
     def wait_hops(self, vip: str, expected: set[str], timeout: float = DEADLINE) -> float:
-        """Poll the router's route every 10 ms until its next-hops are ``expected``; returns the time it took."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.hops(vip) == expected:
-                return time.monotonic() - started
-            time.sleep(0.01)
-        raise AssertionError(
-            f"{vip}: next-hops {sorted(self.hops(vip))}, expected {sorted(expected)}; "
-            f"sessions {self.router.bgp_sessions()}"
-        )
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait for every session and both VIPs on every node; on a busy machine ExaBGP's reconnect backoff
-        (1, 2, 3, … up to 60 s after a failed attempt) can delay a node's first session."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.hops(VIP_A) == ALL and self.hops(VIP_B) == ALL:
-                print(f"lab ready: all nodes announcing {time.monotonic() - started:.2f}s after start")
-                return
-            time.sleep(0.1)
-        logs = {name: (node.logdir / "exabgp.log").read_text()[-1500:] for name, node in self.nodes.items()}
-        pytest.fail(
-            f"lab not ready: sessions {self.router.bgp_sessions()}, {VIP_A} via {sorted(self.hops(VIP_A))}, "
-            f"health {[n.state().get('vips') for n in self.nodes.values()]}, ExaBGP logs {logs}"
-        )
+        try:
+            return super().wait_hops(vip, expected, timeout)
+        except OberError as exc:
+            raise AssertionError(exc.message) from None
 
     def s3(self, vip: str, secret: str | None = None) -> Any:
         """A boto3 client in the client namespace, to the VIP over TLS (certificate verified)."""
@@ -98,26 +63,6 @@ class HealthLab:
         )
 
 
-def node_data(name: str, address: str, cert: Path) -> dict[str, Any]:
-    check = {"interval": "200ms", "rise": 1, "fall": 1}
-    return {
-        "name": name,
-        "bgp": {"router_id": address, "neighbors": "100.64.0.1", "hold_time": 3},
-        "vips": [
-            {"name": "s3-a", "address": VIP_A, "backend": "ceph-a"},
-            {"name": "s3-b", "address": VIP_B, "backend": "ceph-b"},
-        ],
-        "backends": {group: {"servers": list(addrs), "port": 7480, "check": check} for group, addrs in RGWS.items()},
-        "certificates": {"pem": str(cert), "http": "serve"},
-        "health": {"interval": "200ms", "rise": 2, "fall": 2, "timeout": "1s"},
-        "stats": {"bind": "127.0.0.1"},
-        "network": {"manager": "networkd"},
-        "kernel_profile": "none",
-        # This sandbox caps file descriptors at 20000; HAProxy wants 2 per connection.
-        "haproxy": {"maxconn": 5000},
-    }
-
-
 @pytest.fixture(scope="module")
 def health_lab() -> Iterator[HealthLab]:
     require(os.geteuid() == 0, "the lab needs root (network namespaces)")
@@ -125,24 +70,11 @@ def health_lab() -> Iterator[HealthLab]:
         require(find_program(program) is not None, f"{program} is not installed")
     require(not missing_programs(), f"Ceph is not installed: {missing_programs()}")
     with Lab() as lab:
-        router = start_router(lab, list(NODES.values()), ["198.51.100.0/24"])
-        cert_dir = lab.path("certs")
-        cert = write_pem(cert_dir / "s3.pem", "s3.lab.test", [f"IP:{VIP_A}", f"IP:{VIP_B}", "DNS:s3.lab.test"])
-        public = cert_dir / "ca.pem"  # what clients trust: the certificate without its key
-        public.write_text(cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
-        clusters: dict[str, RgwCluster] = {}
-        for group, segment in SEGMENTS.items():
-            ns = router.segment(lab, group, segment)
-            for address in (*RGWS[group], f"100.64.{segment}.10"):
-                add_address(ns, "lo", f"{address}/32")
-            clusters[group] = start_cluster(ns, lab.path(group), list(RGWS[group]), f"100.64.{segment}.10")
-            lab.cleanups.append(clusters[group].stop)
-        client_ns = router.segment(lab, "client", 10)
-        hl = HealthLab(lab, router, {}, clusters, client_ns, public)
-        for name, address in NODES.items():
-            hl.nodes[name] = start_node(lab, router, name, address, node_data(name, address, cert), {})
-        hl.wait_ready()
-        yield hl
+        try:
+            site = start_site(lab, len(NODES))
+        except OberError as exc:
+            pytest.fail(exc.message)
+        yield HealthLab(**{f.name: getattr(site, f.name) for f in dataclasses.fields(site)})
 
 
 ALL = set(NODES.values())

@@ -34,6 +34,7 @@ example: setup
 
 bench: setup
 	$(BIN)/python bench/render.py
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .coverage

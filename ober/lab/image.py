@@ -6,6 +6,7 @@ both versions without touching the host's packages.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -51,19 +52,38 @@ def ensure_image(image: Path = DEFAULT_IMAGE, *, mirror: str = MIRROR) -> Path:
     if shutil.which("debootstrap") is None:
         raise OberError("debootstrap is not installed", "apt-get install debootstrap")
     image.parent.mkdir(parents=True, exist_ok=True)
+    # Two builders at once (parallel tests, a test beside `ober lab up`) would remove each other's work: the second
+    # waits for the first and then finds the image ready.
+    with image.with_name(image.name + ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if image_ready(image):
+            return image
+        return _build(image, mirror)
+
+
+def _build(image: Path, mirror: str) -> Path:
     work = image.with_name(image.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
+    _remove(work)
     argv = ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(work), mirror]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
         raise OberError(f"debootstrap did not finish in {BUILD_TIMEOUT}s", "check the mirror is reachable") from None
     if done.returncode != 0:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
         last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
         raise OberError(f"debootstrap failed: {last[0]}", f"check that {mirror} is reachable")
     (work / STAMP).write_text(f"suite={SUITE}\npackages={','.join(PACKAGES)}\n")
     shutil.rmtree(image, ignore_errors=True)
     work.rename(image)
     return image
+
+
+def _remove(work: Path) -> None:
+    """Remove a partial build; a debootstrap that was killed can leave its /proc mounted inside, unmount it first."""
+    prefix = f"{work}/"
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 1]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], capture_output=True, check=False, timeout=30)
+    shutil.rmtree(work, ignore_errors=True)

@@ -150,6 +150,17 @@ def test_config_change_is_a_hitless_reload(systemd_lab: SystemdLab) -> None:
     assert systemd_lab.hops() == [NODE]
 
 
+def test_ober_reload_is_hitless_and_logs_show_the_services(systemd_lab: SystemdLab) -> None:
+    node = systemd_lab.node
+    systemd_lab.wait_hops([NODE])
+    main_pid = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
+    node.run(f"{OBER} reload", timeout=60)
+    assert node.run("systemctl show -p MainPID --value ober-http").stdout.strip() == main_pid
+    assert systemd_lab.hops() == [NODE]
+    logs = node.run(f"{OBER} logs -n 50 --service bgp").stdout
+    assert "[ober]" in logs  # ober health's lines reach the journal through ExaBGP
+
+
 def test_haproxy_crash_stops_bgp_at_once_and_both_come_back(systemd_lab: SystemdLab) -> None:
     systemd_lab.wait_hops([NODE])
     systemd_lab.node.run("systemctl kill -s KILL ober-http")

@@ -12,6 +12,7 @@ from enum import IntEnum
 
 import click
 
+from ober.cli.bootstrap import bootstrap, uninstall
 from ober.cli.config import config_cmd
 from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
@@ -66,6 +67,8 @@ cli.add_command(config_cmd)
 cli.add_command(doctor)
 cli.add_command(node_test)
 cli.add_command(sync)
+cli.add_command(bootstrap)
+cli.add_command(uninstall)
 for command in (start, stop, restart, reload, logs):
     cli.add_command(command)
 

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from ober.config import CONFIG_RELATIVE, NodeConfig, load_config
 from ober.errors import OberError
 from ober.facts import parse_haproxy_version
 from ober.lifecycle import graceful_stop
+from ober.runner import Result, Runner
 from ober.services import NETWORK_APPLY, NETWORK_DIRS
 
 EXABGP_VERSION = "5.0.15"
@@ -74,59 +74,6 @@ _PROGRAM_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin
 _NONINTERACTIVE = (("DEBIAN_FRONTEND", "noninteractive"),)
 _ACTIVE = ("active", "activating", "reloading")
 _AWS_LC = re.compile(r"aws-?lc", re.IGNORECASE)
-
-
-# --- running commands ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a command did."""
-
-    returncode: int
-    stdout: str = ""
-    stderr: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """It exited 0."""
-        return self.returncode == 0
-
-    def last_line(self) -> str:
-        """The last line it printed (stderr first), for one-line errors."""
-        lines = (self.stderr.strip() or self.stdout.strip() or f"exit status {self.returncode}").splitlines()
-        return lines[-1].strip()
-
-
-class Runner(Protocol):
-    """Runs one command (an argv, never a shell line) with a timeout: locally now, over SSH later."""
-
-    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
-        """Run ``argv`` to completion; a missing program is exit 127, a timeout exit 124."""
-        ...
-
-
-class LocalRunner:
-    """Runs commands on this machine."""
-
-    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
-        """Run ``argv`` here (no shell, no stdin), capturing its output."""
-        try:
-            done = subprocess.run(
-                list(argv),
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **env} if env else None,
-            )
-        except FileNotFoundError:
-            return Result(127, "", f"{argv[0]}: not found")
-        except subprocess.TimeoutExpired:
-            return Result(124, "", f"{shlex.join(argv)} did not finish in {timeout:g}s")
-        return Result(done.returncode, done.stdout, done.stderr)
 
 
 # --- the ledger ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ober import bootstrap as core
 from ober.cli.output import Output, json_option
 from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
+from ober.runner import LocalRunner, Runner
 
 yes_option = click.option("-y", "--yes", is_flag=True, help="Ask nothing: for scripts and remote runs.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan (every command); change nothing.")
@@ -27,12 +28,12 @@ path_argument = click.argument("path", required=False, type=click.Path(path_type
 
 
 # Seams: how this machine's commands run and its facts are read (tests give fakes).
-def make_runner() -> core.Runner:
+def make_runner() -> Runner:
     """The runner for this machine."""
-    return core.LocalRunner()
+    return LocalRunner()
 
 
-def read_host_facts(runner: core.Runner) -> core.HostFacts:
+def read_host_facts(runner: Runner) -> core.HostFacts:
     """This machine's facts."""
     return core.gather_host_facts(runner)
 
@@ -42,7 +43,7 @@ def read_install_facts(install_path: str) -> core.InstallFacts:
     return core.gather_install_facts(install_path)
 
 
-def read_uninstall_facts(install_path: str, runner: core.Runner) -> core.UninstallFacts:
+def read_uninstall_facts(install_path: str, runner: Runner) -> core.UninstallFacts:
     """What uninstall needs to know."""
     return core.gather_uninstall_facts(install_path, runner)
 

@@ -28,6 +28,8 @@ PACKAGES = (
     "iputils-ping",
     "curl",
     "ca-certificates",
+    # Fleet tests log in as a non-root user too, whose commands run with sudo.
+    "sudo",
 )
 DEFAULT_IMAGE = Path(os.environ.get("OBER_LAB_IMAGE", "/var/cache/ober/image-trixie"))
 STAMP = ".ober-image"
@@ -35,8 +37,15 @@ BUILD_TIMEOUT = 1800
 
 
 def image_ready(image: Path = DEFAULT_IMAGE) -> bool:
-    """Tell whether a complete image is there (the stamp is written last)."""
-    return (image / STAMP).is_file()
+    """Tell whether a complete image with today's package list is there (the stamp is written last)."""
+    try:
+        return (image / STAMP).read_text() == _stamp()
+    except OSError:
+        return False
+
+
+def _stamp() -> str:
+    return f"suite={SUITE}\npackages={','.join(PACKAGES)}\n"
 
 
 def ensure_image(image: Path = DEFAULT_IMAGE, *, mirror: str = MIRROR) -> Path:
@@ -74,7 +83,7 @@ def _build(image: Path, mirror: str) -> Path:
         _remove(work)
         last = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
         raise OberError(f"debootstrap failed: {last[0]}", f"check that {mirror} is reachable")
-    (work / STAMP).write_text(f"suite={SUITE}\npackages={','.join(PACKAGES)}\n")
+    (work / STAMP).write_text(_stamp())
     shutil.rmtree(image, ignore_errors=True)
     work.rename(image)
     return image

@@ -186,3 +186,12 @@ def test_fleet_render_all_or_nothing(capsys: pytest.CaptureFixture[str], tmp_pat
     assert (out_dir / "node01/opt/ober/etc/haproxy.cfg").read_text() == before
     assert sorted(p.name for p in out_dir.iterdir() if p.is_dir()) == ["node01", "node02", "node03", "node04"]
     assert not list(tmp_path.glob(".out.*"))  # no staging directory left behind
+
+
+def test_quiet_silences_tables_but_not_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE))
+    assert status == 0 and "node01" in out
+    status, out, err = run(capsys, "-q", "fleet", "inventory", "-i", str(EXAMPLE))
+    assert status == 0 and out == "" and err == ""
+    status, out, err = run(capsys, "-q", "fleet", "inventory", "-i", str(EXAMPLE), "nodeXX")
+    assert status == 1 and out == "" and "nodeXX" in err

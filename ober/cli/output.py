@@ -49,8 +49,8 @@ class Output:
             self.console.print(escape(text), markup=True)
 
     def table(self, table: Table) -> None:
-        """A rich table (human output only)."""
-        if not self.as_json:
+        """A rich table (human output only; silent with -q, like every other line that is not an error)."""
+        if not (self.as_json or self.quiet):
             self.console.print(table)
 
     def json(self, data: Any) -> None:

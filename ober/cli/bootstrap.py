@@ -25,6 +25,13 @@ from ober.runner import LocalRunner, Runner
 yes_option = click.option("-y", "--yes", is_flag=True, help="Ask nothing: for scripts and remote runs.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan (every command); change nothing.")
 path_argument = click.argument("path", required=False, type=click.Path(path_type=Path))
+wheelhouse_option = click.option(
+    "--wheelhouse",
+    "--wheels",
+    "wheelhouse",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Install ExaBGP and ober from this directory of wheels only (pip --no-index): nodes without internet.",
+)
 
 
 # Seams: how this machine's commands run and its facts are read (tests give fakes).
@@ -53,6 +60,7 @@ class Reporter:
 
     def __init__(self, out: Output, total: int) -> None:
         self.out = out
+        self.results: list[core.StepResult] = []
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         if out.console.is_terminal and not (out.as_json or out.quiet):
@@ -76,6 +84,7 @@ class Reporter:
 
     def done(self, result: core.StepResult) -> None:
         """One line per step: done (✓), nothing to do (·) or failed (✗); then its warnings."""
+        self.results.append(result)
         if self.progress and self.task is not None:
             self.progress.advance(self.task)
         title, detail = escape(result.step.title), escape(result.detail)
@@ -89,6 +98,16 @@ class Reporter:
             self.out.print(f"[dim]·[/] {title}: nothing to do: {detail}")
         for warning in result.warnings:
             self.out.warn(warning)
+
+
+def _fail_with_steps(out: Output, doc: dict[str, Any], reporter: Reporter, error: OberError) -> None:
+    """Raise ``error``; with --json first print the one document: the steps done so far, the error and its fix."""
+    if not out.as_json:
+        raise error
+    steps = [_step_doc(result.step, result) for result in reporter.results]
+    changed = any(result.changed for result in reporter.results)
+    out.json({**doc, "changed": changed, "steps": steps, "error": error.message, "fix": error.fix})
+    click.get_current_context().exit(1)
 
 
 def _interactive(out: Output) -> bool:
@@ -152,15 +171,11 @@ def _choose_install_path(out: Output, host: core.HostFacts, path: Path | None, y
 @click.command()
 @path_argument
 @yes_option
-@click.option(
-    "--wheels",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Install ExaBGP and ober from this directory of wheels only (pip --no-index): nodes without internet.",
-)
+@wheelhouse_option
 @dry_run_option
 @json_option
 @click.pass_obj
-def bootstrap(out: Output, path: Path | None, yes: bool, wheels: Path | None, dry_run: bool) -> None:
+def bootstrap(out: Output, path: Path | None, yes: bool, wheelhouse: Path | None, dry_run: bool) -> None:
     """Make this machine an ober node: HAProxy, the venv with ExaBGP, directories; then run `ober config`.
 
     PATH is the install path (default: the parent of the venv ober runs in, else /opt/ober, asked for). Every
@@ -170,7 +185,7 @@ def bootstrap(out: Output, path: Path | None, yes: bool, wheels: Path | None, dr
     host = read_host_facts(runner)
     core.check_host(host)  # refuse before asking anything
     install = _choose_install_path(out, host, path, yes or dry_run)
-    options = core.BootstrapOptions(install, _normalized(wheels) if wheels else None)
+    options = core.BootstrapOptions(install, _normalized(wheelhouse) if wheelhouse else None)
     steps = core.plan_bootstrap(core.Facts(host, read_install_facts(install)), options)
     hint = core.next_hint(install, host.network)
     changes = any(step.changes for step in steps)
@@ -184,17 +199,21 @@ def bootstrap(out: Output, path: Path | None, yes: bool, wheels: Path | None, dr
     if changes and not yes:
         _confirm(out, steps, f"Bootstrap ober into {install}?", default=True)
     ledger = core.Ledger.load(core.ledger_path(install))
-    try:
-        with Reporter(out, len(steps)) as reporter:
-            results = core.run_steps(steps, runner, ledger, reporter=reporter)
-    except KeyboardInterrupt:
-        raise OberError(
-            "interrupted: bootstrap stopped midway (what it did is in its ledger)",
-            "run ober bootstrap again to finish, or ober uninstall to undo it",
-        ) from None
+    doc: dict[str, Any] = {"install_path": install, "dry_run": False}
+    with Reporter(out, len(steps)) as reporter:
+        try:
+            core.run_steps(steps, runner, ledger, reporter=reporter)
+        except KeyboardInterrupt:
+            failure = OberError(
+                "interrupted: bootstrap stopped midway (what it did is in its ledger)",
+                "run ober bootstrap again to finish, or ober uninstall to undo it",
+            )
+            _fail_with_steps(out, doc, reporter, failure)
+        except OberError as exc:
+            _fail_with_steps(out, doc, reporter, exc)
     if out.as_json:
-        docs = [_step_doc(result.step, result) for result in results]
-        out.json({"install_path": install, "dry_run": False, "changed": changes, "steps": docs, "next": hint})
+        steps_done = [_step_doc(result.step, result) for result in reporter.results]
+        out.json({**doc, "changed": changes, "steps": steps_done, "next": hint})
         return
     done = "bootstrapped" if changes else "nothing to do: already bootstrapped"
     out.print(f"[green]✓[/] {escape(install)}: {done}")

@@ -25,7 +25,7 @@ from ober.lab.nspawn import (
     sshd_answers,
 )
 from ober.lab.router import start_router
-from ober.lab.wheelhouse import build_wheelhouse, platforms, source_digest
+from ober.remote.wheelhouse import build_wheelhouse, platforms, source_digest
 from tests.conftest import require
 
 NODES = {"node1": "100.64.0.11", "node2": "100.64.0.12"}

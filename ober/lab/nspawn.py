@@ -306,7 +306,7 @@ def boot_node(
 
 
 def install_ober(node: NspawnNode, wheelhouse: Path, *, venv: str = VENV, timeout: float = INSTALL_TIMEOUT) -> str:
-    """Install ober on the node from ``wheelhouse`` (`ober.lab.wheelhouse.build_wheelhouse`), offline.
+    """Install ober on the node from ``wheelhouse`` (`ober.remote.wheelhouse.build_wheelhouse`), offline.
 
     The wheelhouse goes over SSH, the way a real node is bootstrapped (a real node shares no filesystem with the
     workstation); pip is given ``--no-index``, so the install never needs a route to PyPI.
@@ -429,7 +429,10 @@ def _spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     # This makes /proc/sys/net writable inside, which CAP_NET_ADMIN alone does not.
     env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
     with log.open("ab") as out:
-        return subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # Its own session, like every lab daemon (see `ober.lab.netns.spawn_in`): stopped by PID only.
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
 
 def _check_alive(node: NspawnNode) -> None:

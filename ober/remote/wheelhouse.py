@@ -1,0 +1,215 @@
+"""A wheelhouse for the nodes: ober's own wheel and every runtime dependency, built for the node's Python.
+
+Lab nodes (and, later, real nodes behind a firewall) have no route to PyPI, so they install ober with
+``pip install --no-index --find-links WHEELHOUSE ober``. Everything here runs on the workstation, whose Python
+may differ from the node's (3.11 here, 3.13 on Debian 13): ``pip download`` is told the node's Python, ABI and
+platforms, so it fetches wheels the node can use, never ones for this machine.
+
+Two caches under ``dest``, each built in a temporary directory and renamed into place when complete:
+
+- ``deps-cp313-<key>``: the dependencies, keyed by the node's Python, architecture, glibc and pyproject's
+  dependency list (downloading them takes seconds; they change rarely);
+- ``cp313-ober<version>-<key>``: the wheelhouse itself, keyed by that and a hash of ober's sources, so a node
+  always gets the code being tested while a second call with unchanged sources returns at once. It holds hard
+  links to the dependency wheels, so each source change costs only ober's own wheel (about 100 KiB).
+
+A dependency PyPI has only as an sdist (python-hostlist) is built here with ``pip wheel --no-deps``; that is only
+accepted when the result is pure Python (``*-none-any.whl``), since a compiled wheel built here would be for this
+machine's Python, not the node's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from ober.errors import OberError
+
+DEFAULT_CACHE = Path(os.environ.get("OBER_WHEELHOUSE_CACHE", "/var/cache/ober/wheelhouse"))
+PROJECT = Path(__file__).resolve().parents[2]
+# Debian 13's glibc: every manylinux wheel for this glibc or older runs on the node.
+TARGET_GLIBC = (2, 41)
+# The machines manylinux wheels exist for that ober supports (``platform.machine()`` on the node).
+ARCHITECTURES = ("x86_64", "aarch64")
+DOWNLOAD_TIMEOUT = 600.0
+BUILD_TIMEOUT = 300.0
+# Each missing wheel costs one retry; more sdist-only dependencies than this means something else is wrong.
+MAX_LOCAL_BUILDS = 8
+STAMP = "WHEELS"
+# What goes into ober's wheel (pyproject's hatch config): a change to any of it means a new wheel.
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "ober", "templates")
+_MISSING = re.compile(r"No matching distribution found for (\S+)")
+_PYTHON = re.compile(r"^3\.(\d+)$")
+
+
+def build_wheelhouse(
+    target_python: str = "3.13",
+    dest: Path = DEFAULT_CACHE,
+    *,
+    project: Path = PROJECT,
+    glibc: tuple[int, int] = TARGET_GLIBC,
+    arch: str = "x86_64",
+) -> Path:
+    """Return a directory of wheels from which ``pip install --no-index`` installs ober on the target Python.
+
+    Args:
+        target_python: the node's Python, ``3.MINOR`` (CPython, Linux).
+        dest: the cache directory; the wheelhouse is a subdirectory named by what it was built from.
+        project: ober's source tree (the one holding pyproject.toml).
+        glibc: the node's glibc version, the newest manylinux tag its wheels may carry.
+        arch: the node's machine (``platform.machine()``): one of `ARCHITECTURES`.
+
+    Raises:
+        OberError: a bad Python version or architecture, no source tree, or pip failing (its last line is quoted).
+    """
+    match = _PYTHON.match(target_python)
+    if match is None:
+        raise OberError(f"unsupported target Python {target_python!r}", "give it as 3.MINOR, e.g. 3.13")
+    if arch not in ARCHITECTURES:
+        raise OberError(f"unsupported architecture {arch!r}", f"ober's nodes run on {' or '.join(ARCHITECTURES)}")
+    tag = f"cp3{match.group(1)}"
+    label = tag if arch == "x86_64" else f"{tag}-{arch}"
+    pyproject = project / "pyproject.toml"
+    if not pyproject.is_file():
+        raise OberError(f"no pyproject.toml in {project}", "build the wheelhouse from ober's source tree")
+    meta = tomllib.loads(pyproject.read_text())["project"]
+    dependencies: list[str] = list(meta.get("dependencies", []))
+    dest.mkdir(parents=True, exist_ok=True)
+
+    # x86_64 keeps the key it had before architectures were named, so existing caches stay valid.
+    key_data: list[object] = [target_python, glibc, dependencies, *([] if arch == "x86_64" else [arch])]
+    deps_key = _digest(json.dumps(key_data).encode())
+    final = dest / f"{label}-ober{meta['version']}-{_digest(deps_key.encode(), source_digest(project).encode())}"
+    if (final / STAMP).is_file():
+        return final
+    deps = dest / f"deps-{label}-{deps_key}"
+    if not (deps / STAMP).is_file():
+        with _building(deps) as work:
+            _download(dependencies, work, target_python, tag, glibc, arch)
+    with _building(final) as work:
+        _pip(["wheel", "--no-deps", "--wheel-dir", str(work), *_isolation(), str(project)], BUILD_TIMEOUT)
+        for wheel in deps.glob("*.whl"):
+            # Hard links: each wheelhouse costs only ober's wheel; a copy when the cache spans filesystems.
+            try:
+                os.link(wheel, work / wheel.name)
+            except OSError:
+                shutil.copy2(wheel, work / wheel.name)
+    return final
+
+
+def _download(
+    requirements: Sequence[str], work: Path, target_python: str, tag: str, glibc: tuple[int, int], arch: str
+) -> None:
+    """Download wheels of ``requirements`` and their dependencies for the target into ``work``."""
+    target = ["--python-version", target_python, "--implementation", "cp"]
+    target += [arg for abi in (tag, "abi3", "none") for arg in ("--abi", abi)]
+    target += [arg for platform in platforms(glibc, arch) for arg in ("--platform", platform)]
+    built: set[str] = set()
+    while True:
+        # --find-links: the resolver also sees the wheels built here for sdist-only packages.
+        argv = ["download", "--dest", str(work), "--find-links", str(work), "--only-binary=:all:", *target]
+        done = _pip([*argv, *requirements], DOWNLOAD_TIMEOUT, check=False)
+        if done.returncode == 0:
+            return
+        missing = _MISSING.search(done.stderr)
+        if missing is None or missing.group(1) in built or len(built) >= MAX_LOCAL_BUILDS:
+            raise OberError(f"pip download for Python {target_python} failed: {_last_line(done)}")
+        requirement = missing.group(1)
+        built.add(requirement)
+        before = set(work.glob("*.whl"))
+        _pip(["wheel", "--no-deps", "--wheel-dir", str(work), requirement], BUILD_TIMEOUT)
+        for wheel in set(work.glob("*.whl")) - before:
+            if not wheel.name.endswith("-none-any.whl"):
+                raise OberError(
+                    f"{requirement} has no wheel for Python {target_python} on PyPI and builds a compiled one",
+                    "build it on a machine with the node's Python, or pin a version that has wheels",
+                )
+
+
+def platforms(glibc: tuple[int, int], arch: str = "x86_64") -> list[str]:
+    """The platform tags of ``arch`` wheels a system with ``glibc`` can run, newest first.
+
+    pip takes ``--platform`` literally (it does not add the older manylinux tags a newer glibc also runs), so
+    every one is listed, the legacy aliases included (aarch64 wheels start at manylinux2014, glibc 2.17).
+    """
+    major, newest = glibc
+    oldest = 5 if arch == "x86_64" else 17
+    tags = [f"manylinux_{major}_{minor}_{arch}" for minor in range(newest, oldest - 1, -1)]
+    legacy = ("manylinux2014", "manylinux2010", "manylinux1") if arch == "x86_64" else ("manylinux2014",)
+    return [*tags, *(f"{name}_{arch}" for name in legacy), "any"]
+
+
+def source_digest(project: Path) -> str:
+    """A hash of the files that go into ober's wheel (paths and contents; caches and bytecode skipped)."""
+    files: list[Path] = []
+    for name in SOURCES:
+        path = project / name
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            files.extend(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    parts = [item for path in sorted(files) for item in (str(path.relative_to(project)).encode(), path.read_bytes())]
+    return _digest(*parts)
+
+
+def _digest(*parts: bytes) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        hasher.update(len(part).to_bytes(8, "big"))
+        hasher.update(part)
+    return hasher.hexdigest()[:16]
+
+
+def _isolation() -> list[str]:
+    """Build ober's wheel with the hatchling already here when there is one: faster, and no download."""
+    return ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[Path]:
+    """Yield an empty work directory next to ``final``; on success it gets its stamp and becomes ``final``.
+
+    A failed or interrupted build leaves nothing at ``final``. When a parallel run finished the same build first,
+    its result is kept and ours is dropped (both are built from the same inputs).
+    """
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    work.chmod(0o755)  # like the image: readable, nothing secret in it
+    try:
+        yield work
+        (work / STAMP).write_text("".join(f"{wheel.name}\n" for wheel in sorted(work.glob("*.whl"))))
+        try:
+            work.rename(final)
+        except OSError:
+            if not (final / STAMP).is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pip(argv: Sequence[str], timeout: float, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *argv]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise OberError(f"pip {argv[0]} did not finish in {timeout:g}s", "check that PyPI is reachable") from None
+    if check and done.returncode != 0:
+        raise OberError(f"pip {argv[0]} failed: {_last_line(done)}")
+    return done
+
+
+def _last_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")]
+    return (errors or lines or ["no output"])[-1]

@@ -1,0 +1,469 @@
+"""SSH connections to fleet nodes: Fabric for ssh_config and auth, verified host keys, a timeout on everything.
+
+A :class:`Connection` satisfies :class:`ober.runner.Runner`, so node facts and plans run over SSH exactly as they
+run locally. What Fabric alone does not give, and this module adds:
+
+- host keys are checked against the inventory's known_hosts (see `ober.remote.hostkeys`), on every hop;
+- every command has a deadline: it runs under the node's ``timeout`` (so a timed-out command is really killed
+  there, exit 124), and the client gives up a few seconds later; a node that stops answering keep-alives mid-command
+  is reported lost instead of hanging for the command's whole timeout;
+- a non-root login runs everything through ``sudo -n``;
+- `Connection.put` is atomic (temp file in the same directory, checksum, chmod, rename) and never lets a secret be
+  readable by others, even for a moment.
+
+Every failure is an :class:`OberError` naming the node, with a fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import secrets
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import fabric
+import paramiko
+from paramiko.ssh_exception import (
+    AuthenticationException,
+    BadHostKeyException,
+    NoValidConnectionsError,
+    ProxyCommandFailure,
+    SSHException,
+)
+
+from ober.errors import OberError
+from ober.inventory import Inventory, InventoryNode
+from ober.remote import hostkeys
+from ober.runner import Result
+
+# The node's `timeout` sends SIGTERM at the deadline and SIGKILL this much later.
+KILL_AFTER = 2.0
+# The client waits this long past the remote deadline (and the SIGKILL) before it calls the connection lost.
+CLIENT_GRACE = 3.0
+# Keep-alive probes: one after this much silence (capped by the target's connect timeout), lost after COUNT unanswered.
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT = 3
+POLL = 0.05
+CHUNK = 65536
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach one node. Build them from an inventory with `targets`."""
+
+    name: str
+    """Inventory node name, used in every message."""
+    host: str
+    """Address to connect to (the inventory address); an ssh_config ``HostName`` for it overrides."""
+    user: str | None
+    """Login user; None: ssh_config's ``User``, else the local user."""
+    port: int | None
+    """None: ssh_config's ``Port``, else 22."""
+    ssh_config: str | None
+    """ssh_config file; None: ``~/.ssh/config`` if it exists."""
+    known_hosts: str
+    """known_hosts file (``~`` expanded)."""
+    connect_timeout: float
+    command_timeout: float
+    accept_new_host_keys: bool = False
+
+
+def targets(
+    inventory: Inventory, nodes: Sequence[InventoryNode], *, accept_new_host_keys: bool = False
+) -> list[SshTarget]:
+    """One target per node, from the inventory's ``ssh`` settings.
+
+    Relative ``ssh.config`` and ``ssh.known_hosts`` paths are relative to the inventory (its directory, or the
+    directory holding the inventory file), so an inventory and its ssh files move together.
+    """
+    source = Path(inventory.source)
+    base = source if source.is_dir() else source.parent
+    ssh = inventory.ssh
+
+    def located(path: str) -> str:
+        expanded = Path(path).expanduser()
+        return str(expanded if expanded.is_absolute() else base / expanded)
+
+    return [
+        SshTarget(
+            name=node.name,
+            host=node.address,
+            user=ssh.user,
+            port=ssh.port,
+            ssh_config=located(ssh.config) if ssh.config else None,
+            known_hosts=located(ssh.known_hosts),
+            connect_timeout=ssh.connect_timeout,
+            command_timeout=ssh.command_timeout,
+            accept_new_host_keys=accept_new_host_keys,
+        )
+        for node in nodes
+    ]
+
+
+def connect(target: SshTarget) -> Connection:
+    """Open a verified SSH connection to ``target``.
+
+    Raises:
+        OberError: unreachable, refused or timed out; authentication failed; unknown or changed host key; a bad
+            ssh_config. One line naming the node, with a fix.
+    """
+    known = hostkeys.KnownHosts(Path(target.known_hosts).expanduser(), target.accept_new_host_keys)
+    config = _ssh_config(target)
+    lookup = config.lookup(target.host)
+    connect_kwargs: dict[str, Any] = {
+        "banner_timeout": target.connect_timeout,
+        "auth_timeout": target.connect_timeout,
+        "channel_timeout": target.connect_timeout,
+    }
+    if lookup.get("identitiesonly", "no").lower() == "yes":
+        # Only the configured IdentityFile, as ssh does; trying every key can exhaust the server's MaxAuthTries.
+        connect_kwargs.update(allow_agent=False, look_for_keys=False)
+    conn = _Fabric(
+        target.host,
+        user=target.user,
+        port=target.port,
+        config=fabric.Config(ssh_config=config),
+        connect_timeout=target.connect_timeout,
+        connect_kwargs=connect_kwargs,
+    )
+    chain = _chain(conn)
+    for hop in chain:
+        known.install(hop.client)
+        hop.connect_timeout = target.connect_timeout
+    port = int(conn.port)
+    try:
+        conn.open()
+    except BaseException as exc:
+        for hop in chain:
+            hop.client.close()
+        if isinstance(exc, Exception):
+            raise _connect_error(target, conn, port, known, exc) from None
+        raise
+    transport = conn.client.get_transport()
+    # Keep NAT and firewall state alive on idle connections; liveness itself is probed in `Connection._wait`.
+    transport.set_keepalive(int(_keepalive_interval(target)))
+    return Connection(target, conn, chain)
+
+
+class Connection:
+    """An open SSH connection to one node; a :class:`ober.runner.Runner`. Use `connect` to make one."""
+
+    def __init__(self, target: SshTarget, conn: Any, chain: Sequence[Any]) -> None:
+        self.target = target
+        self.user: str = str(conn.user)
+        """The login user ssh_config and the target resolved to."""
+        self.sudo = self.user != "root"
+        """Commands run through ``sudo -n`` (the login is not root)."""
+        self._conn = conn
+        self._chain = list(chain)
+        self._probe_lock = threading.Lock()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and every jump host under it (idempotent)."""
+        for hop in self._chain:
+            hop.client.close()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        stdin: bytes | None = None,
+    ) -> Result:
+        """Run ``argv`` on the node (as root: via ``sudo -n`` for another login) and capture its output.
+
+        Args:
+            argv: the program and its arguments, quoted for the remote shell (never a shell line).
+            timeout: seconds before the command is killed on the node; default: the target's command timeout.
+            env: extra environment variables for the command.
+            stdin: bytes fed to the command (default: none, it reads end-of-file).
+
+        Returns:
+            The result; exit 124 if the command did not finish in time, 127 if the program is missing.
+
+        Raises:
+            OberError: the connection was lost or the node did not answer; sudo needs a password.
+        """
+        out, err, code = self._exec(argv, timeout, env, stdin)
+        return Result(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
+        """Write ``data`` to the file ``remote`` atomically, with ``mode``.
+
+        The bytes go to a temp file in the same directory created unreadable to others (umask 077), are checked
+        against their SHA-256 (an upload cut short is never moved into place), get their mode, then are renamed
+        over ``remote``: readers see the old file or the new one, never part of it.
+
+        Raises:
+            OberError: the file could not be written (message names the node and the path).
+        """
+        if not posixpath.isabs(remote) or remote.endswith("/"):
+            raise OberError(f"{self.target.name}: cannot upload to {remote!r}", "give an absolute file path")
+        directory, base = posixpath.split(remote)
+        temp = posixpath.join(directory, f".{base}.ober-{secrets.token_hex(4)}")
+        script = (
+            'umask 077; trap \'rm -f -- "$1"\' EXIT; cat > "$1" || exit 1; '
+            'sum=$(sha256sum < "$1") || exit 1; '
+            'if [ "${sum%% *}" != "$3" ]; then echo "upload to $2 arrived incomplete" >&2; exit 1; fi; '
+            'chmod "$4" "$1" && mv -f -- "$1" "$2"'
+        )
+        digest = hashlib.sha256(data).hexdigest()
+        argv = ["sh", "-c", script, "ober-put", temp, remote, digest, f"{mode & 0o7777:o}"]
+        out, err, code = self._exec(argv, timeout, None, data)
+        if code != 0:
+            detail = Result(code, out.decode(errors="replace"), err.decode(errors="replace")).last_line()
+            raise OberError(f"{self.target.name}: cannot write {remote}: {detail}")
+
+    def get(self, remote: str, *, timeout: float | None = None) -> bytes:
+        """Read the file ``remote`` (as root).
+
+        Raises:
+            OberError: the file cannot be read (missing, a directory, …), naming the node and the path.
+        """
+        out, err, code = self._exec(["cat", "--", remote], timeout, None, None)
+        if code != 0:
+            detail = Result(code, "", err.decode(errors="replace")).last_line()
+            raise OberError(f"{self.target.name}: cannot read {remote}: {detail}")
+        return out
+
+    def _line(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None) -> str:
+        if not argv:
+            raise OberError(f"{self.target.name}: empty command")
+        words = ["sudo", "-n", "--"] if self.sudo else []
+        # The node's own `timeout` kills the command at the deadline (closing the channel would leave it running).
+        words += ["timeout", "-k", f"{KILL_AFTER:g}", f"{timeout:g}"]
+        if env:
+            bad = [name for name in env if not _ENV_NAME.match(name)]
+            if bad:
+                raise OberError(f"{self.target.name}: invalid environment variable name {bad[0]!r}")
+            words += ["env", *(f"{name}={value}" for name, value in env.items())]
+        return shlex.join([*words, *argv])
+
+    def _exec(
+        self, argv: Sequence[str], timeout: float | None, env: Mapping[str, str] | None, stdin: bytes | None
+    ) -> tuple[bytes, bytes, int]:
+        limit = self.target.command_timeout if timeout is None else timeout
+        line = self._line(argv, limit, env)
+        shown = shlex.join(argv)
+        transport = self._conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise self._lost(shown, "the connection is closed")
+        started = time.monotonic()
+        try:
+            channel = transport.open_session(timeout=self.target.connect_timeout)
+        except (SSHException, OSError, EOFError) as exc:
+            raise self._lost(shown, str(exc) or type(exc).__name__) from None
+        try:
+            channel.exec_command(line)
+            if stdin:
+                _send(channel, stdin, started + limit + KILL_AFTER + CLIENT_GRACE)
+            channel.shutdown_write()
+            out, err, code = self._wait(channel, transport, shown, started + limit + KILL_AFTER + CLIENT_GRACE)
+        except (SSHException, OSError, EOFError) as exc:
+            raise self._lost(shown, str(exc) or type(exc).__name__) from None
+        finally:
+            channel.close()
+        elapsed = time.monotonic() - started
+        if code in (124, 137) and elapsed >= limit:
+            err += f"{shown} did not finish in {limit:g}s\n".encode()
+            code = 124
+        if self.sudo and code == 1 and err.startswith(b"sudo: ") and b"password" in err:
+            raise OberError(
+                f"{self.target.name}: {self.user} cannot run commands as root without a password (sudo -n)",
+                f"allow it: '{self.user} ALL=(ALL) NOPASSWD: ALL' in /etc/sudoers.d/, or log in as root",
+            )
+        return out, err, code
+
+    def _wait(self, channel: Any, transport: Any, shown: str, deadline: float) -> tuple[bytes, bytes, int]:
+        out, err = bytearray(), bytearray()
+        channel.settimeout(POLL)
+        interval = _keepalive_interval(self.target)
+        heard = time.monotonic()
+        probe: _Probe | None = None
+        eof = False
+        while True:
+            got = False
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(CHUNK)
+                got = True
+            if not eof:
+                try:
+                    data = channel.recv(CHUNK)
+                except TimeoutError:
+                    data = None
+                if data:
+                    out += data
+                    got = True
+                elif data == b"":
+                    eof = True
+            if eof and channel.exit_status_ready():
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(CHUNK)
+                status = channel.recv_exit_status()
+                return bytes(out), bytes(err), 255 if status < 0 else status
+            now = time.monotonic()
+            if got:
+                heard, probe = now, None
+            if not transport.is_active():
+                raise self._lost(shown, "the connection closed")
+            if now > deadline:
+                raise self._lost(shown, "it did not end when its timeout killed it")
+            # Silence is normal for a long command; a node that does not answer a probe either is gone.
+            if now - heard > interval:
+                if probe is None:
+                    probe = _Probe(transport, self._probe_lock)
+                elif probe.answered:
+                    heard, probe = now, None
+                elif now - probe.sent > interval * KEEPALIVE_COUNT:
+                    transport.close()
+                    raise self._lost(shown, f"no answer to keep-alives for {interval * KEEPALIVE_COUNT:g}s")
+            if eof:
+                time.sleep(POLL)
+
+    def _lost(self, shown: str, why: str) -> OberError:
+        return OberError(
+            f"{self.target.name}: lost the SSH connection to {self.target.host} while running {shown}: {why}",
+            "check that the node is up and reachable, then run the command again",
+        )
+
+
+class _Probe:
+    """One keep-alive request (OpenSSH answers any global request with want-reply), watched from a thread."""
+
+    def __init__(self, transport: Any, lock: threading.Lock) -> None:
+        self.sent = time.monotonic()
+        self.answered = False
+        self._transport = transport
+        self._lock = lock
+        threading.Thread(target=self._ask, daemon=True).start()
+
+    def _ask(self) -> None:
+        # paramiko tracks one global request at a time per transport; the lock keeps probes from overlapping.
+        # The thread ends when the reply arrives or the transport closes (a lost node's is closed by `_wait`).
+        with self._lock:
+            try:
+                self._transport.global_request("keepalive@openssh.com", wait=True)
+            except (SSHException, OSError, EOFError):
+                return
+            self.answered = self._transport.is_active()
+
+
+class _Fabric(fabric.Connection):  # type: ignore[misc]  # fabric is untyped
+    """Fabric's Connection, with a bounded wait for the jump host's tunnel (Fabric waits up to an hour)."""
+
+    def open_gateway(self) -> Any:
+        if isinstance(self.gateway, fabric.Connection):
+            self.gateway.open()
+            return self.gateway.transport.open_channel(
+                kind="direct-tcpip",
+                dest_addr=(self.host, int(self.port)),
+                src_addr=("", 0),
+                timeout=self.connect_timeout,
+            )
+        return super().open_gateway()
+
+
+def _chain(conn: Any) -> list[Any]:
+    """The connection and its ProxyJump hops, outermost first."""
+    chain = [conn]
+    while isinstance(chain[-1].gateway, fabric.Connection):
+        chain.append(chain[-1].gateway)
+    return chain
+
+
+def _send(channel: Any, data: bytes, deadline: float) -> None:
+    view = memoryview(data)
+    while view:
+        if time.monotonic() > deadline:
+            raise TimeoutError("sending input timed out")
+        try:
+            sent = channel.send(view[:CHUNK])
+        except TimeoutError:
+            continue
+        if sent == 0:
+            raise EOFError("the command closed its input")
+        view = view[sent:]
+
+
+def _keepalive_interval(target: SshTarget) -> float:
+    return max(1.0, min(KEEPALIVE_INTERVAL, target.connect_timeout))
+
+
+def _ssh_config(target: SshTarget) -> paramiko.SSHConfig:
+    if target.ssh_config is None:
+        default = Path("~/.ssh/config").expanduser()
+        path = default if default.is_file() else None
+    else:
+        path = Path(target.ssh_config).expanduser()
+        if not path.is_file():
+            raise OberError(f"{target.name}: ssh config {path} does not exist", "fix ssh.config in the inventory")
+    if path is None:
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_path(str(path))
+    except (OSError, ValueError, SSHException) as exc:
+        raise OberError(f"{path}: cannot read ssh config: {exc}", "fix the file (see man ssh_config)") from None
+
+
+def _connect_error(target: SshTarget, conn: Any, port: int, known: hostkeys.KnownHosts, exc: Exception) -> OberError:
+    """One line for a failed connect, naming the node, with a fix."""
+    where = f"{target.name}: {conn.user}@{conn.host}:{port}"
+    keys = known.path
+    if isinstance(exc, BadHostKeyException):
+        name = hostkeys.key_name(conn.host, port)
+        lines = hostkeys.lines_for(keys, name)
+        at = f"{keys} line {', '.join(map(str, lines))}" if lines else str(keys)
+        return OberError(
+            f"{target.name}: HOST KEY CHANGED for {name}: it sent {hostkeys.fingerprint(exc.key)}, "
+            f"{at} has {hostkeys.fingerprint(exc.expected_key)}; refusing to connect (possible man-in-the-middle)",
+            f"if the node was really reinstalled, verify its new key, then: ssh-keygen -R '{name}' -f {keys}",
+        )
+    if isinstance(exc, hostkeys.UnknownHostKey):
+        scan = f"ssh-keyscan -p {port} {conn.host}" if port != 22 else f"ssh-keyscan {conn.host}"
+        return OberError(
+            f"{target.name}: unknown host key for {exc.hostname} ({hostkeys.fingerprint(exc.key)}), not in {keys}",
+            f"verify it, then rerun with --accept-new-host-keys, or add it: {scan} >> {keys}",
+        )
+    if isinstance(exc, AuthenticationException):
+        return OberError(
+            f"{where}: SSH authentication failed ({exc})",
+            "check User and IdentityFile in the ssh config, or load the key into ssh-agent (ssh-add)",
+        )
+    if isinstance(exc, NoValidConnectionsError):
+        errors = list(exc.errors.values())
+        exc = errors[0] if errors else exc
+    if isinstance(exc, ConnectionRefusedError):
+        return OberError(f"{where}: connection refused", "is sshd running and listening on that port?")
+    if isinstance(exc, (TimeoutError, socket.timeout)) or "timed out" in str(exc) or "banner" in str(exc):
+        return OberError(
+            f"{where}: no SSH answer within {target.connect_timeout:g}s",
+            "check that the node is up and the address and port are right (firewall?)",
+        )
+    if isinstance(exc, ProxyCommandFailure):
+        return OberError(f"{where}: the ssh_config ProxyCommand failed: {exc}", "run the ProxyCommand by hand")
+    if isinstance(exc, socket.gaierror):
+        return OberError(f"{where}: cannot resolve {conn.host}: {exc.strerror}", "check the address or HostName")
+    if isinstance(exc, OSError):
+        return OberError(f"{where}: unreachable: {exc.strerror or exc}", "check the address and the route to it")
+    if isinstance(exc, (SSHException, EOFError)):
+        return OberError(f"{where}: SSH failed: {exc or type(exc).__name__}", "check sshd on the node")
+    return OberError(f"{where}: cannot connect: {type(exc).__name__}: {exc}")

@@ -1,0 +1,182 @@
+"""The rolling plan (pure) and the fleet lock (real shell, a temp dir standing in for each node's state dir)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from ober.errors import OberError
+from ober.remote.lock import FleetLock, Holder, break_lock, holders
+from ober.remote.rolling import (
+    NodeFacts,
+    NodeResult,
+    Operation,
+    Request,
+    StepClass,
+    classify,
+    guard_allows,
+    plan,
+    summary,
+)
+from ober.runner import LocalRunner, Result
+
+RESTART = Request(Operation.RESTART)
+GR = 120
+V1 = {"ober": "0.1.0", "exabgp": "5.0.15", "haproxy": "3.0.11"}
+
+
+def node(name: str, **kw: object) -> NodeFacts:
+    kw.setdefault("graceful_restart", GR)
+    kw.setdefault("versions", V1)
+    return NodeFacts(name, **kw)  # type: ignore[arg-type]
+
+
+# (request, facts, expected class, words in the reason)
+CASES = [
+    (RESTART, node("n1"), StepClass.RESTART, "graceful restart"),
+    (RESTART, node("n1", graceful_restart=0), StepClass.FULL, "graceful_restart is off"),
+    (Request(Operation.RESTART, reload_only=True), node("n1", graceful_restart=0), StepClass.RELOAD, "stays"),
+    (Request(Operation.RESTART, full=True), node("n1"), StepClass.FULL, "--full"),
+    (RESTART, node("n1", done=True), StepClass.SKIP, "resumed"),
+    (RESTART, node("n1", drained=True, live=False), StepClass.FULL, "drained by an operator"),
+    (RESTART, node("n1", drained=True, drained_by_roll=True, live=False), StepClass.RESTART, "graceful"),
+    (Request(Operation.UPGRADE, wanted=V1), node("n1"), StepClass.SKIP, "up to date"),
+    (Request(Operation.UPGRADE, wanted={**V1, "haproxy": "3.0.12"}), node("n1"), StepClass.RELOAD, "haproxy"),
+    (Request(Operation.UPGRADE, wanted={**V1, "ober": "0.2.0"}), node("n1"), StepClass.RESTART, "graceful"),
+    (
+        Request(Operation.UPGRADE, wanted={**V1, "exabgp": "5.0.16"}),
+        node("n1", graceful_restart=0),
+        StepClass.FULL,
+        "off",
+    ),
+    (Request(Operation.UPGRADE, wanted={"haproxy": "3.0.11"}, reinstall=True), node("n1"), StepClass.RELOAD, "haproxy"),
+    (Request(Operation.UPGRADE, wanted={**V1, "ober": "0.2.0"}, full=True), node("n1"), StepClass.FULL, "--full"),
+    (Request(Operation.UPGRADE, wanted={"ober": None}), node("n1"), StepClass.SKIP, "up to date"),
+]
+
+
+@pytest.mark.parametrize(("request_", "facts", "klass", "words"), CASES)
+def test_each_node_gets_the_least_disruptive_class_it_needs(
+    request_: Request, facts: NodeFacts, klass: StepClass, words: str
+) -> None:
+    step = classify(request_, facts)
+    assert step.klass is klass
+    assert words in step.reason
+    assert step.klass.withdraws is (klass is StepClass.FULL)
+
+
+def test_upgrade_step_says_what_changes_from_what_to_what() -> None:
+    step = classify(Request(Operation.UPGRADE, wanted={**V1, "haproxy": "3.0.12"}), node("n1"))
+    assert dict(step.changes) == {"haproxy": ("3.0.11", "3.0.12")}
+
+
+def test_out_of_service_nodes_go_first_skipped_are_listed_and_order_is_otherwise_the_inventory_order() -> None:
+    nodes = [
+        node("n1"),
+        node("n2", live=False),
+        node("n3", done=True),
+        node("n4", drained=True, drained_by_roll=True, live=False),
+        node("n5"),
+    ]
+    steps = plan(RESTART, nodes, resumed="abc").steps
+    assert [s.node for s in steps] == ["n3", "n2", "n4", "n1", "n5"]
+    assert [s.klass for s in steps] == [StepClass.SKIP] + [StepClass.RESTART] * 4
+
+
+def test_guard_refuses_a_step_that_would_leave_fewer_than_min_available() -> None:
+    assert guard_allows(4, 3)
+    assert not guard_allows(3, 3)
+    assert not guard_allows(1, 1)
+
+
+def test_summary_of_a_failed_roll_names_the_node_its_state_and_how_to_resume() -> None:
+    results = [
+        NodeResult("n1", StepClass.RESTART, "done"),
+        NodeResult("n2", StepClass.RESTART, "failed", "verify: ober-http is failed", left_withdrawn=True),
+        NodeResult("n3", StepClass.RESTART, "not reached"),
+        NodeResult("n4", StepClass.RESTART, "not reached"),
+    ]
+    ok, text = summary(results, "ober fleet restart")
+    assert not ok
+    assert "stopped at n2" in text and "left withdrawn" in text and "n3, n4" in text
+    assert "run `ober fleet restart` again" in text
+    ok, text = summary([NodeResult("n1", StepClass.SKIP, "skipped"), NodeResult("n2", StepClass.RELOAD, "done")], "x")
+    assert ok and "1 rolled" in text and "skipped (n1)" in text
+
+
+class DirRunner:
+    """A node whose state dir is its own local dir: the lock's real shell runs unchanged, only the dir moves."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.local = LocalRunner()
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        # The state dir is the script's first argument: each node gets its own copy of it.
+        moved = [*argv[:4], f"{argv[4]}/{self.name}", *argv[5:]]
+        return self.local.run(moved, timeout, env)
+
+
+class Unreachable:
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        return Result(255, "", "ssh: connect to host n9 port 22: Connection refused")
+
+
+def fleet(n: int = 3) -> dict[str, DirRunner]:
+    return {f"n{i}": DirRunner(f"n{i}") for i in range(1, n + 1)}
+
+
+def test_lock_is_taken_on_every_node_and_released_at_the_end_even_on_failure(tmp_path: Path) -> None:
+    base = str(tmp_path)
+    with pytest.raises(RuntimeError), FleetLock(fleet(), Holder.me("restart"), base):
+        for name in ("n1", "n2", "n3"):
+            owner = json.loads((tmp_path / name / "lock" / "owner").read_text())
+            assert owner["operation"] == "restart" and "@" in owner["owner"]
+        raise RuntimeError("the roll failed")
+    assert not any((tmp_path / name / "lock").exists() for name in ("n1", "n2", "n3"))
+
+
+def test_a_second_roll_is_refused_with_who_holds_it_since_when(tmp_path: Path) -> None:
+    runners = fleet()
+    base = str(tmp_path / "state")
+    first = Holder.me("restart")
+    with FleetLock(runners, first, base):
+        with pytest.raises(OberError) as refused:
+            FleetLock(runners, Holder.me("upgrade"), base).acquire()
+        assert first.owner in refused.value.message and "restart" in refused.value.message
+        assert "since" in refused.value.message and "--break" in str(refused.value.fix)
+        # The refused roll did not remove the holder's lock.
+        assert Path(base, "n1", "lock", "owner").exists()
+        assert holders(runners, base)["n1"].token == first.token
+    assert holders(runners, base) == {}
+
+
+def test_release_leaves_someone_elses_lock_alone_and_break_removes_it(tmp_path: Path) -> None:
+    runners = fleet(1)
+    base = str(tmp_path / "state")
+    theirs = FleetLock(runners, Holder.me("restart"), base).acquire()
+    mine = FleetLock(runners, Holder.me("restart"), base)
+    mine.held = ["n1"]  # as if we believed we held it
+    mine.release()
+    assert holders(runners, base)["n1"].token == theirs.holder.token
+    assert break_lock(runners, base) == ["n1"]
+    assert holders(runners, base) == {}
+    assert break_lock(runners, base) == []
+
+
+def test_a_node_that_cannot_be_reached_fails_the_lock_and_releases_the_others(tmp_path: Path) -> None:
+    runners: dict[str, object] = {"n1": DirRunner("n1"), "n9": Unreachable()}
+    base = str(tmp_path / "state")
+    with pytest.raises(OberError, match="n9: cannot take the fleet lock: ssh: connect"):
+        FleetLock(runners, Holder.me("restart"), base).acquire()  # type: ignore[arg-type]
+    assert not Path(base, "n1", "lock").exists()
+
+
+def test_holder_description_says_who_and_how_long_ago() -> None:
+    holder = Holder("alice@ws", 42, time.time() - 300, "restart", "t")
+    assert holder.describe().startswith("alice@ws (pid 42, restart) since ") and "5m ago" in holder.describe()
+    assert Holder.parse("not json").owner.startswith("unknown")

@@ -13,6 +13,7 @@ from enum import IntEnum
 import click
 
 from ober.cli.bootstrap import bootstrap, uninstall
+from ober.cli.certs import certs
 from ober.cli.config import config_cmd
 from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
@@ -69,6 +70,7 @@ cli.add_command(node_test)
 cli.add_command(sync)
 cli.add_command(bootstrap)
 cli.add_command(uninstall)
+cli.add_command(certs)
 for command in (start, stop, restart, reload, logs):
     cli.add_command(command)
 

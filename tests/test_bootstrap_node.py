@@ -1,0 +1,243 @@
+"""`ober bootstrap`, `ober upgrade` and `ober uninstall` for real, inside a systemd-nspawn node with no internet.
+
+The node boots from the Debian 13 image behind the lab's BIRD router. Before the tests, it is made a machine that
+has never seen ober: HAProxy is purged (with the libraries only it needed), and its apt source is a local mirror
+holding the image's own .deb files (a node without internet installs from its site's mirror), so bootstrap's
+``apt-get install haproxy`` is real and its packages can be compared before and after. ober and ExaBGP come from
+a wheelhouse pushed over SSH, like the fleet controller does; the ober that *runs* bootstrap lives in a throwaway
+venv under /var/tmp, outside what the tests compare.
+
+The tests run in order on one node: refusals and a dry run change nothing; a bootstrap that fails midway is
+undone exactly by uninstall; a full bootstrap, then a second run that changes nothing; `ober config --from` and
+start (the router's kernel route is the truth); `ober upgrade` to a newer ober from a wheelhouse; finally
+uninstall, which stops the units gracefully and leaves the node as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ober.certs import write_pem
+from ober.lab.image import DEFAULT_IMAGE
+from ober.lab.netns import Lab
+from ober.lab.nspawn import NspawnNode, boot_node
+from ober.lab.router import Router, start_router
+from tests.conftest import require
+from tests.test_lab_nspawn import nspawn_prerequisites, wheelhouse_for_nodes
+
+pytestmark = pytest.mark.lab
+
+NODE = "100.64.0.11"
+VIP = "198.51.100.10"
+BOOT = "/var/tmp/ober-boot"  # the throwaway ober that runs bootstrap (the fleet controller does the same)
+BOOT_OBER = f"{BOOT}/bin/ober"
+WHEELS = "/root/wheelhouse"
+OBER = "/opt/ober/venv/bin/ober"
+MIRROR = "/srv/mirror"
+# What "the node as before" means: ober's and systemd's directories, and the installed packages.
+SNAPSHOT = (
+    "find /opt /etc/systemd /etc/sysctl.d /etc/netplan /etc/NetworkManager -printf '%p %m %u %l\\n' 2>/dev/null"
+    " | sort; dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | sort; systemctl is-enabled haproxy; true"
+)
+
+
+@dataclass
+class NodeLab:
+    lab: Lab
+    router: Router
+    node: NspawnNode
+    wheelhouse: Path
+    before: str
+
+    def ober(self, args: str, *, timeout: float = 600, ober: str = BOOT_OBER) -> subprocess.CompletedProcess[str]:
+        return self.node.run(f"{ober} {args}", timeout=timeout, check=False)
+
+    def bootstrap_json(self, args: str = "") -> tuple[int, dict[str, Any]]:
+        done = self.ober(f"bootstrap /opt/ober --yes --json --wheelhouse {WHEELS} {args}")
+        return done.returncode, json.loads(done.stdout)
+
+    def snapshot(self) -> str:
+        return self.node.run(SNAPSHOT, timeout=60).stdout
+
+    def wait_hops(self, expected: list[str], timeout: float = 60.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.router.next_hops(VIP) == expected:
+                return time.monotonic() - started
+            time.sleep(0.05)
+        journal = self.node.run("journalctl -u ober-http -u ober-bgp -n 40 --no-pager", check=False).stdout
+        raise AssertionError(f"next-hops {self.router.next_hops(VIP)}, expected {expected}\n{journal}")
+
+
+def local_mirror(lab: Lab) -> Path:
+    """An apt repository of the image's cached .deb files (what debootstrap downloaded), indexed on the host."""
+    require(shutil.which("dpkg-scanpackages") is not None, "dpkg-scanpackages is not installed (dpkg-dev)")
+    mirror = lab.path("mirror")
+    for deb in (DEFAULT_IMAGE / "var/cache/apt/archives").glob("*.deb"):
+        shutil.copy2(deb, mirror / deb.name)
+    index = subprocess.run(
+        ["dpkg-scanpackages", "-m", "."], cwd=mirror, capture_output=True, text=True, check=True, timeout=120
+    )
+    (mirror / "Packages").write_text(index.stdout)
+    return mirror
+
+
+@pytest.fixture(scope="module")
+def node_lab() -> Iterator[NodeLab]:
+    image = nspawn_prerequisites()
+    wheelhouse = wheelhouse_for_nodes()
+    with Lab() as lab:
+        router = start_router(lab, [NODE], ["198.51.100.0/24"])
+        node = boot_node(lab, router, "n1", NODE, image=image)
+        node.put_tree(local_mirror(lab), MIRROR, timeout=300)
+        node.put_tree(wheelhouse, WHEELS, timeout=300)
+        # The site's mirror replaces the internet; then the node forgets HAProxy ever was installed.
+        node.run(
+            f"echo 'deb [trusted=yes] file:{MIRROR} ./' > /etc/apt/sources.list && apt-get update -q"
+            " && DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --autoremove haproxy",
+            timeout=300,
+        )
+        node.run(
+            f"python3 -m venv {BOOT} && {BOOT}/bin/pip install -q --disable-pip-version-check --no-index "
+            f"--find-links {WHEELS} ober && chmod -R a+rX {BOOT}",
+            timeout=300,
+        )
+        before = node.run(SNAPSHOT, timeout=60).stdout
+        assert "haproxy " not in before and "/opt/ober" not in before
+        yield NodeLab(lab, router, node, wheelhouse, before)
+
+
+def test_non_root_is_refused_and_changes_nothing(node_lab: NodeLab) -> None:
+    done = node_lab.node.run(
+        f"runuser -u nobody -- {BOOT_OBER} --json bootstrap /opt/ober --yes", check=False
+    )
+    assert done.returncode == 1
+    error = json.loads(done.stdout)
+    assert "must run as root" in error["error"] and "sudo" in error["fix"]
+    text = node_lab.node.run(f"runuser -u nobody -- {BOOT_OBER} bootstrap /opt/ober --yes", check=False)
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert text.stderr.count("\n") == 1 and "must run as root" in text.stderr
+    assert node_lab.snapshot() == node_lab.before
+
+
+def test_dry_run_shows_every_command_and_changes_nothing(node_lab: NodeLab) -> None:
+    code, doc = node_lab.bootstrap_json("--dry-run")
+    assert code == 0 and doc["dry_run"] is True
+    steps = {step["name"]: step for step in doc["steps"]}
+    assert any("apt-get install" in command and "haproxy" in command for command in steps["packages"]["commands"])
+    assert any("--no-index" in command and WHEELS in command for command in steps["venv"]["commands"])
+    assert steps["haproxy.service"]["commands"] == ["systemctl disable --now haproxy.service"]
+    assert "ober config" in doc["next"]
+    assert node_lab.snapshot() == node_lab.before
+
+
+def test_a_bootstrap_failing_midway_is_undone_exactly_by_uninstall(node_lab: NodeLab) -> None:
+    node = node_lab.node
+    node.run(f"rm -rf /root/broken && cp -a {WHEELS} /root/broken && rm /root/broken/exabgp-*.whl")
+    done = node_lab.ober("bootstrap /opt/ober --yes --json --wheelhouse /root/broken")
+    assert done.returncode == 1
+    doc = json.loads(done.stdout)  # one document, though a step failed
+    assert "exabgp" in doc["error"].lower() and doc["changed"] is True
+    failed = [step for step in doc["steps"] if step["error"]]
+    assert [step["name"] for step in failed] == ["venv"]
+    ledger = json.loads(node.run("cat /opt/ober/etc/.bootstrap.json").stdout)
+    kinds = {entry["kind"] for entry in ledger["entries"]}
+    assert {"directory", "packages", "service-disabled", "venv"} <= kinds
+    assert "haproxy" in next(e for e in ledger["entries"] if e["kind"] == "packages")["names"]
+
+    undone = node_lab.ober("uninstall /opt/ober --yes", timeout=300)
+    assert undone.returncode == 0, undone.stderr
+    assert node_lab.snapshot() == node_lab.before
+    node.run("rm -rf /root/broken")
+
+
+def test_bootstrap_makes_a_node_and_a_second_run_changes_nothing(node_lab: NodeLab) -> None:
+    node = node_lab.node
+    started = time.monotonic()
+    done = node_lab.ober(f"bootstrap /opt/ober --yes --wheelhouse {WHEELS}")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith(f"next: {OBER} config")
+    versions = node.run(f"{OBER} --version").stdout
+    assert "ExaBGP 5.0.15" in versions and versions.startswith("ober 0.1.0, HAProxy 3.0.")
+    modes = node.run("stat -c '%n %a %U' /opt/ober /opt/ober/etc /opt/ober/etc/certs /opt/ober/run").stdout
+    assert modes.split("\n")[:4] == [
+        "/opt/ober 755 root",
+        "/opt/ober/etc 755 root",
+        "/opt/ober/etc/certs 700 root",
+        "/opt/ober/run 755 root",
+    ]
+    assert node.run("systemctl is-enabled haproxy", check=False).stdout.strip() == "disabled"
+    assert node.run("systemctl is-active haproxy", check=False).stdout.strip() == "inactive"
+    ledger = json.loads(node.run("cat /opt/ober/etc/.bootstrap.json").stdout)
+    assert {"kind": "venv", "target": "/opt/ober/venv"} in ledger["entries"]
+    print(f"bootstrap from nothing (offline, haproxy from the mirror): {took:.1f}s")
+
+    started = time.monotonic()
+    code, doc = node_lab.bootstrap_json()
+    assert code == 0 and doc["changed"] is False
+    assert all(step["commands"] == [] and not step["changed"] for step in doc["steps"])
+    assert all(step["why"] for step in doc["steps"])
+    text = node_lab.ober(f"bootstrap /opt/ober --yes --wheelhouse {WHEELS}")
+    assert "nothing to do: already bootstrapped" in text.stdout
+    assert text.stdout.count("nothing to do:") >= len(doc["steps"])  # every step but the check says why
+    print(f"second run: {time.monotonic() - started:.1f}s, nothing changed")
+
+
+def node_config() -> dict[str, Any]:
+    return {
+        "name": "n1",
+        "bgp": {"router_id": NODE, "neighbors": "100.64.0.1"},
+        "vips": [{"name": "s3-a", "address": VIP, "backend": "local"}],
+        # A stand-in RGW on the node itself (what matters here is that HAProxy sees a live server).
+        "backends": {"local": {"servers": ["127.0.0.1:7480"], "check": {"interval": "500ms", "rise": 1, "fall": 2}}},
+        "certificates": {"pem": "/opt/ober/etc/certs/s3.pem", "http": "redirect"},
+        "health": {"interval": "500ms", "rise": 2, "fall": 2},
+        "network": {"manager": "networkd", "interface": "lo"},
+        "haproxy": {"maxconn": 5000},
+    }
+
+
+def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
+    node, lab = node_lab.node, node_lab.lab
+    node.run("systemd-run --unit=stand-in-rgw --property=WorkingDirectory=/srv python3 -m http.server -b 127.0.0.1 7480")
+    certs = lab.path("certs")
+    write_pem(certs / "s3.pem", "s3.lab.test", [f"IP:{VIP}"])
+    node.put(certs / "s3.pem", "/opt/ober/etc/certs/s3.pem", 0o600)
+    wanted = lab.path("cfg") / "node.yaml"
+    wanted.write_text(yaml.safe_dump(node_config()))
+    node.put(wanted, "/root/node.yaml")
+    configured = node.run(f"{OBER} config --from /root/node.yaml", timeout=180, check=False)
+    assert configured.returncode == 0, configured.stderr
+    started = node.run(f"{OBER} start", timeout=120, check=False)
+    assert started.returncode == 0, started.stderr
+    node_lab.wait_hops([NODE])
+
+
+def test_uninstall_stops_gracefully_and_leaves_the_node_as_before(node_lab: NodeLab) -> None:
+    node = node_lab.node
+    node_lab.wait_hops([NODE])
+    done = node_lab.ober("uninstall /opt/ober --yes", timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert node_lab.router.next_hops(VIP) == []
+    journal = node.run("journalctl -o short-unix --no-pager -u ober-bgp -u ober-http -n 300", check=False).stdout
+    withdrawn = [line for line in journal.splitlines() if "withdraw" in line]
+    assert withdrawn, journal  # ober stop's way: the health process withdrew before the units stopped
+    # The certificate is the user's file: uninstall keeps it, and the directories holding it, and says so.
+    assert "kept" in done.stdout and "s3.pem" in done.stdout
+    node.run("rm /opt/ober/etc/certs/s3.pem && systemctl stop stand-in-rgw")
+    again = node_lab.ober("uninstall /opt/ober --yes", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert node_lab.snapshot() == node_lab.before
+    nothing = node_lab.ober("uninstall /opt/ober --yes")
+    assert nothing.returncode == 0 and "nothing to uninstall" in nothing.stdout

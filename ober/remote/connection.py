@@ -221,7 +221,8 @@ class Connection:
         directory, base = posixpath.split(remote)
         temp = posixpath.join(directory, f".{base}.ober-{secrets.token_hex(4)}")
         script = (
-            'umask 077; trap \'rm -f -- "$1"\' EXIT; cat > "$1" || exit 1; '
+            # A killed upload (timeout, lost connection) removes its temp file too.
+            'umask 077; trap \'rm -f -- "$1"\' EXIT; trap "exit 1" HUP INT TERM; cat > "$1" || exit 1; '
             'sum=$(sha256sum < "$1") || exit 1; '
             'if [ "${sum%% *}" != "$3" ]; then echo "upload to $2 arrived incomplete" >&2; exit 1; fi; '
             'chmod "$4" "$1" && mv -f -- "$1" "$2"'

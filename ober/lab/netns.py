@@ -74,8 +74,15 @@ def spawn_in(
     merged = {**os.environ, **env} if env is not None else None
     with log.open("ab") as out:
         try:
+            # Its own session: a daemon is stopped by its PID, never by a signal meant for the terminal's job (a
+            # Ctrl-C, a hangup), so a persistent lab (`ober lab up`) outlives the command that started it.
             return subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv], stdin=stdin, stdout=out, stderr=subprocess.STDOUT, env=merged
+                ["ip", "netns", "exec", ns, *argv],
+                stdin=stdin,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=merged,
+                start_new_session=True,
             )
         except FileNotFoundError:
             raise OberError("ip is not installed", "apt-get install iproute2") from None
@@ -226,11 +233,14 @@ class Lab:
     Args:
         prefix: the namespace name prefix; by default unique per run, ``ober-<pid>-<token>-``.
         keep_files: leave the work directory (configs, logs) in place after `close`, for a post-mortem.
+        workdir: the work directory (created if need be); by default a new temporary one.
     """
 
-    def __init__(self, prefix: str | None = None, *, keep_files: bool = False) -> None:
+    def __init__(self, prefix: str | None = None, *, keep_files: bool = False, workdir: Path | None = None) -> None:
         self.prefix = prefix or f"{ROOT_PREFIX}{os.getpid()}-{secrets.token_hex(2)}-"
-        self.workdir = Path(tempfile.mkdtemp(prefix=self.prefix))
+        if workdir is not None:
+            workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=self.prefix))
         self.keep_files = keep_files
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []

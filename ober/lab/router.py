@@ -39,21 +39,47 @@ QUERY_TIMEOUT = 5.0
 
 
 @dataclass
-class Router:
-    """A running lab router. Build it with `start_router`."""
+class RouterView:
+    """What can be asked of a running lab router, by its namespace and BIRD's control socket.
+
+    A `Router` is one; a persistent lab (`ober.lab.fleet`) rebuilds one from its state file in a later process,
+    where BIRD is no child of ours.
+    """
 
     ns: str
     address: ipaddress.IPv4Interface
     rundir: Path
-    process: subprocess.Popen[bytes]
     peers: dict[str, str]
     """BIRD protocol name → the node address it peers with."""
-    ports: list[str] = field(default_factory=list)
 
     @property
     def socket(self) -> Path:
         """BIRD's private control socket."""
         return self.rundir / "bird.ctl"
+
+    def birdc(self, *command: str) -> str:
+        """Run a ``birdc`` command on this router's socket and return its output."""
+        return run([_program("birdc"), "-s", str(self.socket), *command], timeout=QUERY_TIMEOUT).stdout
+
+    def next_hops(self, vip: str) -> list[str]:
+        """The gateways of the router's kernel route for ``vip``/32, in the kernel's order; [] without a route."""
+        host = ipaddress.IPv4Address(vip)
+        done = run(["ip", "-n", self.ns, "-j", "route", "show", "exact", f"{host}/32"], timeout=QUERY_TIMEOUT)
+        return parse_next_hops(done.stdout)
+
+    def bgp_sessions(self) -> dict[str, str]:
+        """Each peer's BGP state as BIRD shows it (``Established``, ``Passive``, ``Active``…), by node address."""
+        protocols = parse_protocols(self.birdc("show", "protocols"))
+        return {peer: protocols.get(name, "missing") for name, peer in self.peers.items()}
+
+
+@dataclass
+class Router(RouterView):
+    """A running lab router. Build it with `start_router`."""
+
+    process: subprocess.Popen[bytes]
+    """BIRD, by its PID."""
+    ports: list[str] = field(default_factory=list)
 
     def connect(self, node_ns: str, address: str, ifname: str = "eth0") -> None:
         """Give a node namespace a port on the router's bridge: ``ifname`` at ``address``, default route via us.
@@ -86,21 +112,6 @@ class Router:
         add_address(ns, "eth0", f"100.64.{number}.2/24")
         add_route(ns, "default", f"100.64.{number}.1")
         return ns
-
-    def birdc(self, *command: str) -> str:
-        """Run a ``birdc`` command on this router's socket and return its output."""
-        return run([_program("birdc"), "-s", str(self.socket), *command], timeout=QUERY_TIMEOUT).stdout
-
-    def next_hops(self, vip: str) -> list[str]:
-        """The gateways of the router's kernel route for ``vip``/32, in the kernel's order; [] without a route."""
-        host = ipaddress.IPv4Address(vip)
-        done = run(["ip", "-n", self.ns, "-j", "route", "show", "exact", f"{host}/32"], timeout=QUERY_TIMEOUT)
-        return parse_next_hops(done.stdout)
-
-    def bgp_sessions(self) -> dict[str, str]:
-        """Each peer's BGP state as BIRD shows it (``Established``, ``Passive``, ``Active``…), by node address."""
-        protocols = parse_protocols(self.birdc("show", "protocols"))
-        return {peer: protocols.get(name, "missing") for name, peer in self.peers.items()}
 
     def stop(self) -> None:
         """Stop BIRD (by its PID). The namespace stays until the lab closes."""
@@ -200,7 +211,7 @@ def start_router(
     socket = rundir / "bird.ctl"
     argv = [bird, "-f", "-c", str(config), "-s", str(socket), "-P", str(rundir / "bird.pid")]
     process = lab.spawn(ns, argv, log=rundir / "bird.log")
-    router = Router(ns, link, rundir, process, {protocol_name(node): node for node in nodes})
+    router = Router(ns, link, rundir, {protocol_name(node): node for node in nodes}, process)
     _wait_ready(router, rundir / "bird.log")
     return router
 

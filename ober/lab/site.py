@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ober.certs import write_pem
+from ober.certs import self_signed_pem
 from ober.errors import OberError
 from ober.lab.netns import Lab, add_address
 from ober.lab.procnode import ProcessNode, start_node
@@ -101,14 +101,25 @@ class Site:
         )
 
 
-def start_site(lab: Lab, nodes: int = 3, *, interval: str = "200ms") -> Site:
-    """Bring a site up in ``lab`` and wait until every node announces."""
-    addresses = {f"n{i}": node_address(i) for i in range(1, nodes + 1)}
-    router = start_router(lab, list(addresses.values()), ["198.51.100.0/24"])
-    cert_dir = lab.path("certs")
-    pem = write_pem(cert_dir / "s3.pem", "s3.lab.test", [f"IP:{VIP_A}", f"IP:{VIP_B}", "DNS:s3.lab.test"])
-    public = cert_dir / "ca.pem"
-    public.write_text(pem.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+def site_certificate(directory: Path, days: int = 2) -> tuple[Path, Path]:
+    """The site's TLS certificate for both VIPs: (certificate + key, what HAProxy serves; the certificate alone).
+
+    The second is what S3 clients trust. Both are written into ``directory`` (the first mode 600).
+    """
+    certificate, key = self_signed_pem("s3.lab.test", [f"IP:{VIP_A}", f"IP:{VIP_B}", "DNS:s3.lab.test"], days)
+    directory.mkdir(parents=True, exist_ok=True)
+    pem, public = directory / "s3.pem", directory / "ca.pem"
+    pem.touch(mode=0o600)
+    pem.write_text(certificate + key)
+    public.write_text(certificate)
+    return pem, public
+
+
+def start_backends(lab: Lab, router: Router) -> dict[str, RgwCluster]:
+    """One real RGW cluster per VIP's backend group, each on its own segment behind ``router``.
+
+    Each cluster's stop is registered with ``lab``; its namespace is ``<lab prefix><group>``.
+    """
     clusters: dict[str, RgwCluster] = {}
     for group, segment in SEGMENTS.items():
         ns = router.segment(lab, group, segment)
@@ -116,6 +127,15 @@ def start_site(lab: Lab, nodes: int = 3, *, interval: str = "200ms") -> Site:
             add_address(ns, "lo", f"{address}/32")
         clusters[group] = start_cluster(ns, lab.path(group), list(RGWS[group]), f"100.64.{segment}.10")
         lab.cleanups.append(clusters[group].stop)
+    return clusters
+
+
+def start_site(lab: Lab, nodes: int = 3, *, interval: str = "200ms") -> Site:
+    """Bring a site up in ``lab`` and wait until every node announces."""
+    addresses = {f"n{i}": node_address(i) for i in range(1, nodes + 1)}
+    router = start_router(lab, list(addresses.values()), ["198.51.100.0/24"])
+    pem, public = site_certificate(lab.path("certs"))
+    clusters = start_backends(lab, router)
     client_ns = router.segment(lab, "client", CLIENT_SEGMENT)
     site = Site(lab, router, {}, clusters, client_ns, public)
     for name, address in addresses.items():

@@ -1,0 +1,526 @@
+"""A persistent lab fleet (``ober lab up|down|status``): nspawn nodes, a BIRD router, two real RGW groups.
+
+Unlike a test's `Lab`, which lives as long as the process that made it, this lab outlives ``ober lab up``: every
+daemon runs in its own session, and everything made is recorded in ``DIR/state.json`` as it is made (namespaces,
+PIDs with their start times, mounts), so ``ober lab down`` (another process, maybe after a crash of ``up``) stops
+exactly that, by PID. The namespace prefix is recorded first, so ``down`` also finds whatever an interrupted
+``up`` made before it could write it down.
+
+``up`` also writes what the fleet tools need: ``inventory.yaml``, the secrets file ``login``, ``ssh_config``
+(``ssh -F DIR/ssh_config node01``), ``known_hosts`` (host keys pinned at creation) and the site certificate.
+The nodes are not bootstrapped: that is ``ober fleet bootstrap``'s job. Node addresses exist only inside the lab;
+the ssh_config reaches them through `ober.lab.relay`, run in the router's namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ober.errors import OberError
+from ober.hostlists import collect
+from ober.inventory import load_inventory
+from ober.lab import labstate
+from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
+from ober.lab.labstate import Proc, State
+from ober.lab.netns import Lab, delete_netns, list_netns
+from ober.lab.nspawn import boot_node, sshd_answers
+from ober.lab.rgw import RGW_PORT, http_get, missing_programs
+from ober.lab.router import RouterView, start_router
+from ober.lab.site import CLIENT_SEGMENT, RGWS, VIPS, node_address, site_certificate, start_backends
+
+DEFAULT_DIR = Path("/var/lib/ober/lab")
+DEFAULT_NODES = 4
+MAX_NODES = 16
+ROUTER_AS, NODE_AS = 65000, 65001
+VIP_PREFIX = "198.51.100.0/24"
+NODE_PEM = "/opt/ober/etc/certs/s3.pem"
+SSH_TIMEOUT = 30.0
+CERT_DAYS = 365
+# The secret's name, not its value.
+STATS_SECRET = "stats_password"  # noqa: S105
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LabNode:
+    """A lab node as the fleet tools see it."""
+
+    name: str
+    address: str
+    ns: str
+
+
+class LabFleet:
+    """A lab that is up, read from its state file (`up` returns one; `load` reads one)."""
+
+    def __init__(self, directory: Path, state: State) -> None:
+        self.dir = directory
+        self.state = state
+        self.already_up = False
+        """Set by `up` when it found this lab already up and started nothing."""
+
+    @property
+    def nodes(self) -> dict[str, LabNode]:
+        """The nodes by name, in order."""
+        return {n["name"]: LabNode(n["name"], n["address"], n["ns"]) for n in self.state.data["nodes"]}
+
+    @property
+    def router(self) -> RouterView:
+        """The router: ``next_hops(vip)``, ``bgp_sessions()``, ``birdc(...)``."""
+        router = self.state.data["router"]
+        address = ipaddress.IPv4Interface(router["address"])
+        return RouterView(router["ns"], address, Path(router["rundir"]), dict(router["peers"]))
+
+    @property
+    def client_ns(self) -> str:
+        """The client segment's namespace (100.64.10.2): run S3 clients there (`ober.lab.rgw.in_netns`)."""
+        return str(self.state.data["client_ns"])
+
+    @property
+    def vips(self) -> dict[str, str]:
+        """Backend group → its VIP."""
+        return dict(self.state.data["vips"])
+
+    @property
+    def inventory_path(self) -> Path:
+        """The lab's inventory (``ober fleet … -i``)."""
+        return self.dir / "inventory.yaml"
+
+    @property
+    def secrets_path(self) -> Path:
+        """The secrets file the inventory refers to (``--secrets``)."""
+        return self.dir / "login"
+
+    @property
+    def ssh_config(self) -> Path:
+        """The OpenSSH client config reaching every node by name."""
+        return self.dir / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        """Every node's host keys, by name and address."""
+        return self.dir / "known_hosts"
+
+    @property
+    def key(self) -> Path:
+        """The private key that logs in as root on every node."""
+        return self.dir / "ssh" / "id_ed25519"
+
+    @property
+    def pem(self) -> Path:
+        """The site certificate with its key: push it to each node as ``/opt/ober/etc/certs/s3.pem``."""
+        return self.dir / "certs" / "s3.pem"
+
+    @property
+    def ca_pem(self) -> Path:
+        """The site certificate alone: what S3 clients trust."""
+        return self.dir / "certs" / "ca.pem"
+
+    def s3_credentials(self, group: str) -> tuple[str, str]:
+        """The S3 access and secret key of the lab user on a backend group's RGW cluster."""
+        keys = json.loads((self.dir / "s3-credentials.json").read_text())
+        return str(keys[group]["access_key"]), str(keys[group]["secret_key"])
+
+    def rgw_endpoints(self, group: str) -> list[str]:
+        """The radosgw URLs of a backend group (reachable from the lab's namespaces)."""
+        return list(self.state.data["clusters"][group]["endpoints"])
+
+    def run_on(
+        self, node: str, command: str | Sequence[str], *, timeout: float = SSH_TIMEOUT, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command on a node as root, with plain OpenSSH and the lab's ssh_config (host key verified).
+
+        Raises:
+            OberError: the node is unknown, the command timed out, or (with ``check``) it failed.
+        """
+        if node not in self.nodes:
+            raise OberError(f"no lab node {node}", f"choose from {collect(self.nodes)}")
+        line = command if isinstance(command, str) else shlex.join(command)
+        argv = ["ssh", "-F", str(self.ssh_config), node, "--", line]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise OberError(f"{node}: {line} did not finish in {timeout:g}s") from None
+        if check and done.returncode != 0:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
+            raise OberError(f"{node}: {line} failed (exit {done.returncode}): {last}")
+        return done
+
+
+def require_root(euid: int | None = None) -> None:
+    """Refuse to go on without root: the lab makes namespaces, mounts and containers.
+
+    Raises:
+        OberError: not root.
+    """
+    if (os.geteuid() if euid is None else euid) != 0:
+        raise OberError("ober lab needs root (network namespaces, mounts, containers)", "run it with sudo")
+
+
+def load(directory: Path = DEFAULT_DIR) -> LabFleet:
+    """The lab recorded in ``directory``.
+
+    Raises:
+        OberError: no lab there, or only a half-made one.
+    """
+    state = labstate.read(directory)
+    if state is None:
+        raise OberError(f"no lab in {directory}", f"start one: ober lab up --dir {directory}")
+    if not state.data.get("complete"):
+        raise OberError(f"the lab in {directory} is half made", f"ober lab down --dir {directory}")
+    return LabFleet(directory, state)
+
+
+def up(
+    nodes: int = DEFAULT_NODES,
+    directory: Path = DEFAULT_DIR,
+    *,
+    image: Path = DEFAULT_IMAGE,
+    progress: Progress | None = None,
+) -> LabFleet:
+    """Bring a lab of ``nodes`` nodes up in ``directory`` and write its inventory, secrets and ssh_config.
+
+    A lab already up there with as many nodes is returned as it is (``already_up``). If anything fails, or the
+    bring-up is interrupted, everything started so far is torn down before the error is raised.
+
+    Raises:
+        OberError: not root, a tool or the image missing, a different lab already there, or a step failing.
+    """
+    say = progress or (lambda _text: None)
+    require_root()
+    if not 1 <= nodes <= MAX_NODES:
+        raise OberError(f"a lab has 1 to {MAX_NODES} nodes, not {nodes}", "ober lab up 4")
+    _check_tools()
+    directory = directory.absolute()
+    created = not directory.exists()
+    with labstate.locked(directory):
+        existing = labstate.read(directory)
+        if existing is not None:
+            return _existing(directory, existing, nodes)
+        if not image_ready(image):
+            say("building the node image (once; about a minute)")
+            ensure_image(image)
+        leftovers = sorted(p.name for p in directory.iterdir() if p.name != labstate.LOCK)
+        if leftovers:
+            raise OberError(f"{directory} is not empty ({', '.join(leftovers[:3])})", "give an empty or new --dir")
+        state = State(directory, _initial(directory, nodes, created))
+        state.save()
+        try:
+            return _bring_up(directory, state, nodes, image, say)
+        except BaseException as exc:
+            say("bring-up failed: tearing down what was started")
+            try:
+                _teardown(directory, state)
+            except OberError as leftover:
+                exc.add_note(str(leftover))
+            raise
+
+
+def down(directory: Path = DEFAULT_DIR, *, progress: Progress | None = None) -> bool:
+    """Stop and remove everything the lab in ``directory`` made; False when there was no lab (nothing to do).
+
+    Raises:
+        OberError: not root, or something could not be removed (everything else was still removed).
+    """
+    require_root()
+    directory = directory.absolute()
+    if not (directory / labstate.STATE).exists():
+        return False
+    with labstate.locked(directory):
+        state = labstate.read(directory)
+        if state is None:
+            return False
+        _teardown(directory, state, progress or (lambda _text: None))
+        return True
+
+
+def status(directory: Path = DEFAULT_DIR) -> dict[str, Any]:
+    """What runs in the lab, asked from the lab itself: nodes, router sessions and next-hops, RGW groups.
+
+    Raises:
+        OberError: not root, or no lab in ``directory``.
+    """
+    require_root()
+    directory = directory.absolute()
+    state = labstate.read(directory)
+    if state is None:
+        raise OberError(f"no lab in {directory}", f"start one: ober lab up --dir {directory}")
+    data = state.data
+    report: dict[str, Any] = {"dir": str(directory), "complete": bool(data.get("complete")), "nodes": []}
+    fleet = LabFleet(directory, state)
+    for node in data["nodes"]:
+        running = _proc(node.get("nspawn")).alive() and _proc(node.get("init")).alive()
+        answers = running and sshd_answers(data["router"]["ns"], node["address"])
+        system = ""
+        if answers and fleet.ssh_config.exists():
+            with contextlib.suppress(OberError):
+                system = fleet.run_on(node["name"], "systemctl is-system-running", timeout=10, check=False).stdout
+        shown = {key: node[key] for key in ("name", "address", "ns")}
+        report["nodes"].append({**shown, "running": running, "sshd": answers, "system": system.strip()})
+    bird = _proc(data["router"].get("bird")).alive()
+    router: dict[str, Any] = {"ns": data["router"]["ns"], "bird": bird, "sessions": {}, "next_hops": {}}
+    if bird:
+        with contextlib.suppress(OberError):
+            router["sessions"] = fleet.router.bgp_sessions()
+        router["next_hops"] = {vip: fleet.router.next_hops(vip) for vip in data["vips"].values()}
+    report["router"] = router
+    report["backends"] = {}
+    for group, cluster in data.get("clusters", {}).items():
+        daemons = {d["what"]: _proc(d).alive() for d in cluster["daemons"]}
+        endpoints = {url: _answers(cluster["ns"], url) for url in cluster["endpoints"]}
+        report["backends"][group] = {"vip": data["vips"][group], "daemons": daemons, "endpoints": endpoints}
+    report["client_ns"] = data.get("client_ns")
+    return report
+
+
+# --- bring-up -------------------------------------------------------------------------------------------------------
+
+
+def _initial(directory: Path, nodes: int, created: bool) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "prefix": f"ober-lab-{secrets.token_hex(2)}-",
+        "owner": os.getpid(),
+        "complete": False,
+        "created_dir": created,
+        "size": nodes,
+        "namespaces": [],
+        "mounts": [],
+        "router": {},
+        "nodes": [],
+        "clusters": {},
+        "client_ns": None,
+        "vips": dict(VIPS),
+    }
+
+
+def _existing(directory: Path, state: State, nodes: int) -> LabFleet:
+    data = state.data
+    if not data.get("complete"):
+        owner = int(data.get("owner", 0))
+        raise OberError(
+            f"a half-made lab is recorded in {directory} (by ober lab up, PID {owner})",
+            f"ober lab down --dir {directory}",
+        )
+    if data["size"] != nodes:
+        raise OberError(
+            f"a lab of {data['size']} nodes is already up in {directory}", f"ober lab down --dir {directory} first"
+        )
+    fleet = LabFleet(directory, state)
+    fleet.already_up = True
+    return fleet
+
+
+def _check_tools() -> None:
+    for program, package in (
+        ("ip", "iproute2"),
+        ("systemd-nspawn", "systemd-container"),
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("bird", "bird2"),
+        ("openssl", "openssl"),
+    ):
+        if shutil.which(program) is None and not Path("/usr/sbin", program).exists():
+            raise OberError(f"{program} is not installed", f"apt-get install {package}")
+    missing = missing_programs()
+    if missing:
+        raise OberError(f"Ceph programs missing: {', '.join(missing)}", "apt-get install radosgw ceph-mon ceph-osd")
+
+
+def _bring_up(directory: Path, state: State, size: int, image: Path, say: Progress) -> LabFleet:
+    data = state.data
+    lab = Lab(data["prefix"], keep_files=True, workdir=directory)
+    started = time.monotonic()
+    addresses = {f"node{i:02d}": node_address(i) for i in range(1, size + 1)}
+
+    def record() -> None:
+        data["namespaces"] = list(lab.namespaces)
+        state.save()
+
+    say("starting the router (BIRD, ECMP)")
+    router = start_router(lab, list(addresses.values()), [VIP_PREFIX], asn=ROUTER_AS, peer_as=NODE_AS)
+    data["router"] = {
+        "ns": router.ns,
+        "address": str(router.address),
+        "rundir": str(router.rundir),
+        "peers": router.peers,
+        "bird": Proc.of(router.process.pid, "bird").record(),
+    }
+    record()
+    say("making the site certificate")
+    site_certificate(directory / "certs", CERT_DAYS)
+    say("starting two Ceph RGW groups (about 15 s each)")
+    clusters = start_backends(lab, router)
+    credentials = {}
+    for group, cluster in clusters.items():
+        # radosgw first and the mon last, the order a cluster stops in.
+        names = sorted(cluster.pids, key=lambda name: ("client." not in name, "osd." not in name))
+        daemons = [Proc.of(cluster.pids[name], name).record() for name in names]
+        data["clusters"][group] = {"ns": cluster.netns, "endpoints": list(cluster.endpoints), "daemons": daemons}
+        credentials[group] = {"access_key": cluster.access_key, "secret_key": cluster.secret_key}
+    labstate.write_private(directory / "s3-credentials.json", json.dumps(credentials, indent=2) + "\n")
+    record()
+    data["client_ns"] = router.segment(lab, "client", CLIENT_SEGMENT)
+    record()
+    for name, address in addresses.items():
+        say(f"booting {name} ({address})")
+        node = boot_node(lab, router, name, address, image=image)
+        data["nodes"].append(
+            {
+                "name": name,
+                "address": address,
+                "ns": node.ns,
+                "root": str(node.root),
+                "nspawn": Proc.of(node.process.pid, f"nspawn {name}").record(),
+                "init": Proc.of(node.init_pid, f"init {name}").record() if node.init_pid else None,
+            }
+        )
+        data["mounts"].append(str(node.root))
+        record()
+    fleet = LabFleet(directory, state)
+    say("writing inventory.yaml, login, ssh_config, known_hosts")
+    _write_client_files(fleet, addresses)
+    for name in addresses:
+        say(f"checking ssh -F ssh_config {name}")
+        fleet.run_on(name, "true")
+    data["complete"] = True
+    data["seconds"] = round(time.monotonic() - started, 1)
+    state.save()
+    return fleet
+
+
+def _write_client_files(fleet: LabFleet, addresses: dict[str, str]) -> None:
+    directory = fleet.dir
+    pinned = (directory / "ssh" / "known_hosts").read_text().splitlines()
+    lines = []
+    for name, address in addresses.items():
+        lines += [f"{name},{line}" for line in pinned if line.split()[:1] == [address]]
+    labstate.write_private(fleet.known_hosts, "\n".join(lines) + "\n")
+    relay = f"ip netns exec {fleet.router.ns} {sys.executable} -m ober.lab.relay %h %p"
+    entries = ["# Written by ober lab up: the lab's nodes, reachable only through its router's namespace.\n"]
+    for name, address in addresses.items():
+        entries.append(
+            f"Host {name}\n"
+            f"    HostName {address}\n"
+            "    User root\n"
+            f"    IdentityFile {fleet.key}\n"
+            "    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {fleet.known_hosts}\n"
+            "    GlobalKnownHostsFile /dev/null\n"
+            "    StrictHostKeyChecking yes\n"
+            "    BatchMode yes\n"
+            "    ConnectTimeout 10\n"
+            "    ServerAliveInterval 2\n"
+            "    ServerAliveCountMax 3\n"
+            "    LogLevel ERROR\n"
+            f"    ProxyCommand {relay}\n"
+        )
+    labstate.write_private(fleet.ssh_config, "\n".join(entries))
+    labstate.write_private(fleet.secrets_path, yaml.safe_dump({STATS_SECRET: secrets.token_urlsafe(18)}))
+    inventory = _inventory(fleet, addresses)
+    staged = directory / ".inventory.yaml.new"
+    staged.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    load_inventory(staged)  # a lab that writes an inventory ober refuses would be no use
+    staged.rename(fleet.inventory_path)
+
+
+def _inventory(fleet: LabFleet, addresses: dict[str, str]) -> dict[str, Any]:
+    names, ips = list(addresses), list(addresses.values())
+    network, first = ips[0].rsplit(".", 1)
+    last = ips[-1].rsplit(".", 1)[1]
+    return {
+        "site": "lab",
+        "ssh": {"user": "root", "config": str(fleet.ssh_config), "known_hosts": str(fleet.known_hosts)},
+        "fleet": {"min_available": 1, "max_unavailable": 1},
+        "config": {
+            "bgp": {
+                "local_as": NODE_AS,
+                "peer_as": ROUTER_AS,
+                "hold_time": 3,
+                "neighbors": fleet.state.data["router"]["address"].split("/")[0],
+            },
+            "vips": [{"name": f"s3-{group[-1]}", "address": vip, "backend": group} for group, vip in VIPS.items()],
+            "backends": {
+                group: {"servers": list(rgws), "port": RGW_PORT, "check": {"method": "GET", "path": "/"}}
+                for group, rgws in RGWS.items()
+            },
+            "certificates": {"pem": NODE_PEM, "http": "redirect"},
+            "stats": {"auth": {"user": "admin", "password_secret": STATS_SECRET}},
+            # This kernel has no dummy driver: the VIPs go on lo, managed by networkd.
+            "network": {"manager": "networkd", "interface": "lo"},
+            "kernel_profile": "none",
+            # The sandbox caps file descriptors at 20000; HAProxy wants 2 per connection.
+            "haproxy": {"maxconn": 5000},
+        },
+        "groups": {
+            "lab": {
+                "nodes": collect(names),
+                # Zipped with the names: node01 gets the first address, and so on.
+                "address": ips[0] if len(ips) == 1 else f"{network}.[{first}-{last}]",
+            }
+        },
+    }
+
+
+# --- teardown -------------------------------------------------------------------------------------------------------
+
+
+def _proc(record: dict[str, Any] | None) -> Proc:
+    return Proc.load(record)
+
+
+def _answers(ns: str, url: str) -> bool:
+    try:
+        return http_get(ns, url)[0] == 200
+    except (OSError, OberError):
+        return False
+
+
+def _teardown(directory: Path, state: State, say: Progress | None = None) -> None:
+    """Stop what the state lists, by PID, in order; sweep the prefix's namespaces and the dir's mounts; remove."""
+    say = say or (lambda _text: None)
+    data = state.data
+    problems: list[str] = []
+    nodes = data.get("nodes", [])
+    if nodes:
+        say(f"powering off {len(nodes)} nodes")
+        problems += labstate.stop_nodes([(_proc(n.get("nspawn")), _proc(n.get("init"))) for n in nodes])
+    say("unmounting node roots")
+    problems += labstate.unmount_under(directory, [Path(m) for m in data.get("mounts", [])])
+    clusters = data.get("clusters", {}).values()
+    if clusters:
+        say("stopping the Ceph RGW groups")
+    for kind in ("client.", "osd.", "mon."):
+        problems += labstate.stop_all([_proc(d) for c in clusters for d in c["daemons"] if d["what"].startswith(kind)])
+    problems += labstate.stop_all([_proc(data.get("router", {}).get("bird"))])
+    say("deleting the namespaces")
+    prefix = data.get("prefix", "")
+    names = [*reversed(data.get("namespaces", [])), *(n for n in list_netns() if prefix and n.startswith(prefix))]
+    for name in dict.fromkeys(names):
+        try:
+            delete_netns(name)
+        except OberError as exc:
+            problems.append(str(exc))
+    if problems:
+        state.save()
+        raise OberError(
+            f"lab teardown incomplete: {'; '.join(problems)}", f"fix that, then ober lab down --dir {directory}"
+        )
+    say(f"removing {directory}")
+    labstate.remove(directory, created=bool(data.get("created_dir")))

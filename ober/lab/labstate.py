@@ -1,0 +1,220 @@
+"""What a persistent lab made, on disk, and how it is stopped by PID from a later process.
+
+A PID alone can be reused once its process is gone, so each is recorded with its start time (``/proc/PID/stat``
+field 22): a process is ours only while both match, and nothing else is ever signalled. A process that has exited
+but was not yet reaped (a zombie, whose parent was the process that ran ``up``) counts as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ober.errors import OberError
+from ober.lab.netns import run
+
+STATE = "state.json"
+LOCK = ".lock"
+POWEROFF_TIMEOUT = 20.0
+TERM_TIMEOUT = 10.0
+KILL_TIMEOUT = 5.0
+POLL = 0.05
+# What ``machinectl poweroff`` sends a container's systemd: start poweroff.target (a clean shutdown).
+POWEROFF_SIGNAL = signal.SIGRTMIN + 4
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process we started: its PID, its start time (clock ticks after boot) and what it is."""
+
+    pid: int
+    start: int
+    what: str
+
+    @classmethod
+    def of(cls, pid: int, what: str) -> Proc:
+        """The running process ``pid``, identified by its start time now."""
+        stat = _stat(pid)
+        return cls(pid, int(stat[19]) if stat else -1, what)
+
+    @classmethod
+    def load(cls, record: dict[str, Any] | None) -> Proc:
+        """A recorded process (None, from a step that never ran, reads as a process that is gone)."""
+        if not record:
+            return cls(0, -1, "nothing")
+        return cls(int(record["pid"]), int(record["start"]), str(record["what"]))
+
+    def record(self) -> dict[str, Any]:
+        """The form kept in the state file."""
+        return {"pid": self.pid, "start": self.start, "what": self.what}
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (same PID, same start time, not a zombie)."""
+        stat = _stat(self.pid) if self.pid > 0 else None
+        return stat is not None and stat[0] not in ("Z", "X") and int(stat[19]) == self.start
+
+    def parent(self) -> int | None:
+        """Its parent PID while it runs."""
+        stat = _stat(self.pid) if self.alive() else None
+        return int(stat[1]) if stat else None
+
+    def signal(self, number: int) -> None:
+        """Send a signal, only if it is still this process."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, number)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after ``(comm)`` (which may hold spaces): state, ppid, …; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+class State:
+    """The state file's data, saved atomically (temp file + rename, mode 600) after every step."""
+
+    def __init__(self, directory: Path, data: dict[str, Any]) -> None:
+        self.path = directory / STATE
+        self.data = data
+
+    def save(self) -> None:
+        """Write the state; a reader sees the old file or the new one."""
+        write_private(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def read(directory: Path) -> State | None:
+    """The state recorded in ``directory``, or None when there is none.
+
+    Raises:
+        OberError: the file exists but cannot be read as a lab's state.
+    """
+    path = directory / STATE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise OberError(f"{path}: not a lab state file ({exc})", f"inspect it; remove {directory} by hand") from None
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise OberError(f"{path}: not a lab state file of this ober", f"inspect it; remove {directory} by hand")
+    return State(directory, data)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file mode 600, atomically."""
+    staged = path.with_name(f".{path.name}.new")
+    staged.unlink(missing_ok=True)
+    with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+    staged.replace(path)
+
+
+@contextlib.contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the lab directory's lock: two ``up``/``down`` on one lab never run at once.
+
+    Raises:
+        OberError: another ober lab command holds it.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (directory / LOCK).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OberError(f"another ober lab command is working on {directory}", "wait for it to finish") from None
+        yield
+
+
+def wait_gone(processes: Sequence[Proc], timeout: float) -> list[Proc]:
+    """Wait up to ``timeout`` for the processes to exit; return those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [p for p in processes if p.alive()]
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(POLL)
+
+
+def stop_all(processes: Sequence[Proc], timeout: float = TERM_TIMEOUT) -> list[str]:
+    """SIGTERM the processes together, wait, SIGKILL what is left; return a problem per survivor."""
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    for process in wait_gone(processes, timeout):
+        process.signal(signal.SIGKILL)
+    return [f"{p.what} (PID {p.pid}) survived SIGKILL" for p in wait_gone(processes, KILL_TIMEOUT)]
+
+
+def stop_nodes(nodes: Sequence[tuple[Proc, Proc]], timeout: float = POWEROFF_TIMEOUT) -> list[str]:
+    """Power the containers off (nspawn, its init): ask each systemd at once, then kill inits past ``timeout``.
+
+    Killing nspawn alone would leave its container running (its init is reparented), so the init is signalled,
+    and only while it still is that nspawn's child.
+    """
+    inits = [init for nspawn, init in nodes if init.parent() == nspawn.pid]
+    for init in inits:
+        init.signal(POWEROFF_SIGNAL)
+    spawns = [nspawn for nspawn, _ in nodes]
+    if wait_gone(spawns, timeout):
+        for init in inits:
+            init.signal(signal.SIGKILL)
+    # An nspawn whose container is gone exits by itself; one that never got as far as a container is killed.
+    return stop_all(wait_gone(spawns, KILL_TIMEOUT), KILL_TIMEOUT)
+
+
+def mounts_under(directory: Path) -> list[Path]:
+    """The mount points at or below ``directory`` (from /proc/mounts; octal escapes decoded), deepest first."""
+    found = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        point = Path(line.split()[1].encode().decode("unicode_escape"))
+        if point == directory or directory in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(directory: Path, recorded: Sequence[Path]) -> list[str]:
+    """Unmount the recorded mounts and anything else mounted below ``directory``; return what stayed mounted."""
+    problems = []
+    for point in dict.fromkeys([*recorded, *mounts_under(directory)]):
+        for attempt in range(5):
+            if not point.is_mount():
+                break
+            done = run(["umount", str(point)], check=False)
+            if done.returncode != 0 and attempt == 4:
+                problems.append(f"cannot unmount {point}: {done.stderr.strip()}")
+            time.sleep(0.2 * attempt)
+    return problems
+
+
+def remove(directory: Path, *, created: bool) -> None:
+    """Remove what the lab wrote in ``directory`` (the directory too if the lab made it); never across a mount.
+
+    Raises:
+        OberError: something is still mounted below it.
+    """
+    mounted = mounts_under(directory)
+    if mounted:
+        raise OberError(f"{mounted[0]} is still mounted", f"umount {mounted[0]}, then ober lab down again")
+    for entry in directory.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if created:
+        (directory / LOCK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import os
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from ober.schema import Fields, type_name
 
 DEFAULT_INVENTORY = "inventory"
 _ZIPPED = ("address", "router_id", "local_address")
+_NODE_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/)*[A-Za-z0-9._+-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,21 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class FileSpec:
+    """A file on the workstation that ``ober fleet bootstrap`` copies to every node (the inventory's ``files:``).
+
+    For what a node's config refers to but no inventory value holds: a certificate PEM, a CA bundle.
+    """
+
+    source: Path
+    """The local file (a relative path in the inventory is relative to the inventory)."""
+    dest: str
+    """The absolute path on the node."""
+    mode: int
+    """The node file's permission bits (default 0600: PEMs hold private keys)."""
+
+
+@dataclass(frozen=True)
 class InventoryNode:
     """One node: its name, its group, how to reach it, and its resolved config."""
 
@@ -65,6 +83,7 @@ class Inventory:
     ssh: SshSettings
     fleet: FleetSettings
     nodes: tuple[InventoryNode, ...]
+    files: tuple[FileSpec, ...] = ()
 
     def names(self) -> list[str]:
         """All node names, in inventory order."""
@@ -157,6 +176,7 @@ def resolve_inventory(data: object, where: str = "inventory") -> Inventory:
         cluster = top.raw("config", {})
         Fields(cluster, "config")  # a mapping, or a clear error
         nodes = _nodes(top, cluster)
+        files = _files(top, where)
         top.done()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", exc.fix) from None
@@ -167,7 +187,7 @@ def resolve_inventory(data: object, where: str = "inventory") -> Inventory:
             f"{where}: fleet.min_available is {fleet.min_available} but there are only {len(nodes)} nodes",
             "lower fleet.min_available",
         )
-    return Inventory(site=site, source=where, ssh=ssh, fleet=fleet, nodes=tuple(nodes))
+    return Inventory(site=site, source=where, ssh=ssh, fleet=fleet, nodes=tuple(nodes), files=files)
 
 
 def _ssh(fields: Fields) -> SshSettings:
@@ -193,6 +213,31 @@ def _fleet(fields: Fields) -> FleetSettings:
     )
     fields.done()
     return settings
+
+
+def _files(top: Fields, where: str) -> tuple[FileSpec, ...]:
+    """``files: [{source: certs/s3.pem, dest: /opt/ober/etc/certs/s3.pem, mode: 0600}]``, checked.
+
+    Only the shape is checked here (``ober fleet inventory`` works without the files); the fleet command that
+    copies them refuses a missing source before it touches any node.
+    """
+    located = Path(where)
+    base = located if located.is_dir() else located.parent
+    specs: list[FileSpec] = []
+    for entry in top.sections("files", []):
+        source = Path(entry.string("source")).expanduser()
+        dest = entry.string("dest", pattern=_NODE_PATH, hint="an absolute file path, e.g. /opt/ober/etc/certs/s3.pem")
+        if posixpath.normpath(dest) != dest:
+            raise ConfigError(f"{entry.at('dest')}: {dest!r} has '.' or '..' in it", "write the path without them")
+        raw_mode = entry.raw("mode", 0o600)
+        mode = int(raw_mode, 8) if isinstance(raw_mode, str) and re.fullmatch(r"0?[0-7]{3}", raw_mode) else raw_mode
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ConfigError(f"{entry.at('mode')}: {raw_mode!r} is not a file mode", "write it as '0600' or '0644'")
+        entry.done()
+        if any(spec.dest == dest for spec in specs):
+            raise ConfigError(f"{entry.at('dest')}: {dest} is listed twice", "list each node path once")
+        specs.append(FileSpec(source if source.is_absolute() else base / source, dest, mode))
+    return tuple(specs)
 
 
 def _zip(group: Fields, key: str, count: int) -> list[str] | None:

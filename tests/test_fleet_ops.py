@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ober.inventory import InventoryNode, load_inventory
-from ober.remote.facts import Drained, NodeView, node_view, sweep_with
+from ober.inventory import load_inventory
+from ober.remote.facts import Drained, NodeView, node_view
 from ober.remote.guard import GuardRefused, decide, enforce
 from ober.runner import Result
 from tests.conftest import REPO
@@ -148,16 +148,27 @@ def test_a_transport_error_makes_the_node_unreachable() -> None:
     assert view.problems() == ["unreachable: node01: connection refused"]
 
 
-def test_sweep_turns_failed_outcomes_into_unreachable_views() -> None:
-    class Failed:
-        error = "timed out"
+def test_sweep_asks_every_node_and_an_unreachable_one_is_a_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ober.remote.facts as facts
+    from ober.errors import OberError
 
-    def for_each(nodes: Sequence[InventoryNode], work: Any) -> list[object]:
-        return [work(nodes[0]), Failed()]
+    class FakeConnection(FakeRunner):
+        def __enter__(self) -> FakeConnection:
+            return self
 
-    views = sweep_with(EXAMPLE.nodes[:2], lambda node: ask(status_doc()), for_each)
-    assert [v.reachable for v in views] == [True, False]
-    assert views[1].name == "node02" and views[1].error == "timed out"
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    def connect(target: Any) -> FakeConnection:
+        if target.name == "node02":
+            raise OberError("node02: root@198.51.100.12:22: connection refused")
+        return FakeConnection(Result(0, json.dumps(status_doc(node=target.name)), ""))
+
+    monkeypatch.setattr(facts, "connect", connect)
+    views = facts.sweep(EXAMPLE, parallel=2)
+    assert [v.name for v in views] == ["node01", "node02", "node03", "node04"]
+    assert [v.live for v in views] == [True, False, True, True]
+    assert views[1].problems() == ["unreachable: node02: root@198.51.100.12:22: connection refused"]
 
 
 # --- the guard ---------------------------------------------------------------------------------------------------

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ober.errors import OberError
-from ober.inventory import InventoryNode
+from ober.inventory import Inventory, InventoryNode
+from ober.remote.connection import Connection, SshTarget, connect
+from ober.remote.connection import targets as ssh_targets
+from ober.remote.pool import Outcome, for_each
 from ober.runner import Runner
 from ober.status import announced_vips
+
+T = TypeVar("T")
 
 STATUS_TIMEOUT = 30.0
 """Seconds ``ober status`` may take on a node (it asks HAProxy and ExaBGP, each with its own short timeout)."""
@@ -239,29 +244,48 @@ def _stale(value: object) -> bool | None:
     return bool(_mapping(value, "health").get("stale", True))
 
 
-def sweep_with(
+def on_nodes(
     nodes: Sequence[InventoryNode],
-    ask: Callable[[InventoryNode], NodeView],
-    for_each: Callable[[Sequence[InventoryNode], Callable[[InventoryNode], NodeView]], Sequence[object]],
-) -> list[NodeView]:
-    """Ask every node (through ``for_each``, which runs ``ask`` in parallel); a node that failed is unreachable.
+    targets: Sequence[SshTarget],
+    work: Callable[[Connection, InventoryNode], T],
+    *,
+    parallel: int,
+    on_done: Callable[[Outcome[T]], None] | None = None,
+) -> list[Outcome[T]]:
+    """Connect to each node (``targets`` by node name) and run ``work`` on it, at most ``parallel`` at once.
 
-    ``for_each`` returns one outcome per node, in order: either the NodeView or something carrying the error.
+    A node that cannot be reached, or whose work raised, is an outcome with ``error`` set, never an exception.
     """
-    views: list[NodeView] = []
-    for node, outcome in zip(nodes, for_each(nodes, ask), strict=True):
-        if isinstance(outcome, NodeView):
-            views.append(outcome)
-        else:
-            views.append(unreachable(node, _why(outcome)))
-    return views
+    by_name = {target.name: target for target in targets}
+
+    def one(node: InventoryNode) -> T:
+        with connect(by_name[node.name]) as conn:
+            return work(conn, node)
+
+    return for_each(nodes, one, parallel=parallel, name=lambda node: node.name, on_done=on_done)
 
 
-def _why(outcome: object) -> str:
-    error = getattr(outcome, "error", None) or outcome
-    if isinstance(error, OberError):
-        return error.message
-    return str(error)[:200] or "failed"
+def sweep(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode] | None = None,
+    targets: Sequence[SshTarget] | None = None,
+    parallel: int | None = None,
+    *,
+    accept_new_host_keys: bool = False,
+) -> list[NodeView]:
+    """Ask every node (default: the whole inventory) in one parallel sweep; one NodeView each, in order.
+
+    An unreachable node is a NodeView saying so (``reachable`` false, ``error`` why).
+    """
+    chosen = list(inventory.nodes if nodes is None else nodes)
+    reach = (
+        targets if targets is not None else ssh_targets(inventory, chosen, accept_new_host_keys=accept_new_host_keys)
+    )
+    outcomes = on_nodes(chosen, reach, node_view, parallel=parallel or inventory.ssh.parallel)
+    return [
+        outcome.value if outcome.value is not None else unreachable(node, outcome.error or "failed")
+        for node, outcome in zip(chosen, outcomes, strict=True)
+    ]
 
 
 def views_by_name(views: Sequence[NodeView]) -> Mapping[str, NodeView]:

@@ -19,6 +19,7 @@ from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
 from ober.cli.health import health
+from ober.cli.lab import lab
 from ober.cli.output import Output
 from ober.cli.render import render
 from ober.cli.service import logs, reload, restart, start, stop
@@ -70,6 +71,7 @@ cli.add_command(node_test)
 cli.add_command(sync)
 cli.add_command(bootstrap)
 cli.add_command(uninstall)
+cli.add_command(lab)
 cli.add_command(certs)
 for command in (start, stop, restart, reload, logs):
     cli.add_command(command)

@@ -286,6 +286,12 @@ def status(directory: Path = DEFAULT_DIR) -> dict[str, Any]:
         endpoints = {url: _answers(cluster["ns"], url) for url in cluster["endpoints"]}
         report["backends"][group] = {"vip": data["vips"][group], "daemons": daemons, "endpoints": endpoints}
     report["client_ns"] = data.get("client_ns")
+    report["healthy"] = (
+        report["complete"]
+        and all(node["running"] and node["sshd"] for node in report["nodes"])
+        and bird
+        and all(all(b["daemons"].values()) and all(b["endpoints"].values()) for b in report["backends"].values())
+    )
     return report
 
 
@@ -448,6 +454,8 @@ def _inventory(fleet: LabFleet, addresses: dict[str, str]) -> dict[str, Any]:
         "site": "lab",
         "ssh": {"user": "root", "config": str(fleet.ssh_config), "known_hosts": str(fleet.known_hosts)},
         "fleet": {"min_available": 1, "max_unavailable": 1},
+        # `ober fleet bootstrap` copies the site certificate to every node.
+        "files": [{"source": str(fleet.pem), "dest": NODE_PEM, "mode": "0600"}],
         "config": {
             "bgp": {
                 "local_as": NODE_AS,

@@ -136,7 +136,10 @@ class FleetLock:
         """
         record = json.dumps(asdict(self.holder))
         for node in sorted(self.runners):
-            result = self.runners[node].run(_sh(_TAKE, self.base, record), timeout)
+            try:
+                result = self.runners[node].run(_sh(_TAKE, self.base, record), timeout)
+            except OberError as exc:  # the connection was lost
+                result = Result(255, "", exc.message)
             if result.ok:
                 self.held.append(node)
                 continue

@@ -1,0 +1,389 @@
+"""The rolling executor: carries out a :mod:`ober.remote.rolling` plan on the nodes, one node at a time, over SSH.
+
+Each node gets the least disruptive class of step (see ``rolling``): a ``reload`` or ``restart`` node never
+leaves the ECMP set; a ``full`` node is guarded, withdrawn, acted on, verified and put back before the next.
+The roll stops at the first failure and leaves that node withdrawn (when the guard allows), the rest untouched.
+Each node remembers the roll (``/var/lib/ober/fleet/roll.json``: its id, the operation, done or not), so running
+the same command again resumes: nodes done are skipped and left in service. The whole roll holds the fleet lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ober.errors import OberError
+from ober.inventory import Inventory, InventoryNode
+from ober.remote.connection import Connection, connect, targets
+from ober.remote.facts import NodeView, config_file, node_view, ober_program, unreachable
+from ober.remote.guard import decide
+from ober.remote.lock import STATE_DIR, FleetLock, Holder
+from ober.remote.pool import for_each
+from ober.remote.rolling import (
+    ROLL_REASON,
+    NodeFacts,
+    NodeResult,
+    Operation,
+    Plan,
+    Request,
+    Step,
+    StepClass,
+    plan,
+)
+from ober.runner import Result, Runner
+
+COMMAND_TIMEOUT = 120.0
+VERIFY_TIMEOUT = 90.0
+DRAIN_TIMEOUT = 30.0
+POLL = 0.5
+
+_WRITE_RECORD = """set -u
+mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/roll.json"
+"""
+_READ_RECORD = """[ -f "$1/roll.json" ] || exit 0
+cat "$1/roll.json"
+"""
+_CLEAR_RECORD = 'rm -f "$1/roll.json"'
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the roll runs (timeouts and pauses, in seconds)."""
+
+    settle: float = 2.0
+    """After a node is back, before the next: routers converge, clients reconnect."""
+    drain_timeout: float = DRAIN_TIMEOUT
+    """A withdrawn node's open connections may take this long to end; after it the roll goes on anyway."""
+    verify_timeout: float = VERIFY_TIMEOUT
+    command_timeout: float = COMMAND_TIMEOUT
+    state_dir: str = STATE_DIR
+    dry_run: bool = False
+
+
+@dataclass
+class RollReport:
+    """What a roll did."""
+
+    plan: Plan
+    results: list[NodeResult] = field(default_factory=list)
+    roll_id: str = ""
+    seconds: float = 0.0
+
+    @property
+    def waits(self) -> float:
+        """The part of the roll spent waiting on things it cannot hurry."""
+        return sum(r.waits for r in self.results)
+
+
+class StepFailed(OberError):
+    """One node's step failed; the roll stops."""
+
+
+def _sh(script: str, *args: str) -> list[str]:
+    return ["sh", "-c", script, "ober-roll", *args]
+
+
+class NodeOps:
+    """The commands the roll runs on one node, each with a timeout; failures raise :class:`StepFailed`."""
+
+    def __init__(self, node: InventoryNode, conn: Runner, options: Options) -> None:
+        self.node = node
+        self.conn = conn
+        self.options = options
+        self.ober = ober_program(node)
+        self.config = config_file(node)
+
+    def run(self, argv: Sequence[str], what: str, timeout: float | None = None) -> Result:
+        """Run ``argv``; a non-zero exit is a StepFailed naming ``what`` and the command's last line."""
+        result = self.conn.run(argv, timeout or self.options.command_timeout)
+        if not result.ok:
+            raise StepFailed(f"{what}: {result.last_line()}", f"see: ober fleet status {self.node.name}")
+        return result
+
+    def view(self) -> NodeView:
+        """The node's status now."""
+        return node_view(self.conn, self.node)
+
+    def drain(self, reason: str) -> None:
+        """Withdraw and wait (bounded) until the node's connections end; a timeout still counts as withdrawn."""
+        argv = [self.ober, "--json", "drain", "--config", self.config, "--reason", reason, "--wait"]
+        argv += ["--timeout", f"{self.options.drain_timeout:g}"]
+        result = self.conn.run(argv, self.options.drain_timeout + self.options.command_timeout)
+        # Exit 1 with sessions_left: withdrawn, some connections still open (clients keep idle keep-alives open).
+        if not result.ok and '"sessions_left"' not in result.stdout:
+            raise StepFailed(f"drain: {result.last_line()}")
+
+    def undrain(self) -> None:
+        """Back in service (the health process announces after ``rise`` good checks)."""
+        self.run([self.ober, "undrain", "--config", self.config], "undrain")
+
+    def reload_http(self) -> None:
+        """Hitless HAProxy reload: the unit validates the config first; the master re-executes the binary."""
+        self.run(["systemctl", "reload", "ober-http"], "reload ober-http")
+
+    def restart_bgp(self) -> None:
+        """Restart ExaBGP and ober health without a NOTIFICATION, so the router's graceful restart holds the route.
+
+        SIGKILL closes the TCP session without a BGP NOTIFICATION (a NOTIFICATION makes the router flush the routes
+        even under graceful restart); the router keeps the node's routes as stale until the new ExaBGP is back.
+        """
+        self.run(["systemctl", "kill", "--signal=SIGKILL", "ober-bgp"], "kill ober-bgp")
+        self.run(["systemctl", "restart", "ober-bgp"], "restart ober-bgp")
+
+    def restart_all(self) -> None:
+        """Restart both units (the node is withdrawn)."""
+        self.run(["systemctl", "restart", "ober-http", "ober-bgp"], "restart ober-http ober-bgp")
+
+    def verify(self, *, announced: bool) -> NodeView:
+        """Wait until the node is healthy (and, when ``announced``, announces every VIP).
+
+        Healthy: units active, BGP established, HAProxy answering, health publishing. Raises StepFailed with what
+        is still wrong at the deadline.
+        """
+        deadline = time.monotonic() + self.options.verify_timeout
+        while True:
+            seen = self.view()
+            problems = seen.problems()
+            if announced and seen.drained is None and set(seen.expected) - set(seen.announced):
+                problems = problems or ["VIPs not announced yet"]
+            if not problems:
+                return seen
+            if time.monotonic() >= deadline or not seen.reachable:
+                raise StepFailed(f"verify: {'; '.join(problems)}", f"see: ober fleet status {self.node.name}")
+            time.sleep(POLL)
+
+    def record(self, roll_id: str, operation: str, done: bool) -> None:
+        """Remember on the node that this roll reached it (and whether it finished it)."""
+        data = json.dumps({"id": roll_id, "operation": operation, "done": done, "at": time.time()})
+        self.run(_sh(_WRITE_RECORD, self.options.state_dir, data), "write the roll record")
+
+
+def read_record(conn: Runner, state_dir: str, timeout: float = 30.0) -> dict[str, object] | None:
+    """The node's roll record, or None (also when unreadable: then nothing is resumed on it)."""
+    result = conn.run(_sh(_READ_RECORD, state_dir), timeout)
+    if not result.ok or not result.stdout.strip():
+        return None
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def resumable(records: Mapping[str, dict[str, object] | None], operation: Operation) -> str | None:
+    """The id of an unfinished roll of the same operation found on the targets (a node not done yet), if any."""
+    same = [r for r in records.values() if r and r.get("operation") == operation.value]
+    unfinished = {str(r.get("id")) for r in same if not r.get("done")}
+    ids = [str(r.get("id")) for r in same if str(r.get("id")) in unfinished]
+    return max(set(ids), key=ids.count) if ids else None
+
+
+def facts_for(node: InventoryNode, view: NodeView, record: dict[str, object] | None, roll_id: str | None) -> NodeFacts:
+    """What the planner needs to know of a node."""
+    drained = view.drained
+    return NodeFacts(
+        name=node.name,
+        reachable=view.reachable and view.error is None,
+        live=view.live,
+        drained=drained is not None,
+        drained_by_roll=drained is not None and drained.reason.startswith(ROLL_REASON),
+        graceful_restart=node.config.bgp.graceful_restart,
+        versions=view.versions,
+        done=bool(record and roll_id and record.get("id") == roll_id and record.get("done")),
+    )
+
+
+class Roll:
+    """One rolling operation over ``targets`` of ``inventory``, through open connections (``runners``)."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        targets: Sequence[InventoryNode],
+        runners: Mapping[str, Runner],
+        request: Request,
+        *,
+        options: Options | None = None,
+        log: Callable[[str], None] = lambda _: None,
+        command: str = "ober fleet restart",
+        install: Callable[[NodeOps, Step], None] | None = None,
+    ) -> None:
+        self.inventory = inventory
+        self.targets = list(targets)
+        self.runners = dict(runners)
+        self.request = request
+        self.options = options or Options()
+        self.log = log
+        self.command = command
+        self.install = install
+        """Upgrade: installs a step's ``changes`` on its node (before the reload/restart that activates them)."""
+
+    def views(self) -> list[NodeView]:
+        """Every node of the inventory, asked now (one that has no connection is unreachable)."""
+        found: list[NodeView] = []
+        for node in self.inventory.nodes:
+            conn = self.runners.get(node.name)
+            found.append(node_view(conn, node) if conn else unreachable(node, "no SSH connection"))
+        return found
+
+    def prepare(self) -> tuple[Plan, dict[str, NodeView]]:
+        """Read the fleet and plan (no change anywhere)."""
+        missing = [node.name for node in self.targets if node.name not in self.runners]
+        if missing:
+            raise OberError(f"cannot reach {', '.join(missing)}", "fix SSH to them (ober fleet status), then re-run")
+        views = {view.name: view for view in self.views()}
+        bad = [name for name in (n.name for n in self.targets) if views[name].error and views[name].reachable]
+        down = [name for name in (n.name for n in self.targets) if not views[name].reachable]
+        if down:
+            raise OberError(f"cannot reach {', '.join(down)}", "fix SSH to them (ober fleet status), then re-run")
+        records = {n.name: read_record(self.runners[n.name], self.options.state_dir) for n in self.targets}
+        roll_id = resumable(records, self.request.operation)
+        facts = [facts_for(n, views[n.name], records[n.name], roll_id) for n in self.targets]
+        for name in bad:
+            self.log(f"{name}: {views[name].error} (rolled first: it is out of service)")
+        return plan(self.request, facts, resumed=roll_id), views
+
+    def run(self) -> RollReport:
+        """Lock the fleet, plan, and roll node by node; the lock is released however it ends."""
+        started = time.monotonic()
+        holder = Holder.me(self.request.operation.value)
+        with FleetLock(self.runners, holder, self.options.state_dir):
+            the_plan, _ = self.prepare()
+            report = RollReport(the_plan, roll_id=the_plan.resumed or uuid.uuid4().hex[:12])
+            if self.options.dry_run:
+                return report
+            if the_plan.resumed:
+                self.log(f"resuming roll {the_plan.resumed}")
+            self._roll(report)
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _roll(self, report: RollReport) -> None:
+        by_name = {node.name: node for node in self.targets}
+        operation = self.request.operation.value
+        for step in report.plan.acting():
+            NodeOps(by_name[step.node], self.runners[step.node], self.options).record(report.roll_id, operation, False)
+        failed = False
+        for step in report.plan.steps:
+            if failed:
+                report.results.append(NodeResult(step.node, step.klass, "not reached"))
+                continue
+            ops = NodeOps(by_name[step.node], self.runners[step.node], self.options)
+            result = self._step(ops, step, report.roll_id)
+            report.results.append(result)
+            failed = result.status == "failed"
+        if not failed:
+            for node in self.targets:
+                # A record left behind (node unreachable now) says done: the next roll does not resume from it.
+                with contextlib.suppress(OberError):
+                    self.runners[node.name].run(_sh(_CLEAR_RECORD, self.options.state_dir), 30.0)
+
+    def _step(self, ops: NodeOps, step: Step, roll_id: str) -> NodeResult:
+        started = time.monotonic()
+        waits = [0.0]
+
+        def waited(call: Callable[[], object]) -> None:
+            began = time.monotonic()
+            call()
+            waits[0] += time.monotonic() - began
+
+        self.log(f"{step.node}: {step.klass.value} ({step.reason})")
+        withdrawn = False
+        try:
+            if step.klass is StepClass.SKIP:
+                self._keep_in_service(ops, waited)
+                return NodeResult(step.node, step.klass, "skipped", step.reason, time.monotonic() - started)
+            before = ops.view()
+            ours = before.drained is None or before.drained.reason.startswith(ROLL_REASON)
+            if step.klass is StepClass.FULL and before.drained is None:
+                self._guard(step.node)
+                waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}"))
+                withdrawn = True
+            elif before.drained is not None:
+                withdrawn = True
+            self._act(ops, step)
+            if step.klass is StepClass.FULL:
+                waited(lambda: ops.restart_all())
+            elif step.klass is StepClass.RESTART:
+                waited(lambda: ops.reload_http())
+                waited(lambda: ops.restart_bgp())
+            else:
+                waited(lambda: ops.reload_http())
+            waited(lambda: ops.verify(announced=not withdrawn))
+            if withdrawn and ours:
+                ops.undrain()
+                withdrawn = False
+                waited(lambda: ops.verify(announced=True))
+            waited(lambda: time.sleep(self.options.settle))
+            ops.record(roll_id, self.request.operation.value, True)
+        except OberError as exc:
+            left = self._withdraw_failed(ops, step, withdrawn, roll_id)
+            detail = exc.message
+            self.log(f"{step.node}: failed: {detail}")
+            return NodeResult(step.node, step.klass, "failed", detail, time.monotonic() - started, waits[0], left)
+        took = time.monotonic() - started
+        self.log(f"{step.node}: done in {took:.1f}s")
+        return NodeResult(step.node, step.klass, "done", step.reason, took, waits[0])
+
+    def _act(self, ops: NodeOps, step: Step) -> None:
+        """Install what an upgrade changes (nothing for a restart)."""
+        for component, (have, want) in step.changes.items():
+            self.log(f"{step.node}: {component} {have or '?'} → {want}")
+        if step.changes and self.install is not None:
+            self.install(ops, step)
+
+    def _keep_in_service(self, ops: NodeOps, waited: Callable[[Callable[[], object]], None]) -> None:
+        """A skipped node left drained by an earlier roll goes back in service (never left out because skipped)."""
+        seen = ops.view()
+        if seen.drained is not None and seen.drained.reason.startswith(ROLL_REASON):
+            ops.undrain()
+            waited(lambda: ops.verify(announced=True))
+
+    def _guard(self, name: str) -> None:
+        """Refuse (StepFailed) to withdraw ``name`` if too few nodes would stay live."""
+        decision = decide(
+            self.views(), [name], self.inventory.fleet.min_available, self.inventory.fleet.max_unavailable
+        )
+        if not decision.allowed:
+            raise StepFailed(decision.message, "bring the other nodes back first (ober fleet status)")
+
+    def _withdraw_failed(self, ops: NodeOps, step: Step, withdrawn: bool, roll_id: str) -> bool:
+        """Leave a failed node out of the ECMP set when the guard allows; returns whether it is withdrawn."""
+        if withdrawn:
+            return True
+        try:
+            self._guard(step.node)
+            ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id} failed")
+        except OberError as exc:
+            self.log(f"{step.node}: not withdrawn after the failure: {exc.message}")
+            return False
+        return True
+
+
+def open_connections(
+    inventory: Inventory, *, accept_new_host_keys: bool = False, parallel: int | None = None
+) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Connect to every node of the inventory at once (bounded); returns the connections and why others failed.
+
+    The roll needs every node, not only its targets: the guard counts the whole fleet and the lock is held on it.
+    """
+    nodes = list(inventory.nodes)
+    outcomes = for_each(
+        targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys),
+        connect,
+        parallel=parallel or inventory.ssh.parallel,
+        name=lambda target: target.name,
+    )
+    opened = {o.name: o.value for o in outcomes if o.ok and o.value is not None}
+    failed = {o.name: o.error or "failed" for o in outcomes if not o.ok}
+    return opened, failed
+
+
+def close_all(connections: Mapping[str, Connection]) -> None:
+    """Close every connection."""
+    for conn in connections.values():
+        conn.close()

@@ -28,6 +28,7 @@ UNITS = ("ober-http", "ober-bgp")
 DISTRO_HAPROXY_UNIT = "haproxy.service"
 NETWORKD_UNIT = "systemd-networkd.service"
 SELINUX_BOOLEAN = "haproxy_connect_any"
+JOURNALD_DROP_INS = "/etc/systemd/journald.conf.d"
 # Where an AWS-LC HAProxy package repository would be configured (relative to the root).
 REPO_GLOBS = (
     "etc/apt/sources.list",
@@ -250,13 +251,20 @@ def gather_host_facts(runner: Runner, root: Path = Path("/")) -> HostFacts:
 
 
 def wanted_dirs(install_path: str) -> dict[str, int]:
-    """The directories a node needs under the install path, parents first, with their modes."""
+    """The directories a node needs, parents first, with their modes.
+
+    Besides the install path's own, the directories ``ober config`` writes into that a stock system may lack: made
+    here, they are in the ledger, so uninstall removes them again once ober's files in them are gone (``ober
+    config`` would create them too, but nothing would remember that they were not there before).
+    """
     return {
         install_path: 0o755,
         f"{install_path}/etc": 0o755,
         # Private keys live here (certificates.pem, SNI directories, ACME).
         f"{install_path}/etc/certs": 0o700,
+        f"{install_path}/etc/whitelist": 0o755,
         f"{install_path}/run": 0o755,
+        JOURNALD_DROP_INS: 0o755,
     }
 
 

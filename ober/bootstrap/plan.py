@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 
 from ober.bootstrap.facts import (
     DISTRO_HAPROXY_UNIT,
+    JOURNALD_DROP_INS,
     NETWORKD_UNIT,
     SELINUX_BOOLEAN,
     Facts,
@@ -119,6 +120,7 @@ def plan_bootstrap(facts: Facts, options: BootstrapOptions) -> list[Step]:
 def _plan_dirs(install: InstallFacts, path: str) -> Step:
     actions: list[Action] = []
     wanted = {str(parent): 0o755 for parent in reversed(PurePosixPath(path).parents)} | wanted_dirs(path)
+    wanted = {directory: mode for directory, mode in wanted.items() if directory != "/"}
     for directory, mode in wanted.items():
         have = install.dirs.get(directory)
         if have is None:
@@ -128,7 +130,8 @@ def _plan_dirs(install: InstallFacts, path: str) -> Step:
             entry = Entry("mode", directory, was=f"{have:o}")
             actions.append(Run(("chmod", f"{mode:o}", directory), record=entry))
     if not actions:
-        return Step("dirs", "Create ober's directories", f"{path}, etc, etc/certs (700) and run exist")
+        why = f"{path}, etc, etc/certs (700), etc/whitelist, run and {JOURNALD_DROP_INS} exist"
+        return Step("dirs", "Create ober's directories", why)
     made = ", ".join(a.argv[-1] for a in actions if isinstance(a, Run))
     return Step("dirs", "Create ober's directories", f"create or fix {made}", tuple(actions))
 

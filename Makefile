@@ -35,6 +35,8 @@ example: setup
 bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/failover.py
+	$(BIN)/python bench/dataplane.py
+	$(BIN)/python bench/footprint.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -17,6 +17,7 @@ Every failure is an :class:`OberError` naming the node, with a fix.
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import re
 import secrets
@@ -55,6 +56,7 @@ KEEPALIVE_COUNT = 3
 POLL = 0.05
 CHUNK = 65536
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUIET = logging.getLogger("paramiko")
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,20 @@ def connect(target: SshTarget) -> Connection:
         known.install(hop.client)
         hop.connect_timeout = target.connect_timeout
     port = int(conn.port)
+    # paramiko logs a traceback for every failed handshake, which Python prints when nothing handles its logs;
+    # the failure is reported once, as an OberError (a handler configured on the root logger still sees them).
+    if not _QUIET.handlers:
+        _QUIET.addHandler(logging.NullHandler())
     try:
         conn.open()
     except BaseException as exc:
+        # The transport thread's own error says more than what the caller's thread saw ("No existing session").
+        transport = conn.client.get_transport()
+        cause = transport.get_exception() if transport is not None else None
         for hop in chain:
             hop.client.close()
         if isinstance(exc, Exception):
-            raise _connect_error(target, conn, port, known, exc) from None
+            raise _connect_error(target, conn, port, known, cause or exc) from None
         raise
     transport = conn.client.get_transport()
     # Keep NAT and firewall state alive on idle connections; liveness itself is probed in `Connection._wait`.

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
-from paramiko.hostkeys import HostKeyEntry, HostKeys
+from paramiko.hostkeys import HostKeyEntry, HostKeys, InvalidHostKey
 from paramiko.ssh_exception import SSHException
 
 from ober.errors import OberError
@@ -57,7 +57,7 @@ def load(path: Path) -> HostKeys:
         return keys
     try:
         keys.load(str(path))
-    except (OSError, SSHException, ValueError) as exc:
+    except (OSError, SSHException, ValueError, InvalidHostKey) as exc:
         raise OberError(f"{path}: cannot read known_hosts: {exc}", f"fix or remove the bad line in {path}") from None
     return keys
 
@@ -67,10 +67,13 @@ def lines_for(path: Path, name: str) -> list[int]:
     matcher = HostKeys()
     found = []
     with contextlib.suppress(OSError):
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        for number, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
             try:
                 entry = HostKeyEntry.from_line(line, number)
-            except (SSHException, ValueError):
+            except (SSHException, ValueError, InvalidHostKey):
                 continue
             if entry is not None and matcher._hostname_matches(name, entry):
                 found.append(number)

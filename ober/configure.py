@@ -68,14 +68,17 @@ def assign(data: dict[str, Any], path: list[str | int], value: Any, text: str) -
             node = node.setdefault(step, [] if isinstance(following, int) else {})
 
 
-def edited(current: dict[str, Any], from_file: Path | None, assignments: Iterable[str]) -> dict[str, Any]:
-    """The current config with a file merged over it and then each ``--set`` applied."""
+def edited(
+    current: dict[str, Any], from_file: Path | None, assignments: Iterable[str], *, replace: bool = False
+) -> dict[str, Any]:
+    """The current config with a file merged over it (or, with ``replace``, instead of it), then each ``--set``."""
     data = copy.deepcopy(current)
     if from_file is not None:
         incoming = read_yaml(from_file)
         if not isinstance(incoming, dict):
             raise ConfigError(f"{from_file}: expected a mapping at the top level")
-        data = merge(data, incoming)
+        # A whole config from the fleet replaces: merging would keep what it removed (e.g. a backend group).
+        data = incoming if replace else merge(data, incoming)
     for text in assignments:
         path, value = parse_assignment(text)
         assign(data, path, value, text)

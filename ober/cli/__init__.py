@@ -18,6 +18,7 @@ from ober.cli.config import config_cmd
 from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
+from ober.cli.fleet_ops import COMMANDS as FLEET_OPS
 from ober.cli.fleet_roll import lock_cmd, restart_cmd, upgrade_cmd
 from ober.cli.health import health
 from ober.cli.lab import lab
@@ -63,6 +64,8 @@ def cli(ctx: click.Context, show_version: bool, as_json: bool, quiet: bool, verb
 cli.add_command(render)
 cli.add_command(fleet)
 for command in (restart_cmd, upgrade_cmd, lock_cmd):
+    fleet.add_command(command)
+for command in FLEET_OPS:
     fleet.add_command(command)
 cli.add_command(health)
 cli.add_command(drain)

@@ -59,6 +59,7 @@ def report(out: Output, outcome: Outcome) -> None:
     metavar="KEY=VALUE",
     help="Set one value, e.g. --set health.rise=3 (repeatable).",
 )
+@click.option("--replace", is_flag=True, help="With --from: the file replaces the whole config (no merge).")
 @dry_run_option
 @root_option
 @secrets_option
@@ -70,6 +71,7 @@ def config_cmd(
     config_path: Path,
     from_file: Path | None,
     assignments: tuple[str, ...],
+    replace: bool,
     dry_run: bool,
     root: Path,
     secrets_path: Path | None,
@@ -78,5 +80,7 @@ def config_cmd(
     """Change the node's ober.yaml non-interactively (--from, --set), render, check, apply with rollback."""
     if from_file is None and not assignments:
         raise OberError("nothing to change", "give --from FILE and/or --set KEY=VALUE")
-    data = edited(current_data(config_path, root), from_file, assignments)
+    if replace and from_file is None:
+        raise OberError("--replace needs --from FILE", "give the whole config with --from FILE --replace")
+    data = edited(current_data(config_path, root), from_file, assignments, replace=replace)
     report(out, configure(data, root=root, secrets_path=secrets_path, check=not no_check, dry_run=dry_run))

@@ -1,0 +1,413 @@
+"""``ober fleet status|drain|undrain|diff|push|sync|router-config``: the fleet over SSH (core: ober.remote)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ober.cli.fleet import inventory_option, targets_argument
+from ober.cli.options import secrets_option, ssh_options
+from ober.cli.output import Output, json_option
+from ober.errors import OberError
+from ober.inventory import Inventory, InventoryNode, load_inventory
+from ober.remote import fleetops
+from ober.remote.facts import NodeView
+from ober.remote.guard import Decision
+from ober.remote.push import Drift, PushResult
+from ober.remote.routerconfig import FLAVORS, router_config
+from ober.secrets import load_secrets
+
+
+def _load(inventory_path: Path | None, targets: str | None) -> tuple[Inventory, list[InventoryNode]]:
+    inventory = load_inventory(inventory_path)
+    return inventory, inventory.select(targets)
+
+
+def _fail_if(out: Output, failed: bool) -> None:
+    if failed:
+        click.get_current_context().exit(1)
+
+
+def _progress(out: Output) -> Callable[[str], None]:
+    if out.as_json or out.quiet:
+        return lambda _line: None
+    return lambda line: out.errors.print(escape(line))
+
+
+@click.command("status")
+@inventory_option
+@targets_argument
+@secrets_option
+@ssh_options
+@json_option
+@click.pass_obj
+def status_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str | None,
+    secrets_path: Path | None,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """Every node's state in one parallel sweep: versions, units, BGP, VIPs, drain, sessions, config drift.
+
+    Exits 1 when a node is unreachable or unhealthy (a drained node is neither).
+    """
+    inventory, nodes = _load(inventory_path, targets)
+    secrets = load_secrets(secrets_path, required=False)
+    rows = fleetops.status(inventory, nodes, secrets, parallel=parallel, accept_new_host_keys=accept_new_host_keys)
+    bad = [view.name for view, _drift, _why in rows if not view.healthy]
+    if out.as_json:
+        out.json(
+            {
+                "site": inventory.site,
+                "ok": not bad,
+                "nodes": [
+                    {**view.to_dict(), "drift": drift.to_dict() if drift else None, "drift_error": why}
+                    for view, drift, why in rows
+                ],
+            }
+        )
+        _fail_if(out, bool(bad))
+        return
+    table = Table(title=f"site {inventory.site}: {len(rows)} nodes")
+    for column in ("node", "ober", "HAProxy", "ExaBGP", "units", "BGP", "announced", "drained", "sessions", "drift"):
+        table.add_column(column)
+    table.add_column("problems", overflow="fold")
+    for view, drift, why in rows:
+        table.add_row(*_status_row(view, drift, why))
+    out.table(table)
+    live = sum(view.live for view, _drift, _why in rows)
+    summary = f"{live} of {len(rows)} nodes live (announcing, not drained)"
+    if bad:
+        out.print(f"[red]✗[/] {summary}; unreachable or unhealthy: {', '.join(bad)}", force=True)
+    else:
+        out.print(f"[green]✓[/] {summary}")
+    _fail_if(out, bool(bad))
+
+
+def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[str]:
+    if not view.reachable:
+        return [
+            view.name,
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            f"[red]unreachable[/]: {escape(view.error or '')}",
+        ]
+    versions = [view.versions.get(name) or "-" for name in ("ober", "haproxy", "exabgp")]
+    units = " ".join(f"{unit.removeprefix('ober-')}:{state}" for unit, state in view.units.items()) or "-"
+    bgp = " ".join(f"{peer}:{state[:5]}" for peer, state in view.bgp.items()) or "-"
+    drained = "-"
+    if view.drained:
+        since = time.strftime("%m-%d %H:%M", time.localtime(view.drained.since))
+        drained = f"[yellow]{escape(view.drained.by)} {since}[/] {escape(view.drained.reason)}".rstrip()
+    if drift is None:
+        drift_text = f"? ({escape(why or 'not read')})"
+    elif drift.drifted:
+        files = [Path(path).name for path in [*drift.changed, *drift.removed]]
+        drift_text = f"[yellow]{len(files)} files[/]: {', '.join(files[:3])}{' …' if len(files) > 3 else ''}"
+    else:
+        drift_text = "in sync" + (" (secrets not compared)" if drift.unknown else "")
+    problems = ", ".join(view.problems())
+    return [
+        view.name,
+        *versions,
+        units,
+        bgp,
+        ", ".join(view.announced) or "none",
+        drained,
+        "-" if view.sessions is None else str(view.sessions),
+        drift_text,
+        f"[red]{escape(problems)}[/]" if problems else "[green]ok[/]",
+    ]
+
+
+drain_options = [
+    click.option(
+        "--max-unavailable",
+        type=click.IntRange(1, 4096),
+        default=None,
+        help="Nodes that may be out of service at once, already-out ones included [default: fleet.max_unavailable].",
+    ),
+    click.option("--dry-run", is_flag=True, help="Ask the nodes and show what the guard decides; change nothing."),
+]
+
+
+def _with(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def apply(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+@click.command("drain")
+@inventory_option
+@click.argument("targets")
+@click.option("--reason", default="", help="Why, shown by status.")
+@click.option("--timeout", type=float, default=None, help="Per node: seconds to wait for its connections to end.")
+@_with(drain_options)
+@ssh_options
+@json_option
+@click.pass_obj
+def drain_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str,
+    reason: str,
+    timeout: float | None,
+    max_unavailable: int | None,
+    dry_run: bool,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """Take TARGETS out of the ECMP set one at a time, never leaving fewer live nodes than the guard allows."""
+    inventory, nodes = _load(inventory_path, targets)
+    run = fleetops.Drain(
+        inventory,
+        nodes,
+        reason=reason,
+        timeout=timeout,
+        max_unavailable=max_unavailable,
+        parallel=parallel,
+        accept_new_host_keys=accept_new_host_keys,
+        progress=_progress(out),
+    )
+    if dry_run:
+        decision = run.check()
+        _report_guard(out, decision, dry_run=True)
+        _fail_if(out, not decision.allowed)
+        return
+    results = run.run()
+    _report_steps(out, "drain", results, run.decision)
+
+
+@click.command("undrain")
+@inventory_option
+@click.argument("targets")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Per node: seconds to wait until live.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for each node to announce again.")
+@ssh_options
+@json_option
+@click.pass_obj
+def undrain_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str,
+    timeout: float,
+    no_wait: bool,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """Put TARGETS back in service one at a time, each announcing again before the next."""
+    inventory, nodes = _load(inventory_path, targets)
+    results = fleetops.undrain(
+        inventory,
+        nodes,
+        wait=0.0 if no_wait else timeout,
+        accept_new_host_keys=accept_new_host_keys,
+        progress=_progress(out),
+    )
+    _report_steps(out, "undrain", results, None)
+
+
+def _report_guard(out: Output, decision: Decision, *, dry_run: bool) -> None:
+    if out.as_json:
+        out.json({"dry_run": dry_run, "guard": decision.to_dict(), "message": decision.message})
+        return
+    colour = "green" if decision.allowed else "red"
+    out.print(
+        f"[{colour}]{escape(decision.message)}[/]" + (" (dry run: nothing changed)" if dry_run else ""), force=True
+    )
+
+
+def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision: Decision | None) -> None:
+    failed = [r for r in results if not r.ok]
+    if out.as_json:
+        out.json(
+            {
+                "ok": not failed,
+                "guard": decision.to_dict() if decision else None,
+                "nodes": [r.to_dict() for r in results],
+            }
+        )
+        _fail_if(out, bool(failed))
+        return
+    for r in results:
+        mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
+        out.print(f"{mark} {r.node}: {escape(r.detail)} ({r.seconds:.1f}s)", force=not r.ok)
+    if failed:
+        raise OberError(f"{verb} stopped at {failed[0].node}: {failed[0].detail}", failed[0].fix)
+
+
+@click.command("diff")
+@inventory_option
+@targets_argument
+@secrets_option
+@ssh_options
+@json_option
+@click.pass_obj
+def diff_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str | None,
+    secrets_path: Path | None,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """What `ober fleet push` would change on each node, as a unified diff per file (secret files never shown)."""
+    inventory, nodes = _load(inventory_path, targets)
+    secrets = load_secrets(secrets_path, required=False)
+    rows = fleetops.diff(inventory, nodes, secrets, parallel=parallel, accept_new_host_keys=accept_new_host_keys)
+    failed = [name for name, _drift, _text, why in rows if why]
+    if out.as_json:
+        out.json(
+            {
+                "ok": not failed,
+                "nodes": [
+                    {"name": name, "drift": drift.to_dict() if drift else None, "diff": text, "error": why}
+                    for name, drift, text, why in rows
+                ],
+            }
+        )
+        _fail_if(out, bool(failed))
+        return
+    for name, drift, text, why in rows:
+        if why or drift is None:
+            out.print(f"[red]✗ {name}: {escape(why or 'failed')}[/]", force=True)
+        elif not drift.drifted:
+            unknown = f" (not compared: {', '.join(drift.unknown)})" if drift.unknown else ""
+            out.print(f"[green]=[/] {name}: nothing to push{escape(unknown)}")
+        else:
+            out.print(f"[bold]# {name}[/]: {len(drift.changed) + len(drift.removed)} files would change")
+            out.plain(text)
+    _fail_if(out, bool(failed))
+
+
+@click.command("push")
+@inventory_option
+@targets_argument
+@secrets_option
+@click.option("--dry-run", is_flag=True, help="Let each node check the new config and list its changes; apply nothing.")
+@ssh_options
+@json_option
+@click.pass_obj
+def push_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str | None,
+    secrets_path: Path | None,
+    dry_run: bool,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """Apply the rendered config node by node (validated, reloaded hitlessly, verified, rolled back on failure).
+
+    Stops at the first node that fails; the nodes after it are untouched. Nodes stay in the ECMP set.
+    """
+    inventory, nodes = _load(inventory_path, targets)
+    secrets = load_secrets(secrets_path, required=any(n.config.secret_names() for n in nodes))
+    results = fleetops.push(
+        inventory, nodes, secrets, dry_run=dry_run, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
+    )
+    _report_pushes(out, results, len(nodes))
+
+
+def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
+    failed = [r for r in results if not r.ok]
+    if out.as_json:
+        out.json({"ok": not failed, "nodes": [r.to_dict() for r in results], "untouched": total - len(results)})
+        _fail_if(out, bool(failed))
+        return
+    for r in results:
+        if not r.ok:
+            continue
+        what = ", ".join(f"{c['change']} {c['path']}" for c in r.changes) or "nothing to change"
+        done = "would change" if r.dry_run else "changed"
+        actions = f"; {', '.join(r.actions)}" if r.actions else ""
+        out.print(f"[green]✓[/] {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+    if failed:
+        left = total - len(results)
+        raise OberError(
+            f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else ""),
+            failed[0].fix or "fix it and push again: nodes already done are skipped as unchanged",
+        )
+
+
+@click.command("sync")
+@inventory_option
+@targets_argument
+@click.option("--routers", default=None, metavar="HOSTLIST", help="BGP routers [default: the inventory's].")
+@click.option("--frontend-http", default=None, metavar="HOSTLIST", help="S3 clients [default: the inventory's].")
+@click.option("--backend-http", default=None, metavar="HOSTLIST", help="Monitoring hosts [default: the inventory's].")
+@ssh_options
+@json_option
+@click.pass_obj
+def sync_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    targets: str | None,
+    routers: str | None,
+    frontend_http: str | None,
+    backend_http: str | None,
+    accept_new_host_keys: bool,
+    parallel: int | None,
+) -> None:
+    """Apply the whitelists on every node, names resolved there and now; HAProxy reloads without dropping clients.
+
+    Without options each node gets its inventory whitelists again (a DNS change is picked up). Options override
+    them on the nodes; put the same values in the inventory, or the next push sets them back.
+    """
+    inventory, nodes = _load(inventory_path, targets)
+    given = {"routers": routers, "frontend_http": frontend_http, "backend_http": backend_http}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if overrides:
+        out.warn(
+            "whitelists given on the command line: put them in the inventory too, or 'ober fleet push' reverts them"
+        )
+    results = fleetops.sync(
+        inventory, nodes, overrides, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
+    )
+    _report_pushes(out, results, len(nodes))
+
+
+@click.command("router-config")
+@inventory_option
+@click.option("--flavor", type=click.Choice(FLAVORS), default="frr", show_default=True, help="Router software.")
+@click.option("--router", default=None, metavar="ADDRESS", help="Only this router [default: every neighbor].")
+@click.option("--with-secrets", is_flag=True, help="Print the MD5 passwords instead of placeholders.")
+@secrets_option
+@click.pass_obj
+def router_config_cmd(
+    out: Output,
+    inventory_path: Path | None,
+    flavor: str,
+    router: str | None,
+    with_secrets: bool,
+    secrets_path: Path | None,
+) -> None:
+    """Print the upstream routers' BGP configuration for this inventory (FRR or BIRD 2)."""
+    inventory = load_inventory(inventory_path)
+    secrets: Mapping[str, str] | None = load_secrets(secrets_path) if with_secrets else None
+    text = router_config(inventory, flavor, router=router, secrets=secrets)
+    if out.as_json:
+        out.json({"flavor": flavor, "config": text})
+        return
+    click.echo(text, nl=False)
+
+
+COMMANDS = (status_cmd, drain_cmd, undrain_cmd, diff_cmd, push_cmd, sync_cmd, router_config_cmd)

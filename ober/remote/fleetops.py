@@ -1,0 +1,343 @@
+"""The fleet operations behind ``ober fleet status|drain|undrain|diff|push|sync``, over SSH.
+
+Reading (status, diff) is one parallel sweep. Changing is one node at a time and stops at the first failure, so a
+mistake reaches one node, not the fleet. Draining asks the availability guard first, for the whole set and again
+before each node (the fleet may have changed meanwhile), and refuses rather than forces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ober.errors import OberError
+from ober.inventory import Inventory, InventoryNode
+from ober.remote.connection import Connection, connect, targets
+from ober.remote.facts import (
+    STATUS_TIMEOUT,
+    NodeView,
+    config_file,
+    node_view,
+    ober_program,
+    on_nodes,
+    sweep,
+    unreachable,
+)
+from ober.remote.guard import Decision, decide, enforce
+from ober.remote.push import APPLY_TIMEOUT, Drift, PushResult, config_outcome, node_diff, node_drift, push_node
+from ober.remote.push import secrets_file as node_secrets_file
+
+Progress = Callable[[str], None]
+DRAIN_MARGIN = 60.0
+"""Seconds an ``ober drain --wait`` command may run past its own wait, before the fleet calls it hung."""
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a drain or undrain did on one node."""
+
+    node: str
+    ok: bool
+    detail: str
+    seconds: float
+    fix: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "node": self.node,
+            "ok": self.ok,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 2),
+            "fix": self.fix,
+            **self.facts,
+        }
+
+
+def status(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    secrets: Mapping[str, str],
+    *,
+    parallel: int | None = None,
+    accept_new_host_keys: bool = False,
+) -> list[tuple[NodeView, Drift | None, str | None]]:
+    """Each node's view and its config drift (None, with why, when it could not be read)."""
+
+    def work(conn: Connection, node: InventoryNode) -> tuple[NodeView, Drift | None, str | None]:
+        view = node_view(conn, node)
+        if not view.reachable:
+            return view, None, "unreachable"
+        try:
+            return view, node_drift(conn, node, secrets), None
+        except OberError as exc:
+            return view, None, exc.message
+
+    reach = targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys)
+    outcomes = on_nodes(nodes, reach, work, parallel=parallel or inventory.ssh.parallel)
+    return [
+        outcome.value
+        if outcome.value is not None
+        else (unreachable(node, outcome.error or "failed"), None, "unreachable")
+        for node, outcome in zip(nodes, outcomes, strict=True)
+    ]
+
+
+def diff(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    secrets: Mapping[str, str],
+    *,
+    parallel: int | None = None,
+    accept_new_host_keys: bool = False,
+) -> list[tuple[str, Drift | None, str, str | None]]:
+    """Per node: its drift, the unified diff a push would make, and an error (None when it was read)."""
+    reach = targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys)
+    outcomes = on_nodes(nodes, reach, node_diff_of(secrets), parallel=parallel or inventory.ssh.parallel)
+    return [
+        (node.name, outcome.value[0], outcome.value[1], None)
+        if outcome.value is not None
+        else (node.name, None, "", outcome.error or "failed")
+        for node, outcome in zip(nodes, outcomes, strict=True)
+    ]
+
+
+def node_diff_of(secrets: Mapping[str, str]) -> Callable[[Connection, InventoryNode], tuple[Drift, str]]:
+    """``node_diff`` with the secrets bound, as work for :func:`on_nodes`."""
+    return lambda conn, node: node_diff(conn, node, secrets)
+
+
+def _connected(inventory: Inventory, node: InventoryNode, accept_new_host_keys: bool) -> Connection:
+    return connect(targets(inventory, [node], accept_new_host_keys=accept_new_host_keys)[0])
+
+
+class Drain:
+    """Draining nodes one at a time behind the availability guard."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        nodes: Sequence[InventoryNode],
+        *,
+        reason: str = "",
+        timeout: float | None = None,
+        max_unavailable: int | None = None,
+        parallel: int | None = None,
+        accept_new_host_keys: bool = False,
+        progress: Progress = _quiet,
+    ) -> None:
+        self.inventory = inventory
+        self.nodes = list(nodes)
+        self.reason = reason
+        self.timeout = timeout
+        self.max_unavailable = max_unavailable or inventory.fleet.max_unavailable
+        self.parallel = parallel
+        self.accept = accept_new_host_keys
+        self.progress = progress
+        self.decision: Decision | None = None
+
+    def check(self, candidates: Sequence[InventoryNode] | None = None) -> Decision:
+        """Ask every node of the inventory now and decide on ``candidates`` (default: all targets)."""
+        views = sweep(self.inventory, parallel=self.parallel, accept_new_host_keys=self.accept)
+        chosen = self.nodes if candidates is None else candidates
+        return decide(views, [n.name for n in chosen], self.inventory.fleet.min_available, self.max_unavailable)
+
+    def run(self) -> list[Step]:
+        """Guard the whole set, then drain each node after a fresh guard check; stop at the first failure.
+
+        Raises:
+            GuardRefused: the whole set would break the availability rules; nothing was changed.
+        """
+        self.decision = enforce(self.check())
+        self.progress(self.decision.message)
+        steps: list[Step] = []
+        for index, node in enumerate(self.nodes):
+            if index:
+                # Nodes may have failed or been drained by someone else since the first check.
+                decision = self.check([node])
+                if not decision.allowed:
+                    steps.append(Step(node.name, False, decision.message, 0.0, "nothing more was drained"))
+                    break
+            self.progress(f"{node.name}: draining (withdraw, then wait for its connections)")
+            step = self._drain(node)
+            steps.append(step)
+            self.progress(f"{node.name}: {step.detail}")
+            if not step.ok:
+                break
+        return steps
+
+    def _drain(self, node: InventoryNode) -> Step:
+        started = time.monotonic()
+        wait = node.config.health.drain_timeout if self.timeout is None else self.timeout
+        argv = [ober_program(node), "drain", "--config", config_file(node), "--wait", "--json"]
+        argv += ["--reason", self.reason, "--timeout", f"{wait:g}"]
+        try:
+            with _connected(self.inventory, node, self.accept) as conn:
+                result = conn.run(argv, timeout=wait + DRAIN_MARGIN)
+                data = _json(result.stdout)
+                if data is None or not data.get("drained"):
+                    why = str((data or {}).get("error") or result.last_line())[:300]
+                    return Step(node.name, False, f"drain failed: {why}", time.monotonic() - started)
+                view = node_view(conn, node)
+        except OberError as exc:
+            return Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
+        left = data.get("sessions_left")
+        facts = {"sessions_left": left, "announced": list(view.announced)}
+        if data.get("error"):
+            return Step(node.name, False, f"withdrawn, but {data['error']}", time.monotonic() - started, None, facts)
+        detail = "withdrawn and idle" if not view.announced else f"still announcing {', '.join(view.announced)}"
+        return Step(node.name, not view.announced, detail, time.monotonic() - started, None, facts)
+
+
+def undrain(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    *,
+    wait: float = 60.0,
+    accept_new_host_keys: bool = False,
+    progress: Progress = _quiet,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Step]:
+    """Put nodes back one at a time, each live again (announcing) before the next; stop at the first failure."""
+    steps: list[Step] = []
+    for node in nodes:
+        started = time.monotonic()
+        progress(f"{node.name}: undraining")
+        try:
+            with _connected(inventory, node, accept_new_host_keys) as conn:
+                argv = [ober_program(node), "undrain", "--config", config_file(node), "--json"]
+                result = conn.run(argv, timeout=STATUS_TIMEOUT)
+                data = _json(result.stdout)
+                if not result.ok or data is None or "error" in data:
+                    why = str((data or {}).get("error") or result.last_line())[:300]
+                    step = Step(node.name, False, f"undrain failed: {why}", time.monotonic() - started)
+                else:
+                    step = _until_live(conn, node, wait, started, bool(data.get("was_drained")), sleep)
+        except OberError as exc:
+            step = Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
+        steps.append(step)
+        progress(f"{node.name}: {step.detail}")
+        if not step.ok:
+            break
+    return steps
+
+
+def _until_live(
+    conn: Connection, node: InventoryNode, wait: float, started: float, was: bool, sleep: Callable[[float], None]
+) -> Step:
+    detail = "back in service" if was else "was not drained"
+    deadline = time.monotonic() + wait
+    while True:
+        view = node_view(conn, node)
+        if view.live or wait <= 0:
+            facts = {"announced": list(view.announced), "live": view.live}
+            return Step(
+                node.name,
+                True,
+                f"{detail}; announcing {', '.join(view.announced) or 'nothing yet'}",
+                time.monotonic() - started,
+                None,
+                facts,
+            )
+        if time.monotonic() >= deadline:
+            problems = ", ".join(view.problems()) or "not announcing"
+            return Step(
+                node.name,
+                False,
+                f"undrained, but not live after {wait:g}s: {problems}",
+                time.monotonic() - started,
+                "check 'ober fleet status'; its health checks may be failing",
+                {"announced": list(view.announced), "live": False},
+            )
+        sleep(0.5)
+
+
+def _json(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def push(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    secrets: Mapping[str, str],
+    *,
+    dry_run: bool = False,
+    accept_new_host_keys: bool = False,
+    progress: Progress = _quiet,
+) -> list[PushResult]:
+    """Push node by node; stop at the first failure (the nodes after it are untouched)."""
+    results: list[PushResult] = []
+    for node in nodes:
+        progress(f"{node.name}: {'checking' if dry_run else 'pushing'}")
+        try:
+            with _connected(inventory, node, accept_new_host_keys) as conn:
+                result = push_node(conn, node, secrets, dry_run)
+        except OberError as exc:
+            result = PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
+        results.append(result)
+        if not result.ok:
+            break
+    return results
+
+
+def whitelist_args(node: InventoryNode, overrides: Mapping[str, str]) -> list[str]:
+    """``ober sync`` options for a node: the overrides, else the node's inventory whitelists (possibly empty)."""
+    lists = node.config.whitelists
+    values = {
+        "routers": " ".join(lists.routers),
+        "frontend_http": " ".join(lists.frontend_http),
+        "backend_http": " ".join(lists.backend_http),
+        **overrides,
+    }
+    args: list[str] = []
+    for key, value in values.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def sync(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    overrides: Mapping[str, str],
+    *,
+    accept_new_host_keys: bool = False,
+    progress: Progress = _quiet,
+) -> list[PushResult]:
+    """``ober sync`` on each node in turn (names resolved on the node, now); stop at the first failure."""
+    results: list[PushResult] = []
+    for node in nodes:
+        progress(f"{node.name}: syncing whitelists")
+        started = time.monotonic()
+        argv = [ober_program(node), "sync", "--config", config_file(node), "--json"]
+        argv += ["--secrets", node_secrets_file(node), *whitelist_args(node, overrides)]
+        try:
+            with _connected(inventory, node, accept_new_host_keys) as conn:
+                result = config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT))
+        except OberError as exc:
+            result = PushResult(node.name, False, False, error=exc.message, fix=exc.fix)
+        result = PushResult(
+            result.node,
+            result.ok,
+            False,
+            result.changes,
+            result.actions,
+            result.error,
+            result.fix,
+            time.monotonic() - started,
+        )
+        results.append(result)
+        if not result.ok:
+            break
+    return results

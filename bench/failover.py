@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ober.errors import OberError
 from ober.lab.netns import Lab, run
@@ -129,9 +130,14 @@ def main() -> None:
         for name, values in results.items()
     ]
     if args.json:
-        print(json.dumps({"interval": args.interval, "rows": rows}, indent=2))
-        return
-    print(f"failover on a 3-node lab, ober health interval {args.interval}, {args.trials} trials, route polled 10 ms")
+        print(json.dumps({"interval": args.interval, "trials": args.trials, "rows": rows}, indent=2))
+    else:
+        print_table(rows, args.interval, args.trials)
+
+
+def print_table(rows: list[dict[str, Any]], interval: str, trials: int) -> None:
+    """The human table."""
+    print(f"failover on a 3-node lab, ober health interval {interval}, {trials} trials, route polled 10 ms")
     print(f"{'scenario':<48} {'median s':>9} {'max s':>7} {'median/interval':>16}")
     for row in rows:
         print(

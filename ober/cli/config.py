@@ -1,16 +1,25 @@
-"""``ober config``: change this node's configuration, check it, show or apply the difference, roll back on failure."""
+"""``ober config``: change this node's configuration, check it, show or apply the difference, roll back on failure.
+
+With ``--from``/``--set`` it runs unattended; without them, on a terminal, it runs the wizard (:mod:`ober.wizard`)
+with inquirer prompts.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+import inquirer
+from inquirer.errors import ValidationError
 
 from ober.apply import diff
 from ober.cli.options import config_option, no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.configure import Outcome, configure, current_data, edited
 from ober.errors import OberError
+from ober.wizard import Validator, Wizard, conclude, detect
 
 root_option = click.option(
     "--root",
@@ -49,6 +58,60 @@ def report(out: Output, outcome: Outcome) -> None:
     out.print(f"[green]✓[/] applied {len(outcome.changes)} changes; backup in {outcome.backup}; services: {done}")
 
 
+class InquirerAsker:
+    """The wizard's questions as inquirer prompts; other output through the CLI's console."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+
+    def text(self, message: str, default: str, validate: Validator) -> str:
+        """A text prompt, pre-filled with ``default``; an invalid answer shows the model's error and asks again."""
+
+        def check(_answers: object, current: str) -> bool:
+            error = validate(current)
+            if error:
+                raise ValidationError(current, reason=error)
+            return True
+
+        return str(_answered(inquirer.text(message, default=default, validate=check)))
+
+    def confirm(self, message: str, default: bool) -> bool:
+        """A yes/no prompt."""
+        return bool(_answered(inquirer.confirm(message, default=default)))
+
+    def choose(self, message: str, choices: Sequence[str], default: str) -> str:
+        """A list to pick from with the arrow keys."""
+        return str(_answered(inquirer.list_input(message, choices=list(choices), default=default)))
+
+    def show(self, text: str) -> None:
+        """Text as it is (check results, a diff)."""
+        self.out.plain(text)
+
+
+def _answered(answer: object) -> object:
+    if answer is None:  # inquirer's answer to Ctrl-C / Ctrl-D on some prompts
+        raise click.Abort
+    return answer
+
+
+def wizard(
+    out: Output, config_path: Path, root: Path, secrets_path: Path | None, *, check: bool, dry_run: bool
+) -> None:
+    """The questions, the checks, the diff, and (if the user agrees) the apply."""
+    if out.as_json or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise OberError(
+            "ober config asks its questions on a terminal, and this is not one",
+            "give --from FILE and/or --set KEY=VALUE to configure without questions",
+        )
+    asker = InquirerAsker(out)
+    data = Wizard(asker, current_data(config_path, root), detect()).run()
+    outcome = conclude(asker, data, root=root, secrets_path=secrets_path, check=check, dry_run=dry_run)
+    if outcome.changes and outcome.dry_run:
+        out.print("not applied: nothing written" + ("" if dry_run else " (you said no)"))
+    elif outcome.changes:
+        report(out, outcome)
+
+
 @click.command("config")
 @config_option
 @click.option("--from", "from_file", type=click.Path(path_type=Path), help="Merge this YAML over the config.")
@@ -77,9 +140,10 @@ def config_cmd(
     secrets_path: Path | None,
     no_check: bool,
 ) -> None:
-    """Change the node's ober.yaml non-interactively (--from, --set), render, check, apply with rollback."""
+    """Change the node's ober.yaml: a wizard on a terminal, or --from/--set; render, check, apply with rollback."""
     if from_file is None and not assignments:
-        raise OberError("nothing to change", "give --from FILE and/or --set KEY=VALUE")
+        wizard(out, config_path, root, secrets_path, check=not no_check, dry_run=dry_run)
+        return
     if replace and from_file is None:
         raise OberError("--replace needs --from FILE", "give the whole config with --from FILE --replace")
     data = edited(current_data(config_path, root), from_file, assignments, replace=replace)

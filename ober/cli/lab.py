@@ -30,11 +30,11 @@ def lab() -> None:
 
 
 @lab.command("up")
-@click.argument("nodes", type=click.IntRange(1, lab_fleet.MAX_NODES), default=lab_fleet.DEFAULT_NODES, required=False)
+@click.argument("nodes", type=click.IntRange(1, lab_fleet.MAX_NODES), required=False)
 @dir_option
 @json_option
 @click.pass_obj
-def up_cmd(out: Output, nodes: int, directory: Path) -> None:
+def up_cmd(out: Output, nodes: int | None, directory: Path) -> None:
     """Start a lab of NODES nodes (default 4), not bootstrapped; write its inventory and ssh_config."""
     started = time.monotonic()
     with _spinner(out, "starting the lab") as update:

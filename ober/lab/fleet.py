@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ober.errors import OberError
 from ober.hostlists import collect
 from ober.inventory import load_inventory
 from ober.lab import labstate
+from ober.lab import relay as relay_module
 from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
 from ober.lab.labstate import Proc, State
 from ober.lab.netns import Lab, delete_netns, list_netns
@@ -188,23 +190,24 @@ def load(directory: Path = DEFAULT_DIR) -> LabFleet:
 
 
 def up(
-    nodes: int = DEFAULT_NODES,
+    nodes: int | None = None,
     directory: Path = DEFAULT_DIR,
     *,
     image: Path = DEFAULT_IMAGE,
     progress: Progress | None = None,
 ) -> LabFleet:
-    """Bring a lab of ``nodes`` nodes up in ``directory`` and write its inventory, secrets and ssh_config.
+    """Bring a lab of ``nodes`` nodes (default 4) up in ``directory``; write its inventory, secrets and ssh_config.
 
-    A lab already up there with as many nodes is returned as it is (``already_up``). If anything fails, or the
-    bring-up is interrupted, everything started so far is torn down before the error is raised.
+    A lab already up there (with as many nodes, if ``nodes`` is given) is returned as it is (``already_up``). If
+    anything fails, or the bring-up is interrupted, everything started so far is torn down before the error is
+    raised.
 
     Raises:
         OberError: not root, a tool or the image missing, a different lab already there, or a step failing.
     """
     say = progress or (lambda _text: None)
     require_root()
-    if not 1 <= nodes <= MAX_NODES:
+    if nodes is not None and not 1 <= nodes <= MAX_NODES:
         raise OberError(f"a lab has 1 to {MAX_NODES} nodes, not {nodes}", "ober lab up 4")
     _check_tools()
     directory = directory.absolute()
@@ -213,6 +216,7 @@ def up(
         existing = labstate.read(directory)
         if existing is not None:
             return _existing(directory, existing, nodes)
+        nodes = nodes or DEFAULT_NODES
         if not image_ready(image):
             say("building the node image (once; about a minute)")
             ensure_image(image)
@@ -221,14 +225,18 @@ def up(
             raise OberError(f"{directory} is not empty ({', '.join(leftovers[:3])})", "give an empty or new --dir")
         state = State(directory, _initial(directory, nodes, created))
         state.save()
+        lab = Lab(state.data["prefix"], keep_files=True, workdir=directory)
         try:
-            return _bring_up(directory, state, nodes, image, say)
+            return _bring_up(lab, state, nodes, image, say)
         except BaseException as exc:
             say("bring-up failed: tearing down what was started")
-            try:
-                _teardown(directory, state)
-            except OberError as leftover:
-                exc.add_note(str(leftover))
+            # The lab's own teardown first (it holds what a step started before the state could list it), then
+            # the state's: the prefix's namespaces, the mounts below the directory, the files.
+            for teardown in (lab.close, partial(_teardown, directory, state)):
+                try:
+                    teardown()
+                except OberError as leftover:
+                    exc.add_note(str(leftover))
             raise
 
 
@@ -316,7 +324,7 @@ def _initial(directory: Path, nodes: int, created: bool) -> dict[str, Any]:
     }
 
 
-def _existing(directory: Path, state: State, nodes: int) -> LabFleet:
+def _existing(directory: Path, state: State, nodes: int | None) -> LabFleet:
     data = state.data
     if not data.get("complete"):
         owner = int(data.get("owner", 0))
@@ -324,7 +332,11 @@ def _existing(directory: Path, state: State, nodes: int) -> LabFleet:
             f"a half-made lab is recorded in {directory} (by ober lab up, PID {owner})",
             f"ober lab down --dir {directory}",
         )
-    if data["size"] != nodes:
+    recorded = [data["router"]["bird"], *(p for n in data["nodes"] for p in (n["nspawn"], n["init"]))]
+    if not all(_proc(record).alive() for record in recorded):
+        # After a reboot, or someone killed a part of it: it cannot be used as it is.
+        raise OberError(f"the lab recorded in {directory} is no longer running", f"ober lab down --dir {directory}")
+    if nodes is not None and data["size"] != nodes:
         raise OberError(
             f"a lab of {data['size']} nodes is already up in {directory}", f"ober lab down --dir {directory} first"
         )
@@ -349,9 +361,8 @@ def _check_tools() -> None:
         raise OberError(f"Ceph programs missing: {', '.join(missing)}", "apt-get install radosgw ceph-mon ceph-osd")
 
 
-def _bring_up(directory: Path, state: State, size: int, image: Path, say: Progress) -> LabFleet:
-    data = state.data
-    lab = Lab(data["prefix"], keep_files=True, workdir=directory)
+def _bring_up(lab: Lab, state: State, size: int, image: Path, say: Progress) -> LabFleet:
+    data, directory = state.data, lab.workdir
     started = time.monotonic()
     addresses = {f"node{i:02d}": node_address(i) for i in range(1, size + 1)}
 
@@ -418,7 +429,10 @@ def _write_client_files(fleet: LabFleet, addresses: dict[str, str]) -> None:
     for name, address in addresses.items():
         lines += [f"{name},{line}" for line in pinned if line.split()[:1] == [address]]
     labstate.write_private(fleet.known_hosts, "\n".join(lines) + "\n")
-    relay = f"ip netns exec {fleet.router.ns} {sys.executable} -m ober.lab.relay %h %p"
+    # The relay run as a script, not ``-m ober.lab.relay``: it needs only the standard library, and importing the
+    # ober package would add about 0.2 s to every SSH connection.
+    program = " ".join(shlex.quote(part) for part in (sys.executable, "-I", relay_module.__file__ or ""))
+    relay = f"ip netns exec {fleet.router.ns} {program} %h %p"
     entries = ["# Written by ober lab up: the lab's nodes, reachable only through its router's namespace.\n"]
     for name, address in addresses.items():
         entries.append(

@@ -1,11 +1,12 @@
 """A stdin/stdout ↔ TCP relay: OpenSSH's ``ProxyCommand`` into the lab's namespaces.
 
 The lab's node addresses exist only inside its namespaces, so the lab's ssh_config reaches them with
-``ProxyCommand ip netns exec <router-ns> python -m ober.lab.relay %h %p``: this process runs in the router's
-namespace, connects to the node, and copies bytes both ways. Nothing is added to the host's own namespace.
+``ProxyCommand ip netns exec <router-ns> python3 -I .../ober/lab/relay.py %h %p``: this process runs in the router's
+namespace, connects to the node, and copies bytes both ways. Nothing is added to the host's own namespace. It uses
+only the standard library, so it also runs as a plain script, without importing ober (faster to start).
 
-Usage: ``python -m ober.lab.relay HOST PORT [TIMEOUT]``. Exits 0 when both directions are done, 1 when the
-connection cannot be made (one line on stderr, which ssh shows).
+Usage: ``python -m ober.lab.relay HOST PORT [TIMEOUT]`` (or the file as a script). Exits 0 when the peer closes
+the connection, 1 when it cannot be made (one line on stderr, which ssh shows), 2 on bad arguments.
 """
 
 from __future__ import annotations

@@ -196,6 +196,25 @@ def test_proxy_command_reaches_a_server_inside_a_namespace(farm: SshdFarm, tmp_p
 
 
 @lab
+def test_proxy_jump_goes_through_a_verified_jump_host(farm: SshdFarm, server: SshServer, tmp_path: Path) -> None:
+    behind = farm.start(port=2200)
+    config = (
+        f"Host {behind.address}\n  ProxyJump root@{server.address}\n"
+        f"Host *\n  IdentityFile {farm.key}\n  IdentitiesOnly yes\n"
+    )
+    target = make_target(farm, behind, tmp_path, config=config)
+    known = Path(target.known_hosts)
+    known.write_text(behind.known_hosts_line() + server.known_hosts_line())
+    with connect(target) as conn:
+        assert conn.run(["true"]).ok
+    # The jump host's key is checked like the node's: unknown is refused, naming the jump host.
+    known.write_text(behind.known_hosts_line())
+    with pytest.raises(OberError, match=rf"node01: unknown host key for {server.address} \(its ProxyJump host\)"):
+        connect(target)
+    behind.stop()
+
+
+@lab
 def test_a_command_past_its_timeout_is_killed_and_returns_124(
     farm: SshdFarm, server: SshServer, tmp_path: Path
 ) -> None:

@@ -57,6 +57,8 @@ POLL = 0.05
 CHUNK = 65536
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _QUIET = logging.getLogger("paramiko")
+# paramiko waits for the banner, the authentication and a new channel separately: each gets the connect timeout.
+_TIMEOUTS = ("banner_timeout", "auth_timeout", "channel_timeout")
 
 
 @dataclass(frozen=True)
@@ -122,11 +124,7 @@ def connect(target: SshTarget) -> Connection:
     known = hostkeys.KnownHosts(Path(target.known_hosts).expanduser(), target.accept_new_host_keys)
     config = _ssh_config(target)
     lookup = config.lookup(target.host)
-    connect_kwargs: dict[str, Any] = {
-        "banner_timeout": target.connect_timeout,
-        "auth_timeout": target.connect_timeout,
-        "channel_timeout": target.connect_timeout,
-    }
+    connect_kwargs: dict[str, Any] = dict.fromkeys(_TIMEOUTS, target.connect_timeout)
     if lookup.get("identitiesonly", "no").lower() == "yes":
         # Only the configured IdentityFile, as ssh does; trying every key can exhaust the server's MaxAuthTries.
         connect_kwargs.update(allow_agent=False, look_for_keys=False)
@@ -142,7 +140,8 @@ def connect(target: SshTarget) -> Connection:
     for hop in chain:
         known.install(hop.client)
         hop.connect_timeout = target.connect_timeout
-    port = int(conn.port)
+        if hop is not conn:
+            hop.connect_kwargs.update({key: connect_kwargs[key] for key in _TIMEOUTS})
     # paramiko logs a traceback for every failed handshake, which Python prints when nothing handles its logs;
     # the failure is reported once, as an OberError (a handler configured on the root logger still sees them).
     if not _QUIET.handlers:
@@ -156,7 +155,7 @@ def connect(target: SshTarget) -> Connection:
         for hop in chain:
             hop.client.close()
         if isinstance(exc, Exception):
-            raise _connect_error(target, conn, port, known, cause or exc) from None
+            raise _connect_error(target, chain, known, cause or exc) from None
         raise
     transport = conn.client.get_transport()
     # Keep NAT and firewall state alive on idle connections; liveness itself is probed in `Connection._wait`.
@@ -434,23 +433,30 @@ def _ssh_config(target: SshTarget) -> paramiko.SSHConfig:
         raise OberError(f"{path}: cannot read ssh config: {exc}", "fix the file (see man ssh_config)") from None
 
 
-def _connect_error(target: SshTarget, conn: Any, port: int, known: hostkeys.KnownHosts, exc: Exception) -> OberError:
-    """One line for a failed connect, naming the node, with a fix."""
+def _connect_error(target: SshTarget, chain: Sequence[Any], known: hostkeys.KnownHosts, exc: Exception) -> OberError:
+    """One line for a failed connect, naming the node (and the jump host, when it was one), with a fix."""
+    conn = chain[0]
+    port = int(conn.port)
     where = f"{target.name}: {conn.user}@{conn.host}:{port}"
     keys = known.path
-    if isinstance(exc, BadHostKeyException):
-        name = hostkeys.key_name(conn.host, port)
-        lines = hostkeys.lines_for(keys, name)
-        at = f"{keys} line {', '.join(map(str, lines))}" if lines else str(keys)
+    if isinstance(exc, (BadHostKeyException, hostkeys.UnknownHostKey)):
+        # The key may be a jump host's: name the hop whose key it is.
+        hops = [(str(hop.host), int(hop.port)) for hop in chain]
+        named = [(h, p) for h, p in hops if exc.hostname in (h, hostkeys.key_name(h, p))]
+        host, hop_port = named[0] if named else hops[0]
+        name = hostkeys.key_name(host, hop_port)
+        role = "" if (host, hop_port) == hops[0] else " (its ProxyJump host)"
+        if isinstance(exc, BadHostKeyException):
+            lines = hostkeys.lines_for(keys, name)
+            at = f"{keys} line {', '.join(map(str, lines))}" if lines else str(keys)
+            return OberError(
+                f"{target.name}: HOST KEY CHANGED for {name}{role}: it sent {hostkeys.fingerprint(exc.key)}, "
+                f"{at} has {hostkeys.fingerprint(exc.expected_key)}; refusing to connect (possible man-in-the-middle)",
+                f"if the node was really reinstalled, verify its new key, then: ssh-keygen -R '{name}' -f {keys}",
+            )
+        scan = f"ssh-keyscan -p {hop_port} {host}" if hop_port != 22 else f"ssh-keyscan {host}"
         return OberError(
-            f"{target.name}: HOST KEY CHANGED for {name}: it sent {hostkeys.fingerprint(exc.key)}, "
-            f"{at} has {hostkeys.fingerprint(exc.expected_key)}; refusing to connect (possible man-in-the-middle)",
-            f"if the node was really reinstalled, verify its new key, then: ssh-keygen -R '{name}' -f {keys}",
-        )
-    if isinstance(exc, hostkeys.UnknownHostKey):
-        scan = f"ssh-keyscan -p {port} {conn.host}" if port != 22 else f"ssh-keyscan {conn.host}"
-        return OberError(
-            f"{target.name}: unknown host key for {exc.hostname} ({hostkeys.fingerprint(exc.key)}), not in {keys}",
+            f"{target.name}: unknown host key for {name}{role} ({hostkeys.fingerprint(exc.key)}), not in {keys}",
             f"verify it, then rerun with --accept-new-host-keys, or add it: {scan} >> {keys}",
         )
     if isinstance(exc, AuthenticationException):

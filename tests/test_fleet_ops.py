@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+import yaml
 
 from ober.inventory import load_inventory
 from ober.remote.facts import Drained, NodeView, node_view
@@ -240,3 +241,220 @@ def test_views_are_json_ready() -> None:
     data = ask(status_doc(drained={"by": "ops", "since": 5.0, "reason": "r"})).to_dict()
     assert json.loads(json.dumps(data))["drained"] == {"by": "ops", "since": 5.0, "reason": "r"}
     assert copy.deepcopy(data)["live"] is False
+
+
+# --- drift, diff and push (pure parts; a fake node) --------------------------------------------------------------
+
+SECRET_VALUES = {"bgp_md5": "md5-Pa55word", "stats_password": "st4ts-Pa55word"}
+
+
+class FakeNode:
+    """A node's files (path → (mode, content)) and ober config's answer; what ran and what was uploaded."""
+
+    def __init__(self, files: dict[str, tuple[int, str]], answer: Result | None = None) -> None:
+        self.files = dict(files)
+        self.answer = answer or Result(0, json.dumps({"dry_run": False, "changes": [], "actions": []}), "")
+        self.ran: list[list[str]] = []
+        self.put_files: dict[str, tuple[int, bytes]] = {}
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        import hashlib
+
+        argv = list(argv)
+        self.ran.append(argv)
+        assert timeout > 0
+        if argv[1:3] == ["-c", argv[2]] and argv[0].endswith("/venv/bin/python"):
+            # Answer as the node-side script would, from self.files (the script itself runs for real below).
+            manifest, wanted = argv[3], argv[4:]
+            owned = json.loads(self.files[manifest][1]) if manifest in self.files else []
+            seen: dict[str, object] = {}
+            for path in sorted(set(wanted) | set(owned)):
+                if path in self.files:
+                    mode, text = self.files[path]
+                    seen[path] = [mode, hashlib.sha256(text.encode()).hexdigest()]
+                else:
+                    seen[path] = None
+            return Result(0, json.dumps(seen), "")
+        if argv[0] == "cat":
+            return Result(0, self.files[argv[2]][1], "")
+        if argv[1:2] == ["status"]:
+            return Result(0, json.dumps(status_doc()), "")
+        if argv[1:2] == ["config"]:
+            return self.answer
+        if argv[0] in ("mv", "rm"):
+            return Result(0, "", "")
+        raise AssertionError(argv)
+
+    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
+        self.put_files[remote] = (mode, data)
+
+
+def rendered_files() -> dict[str, tuple[int, str]]:
+    from ober.remote.push import render
+
+    rendered, _ = render(NODE, SECRET_VALUES)
+    return {f.path: (f.mode, f.content) for f in rendered.files}
+
+
+def test_a_node_with_the_rendered_files_has_no_drift() -> None:
+    from ober.remote.push import node_diff, node_drift
+
+    node = FakeNode(rendered_files())
+    drift = node_drift(node, NODE, SECRET_VALUES)
+    assert not drift.drifted and drift.unknown == []
+    assert node_diff(node, NODE, SECRET_VALUES) == (drift, "")
+
+
+def test_drift_names_changed_missing_and_removed_files_and_the_diff_hides_secrets() -> None:
+    from ober.apply import manifest_path
+    from ober.remote.push import node_diff
+
+    files = rendered_files()
+    cfg = "/opt/ober/etc/haproxy.cfg"
+    files[cfg] = (0o644, files[cfg][1].replace("maxconn", "maxconn-old", 1))
+    exabgp = "/opt/ober/etc/exabgp.conf"
+    files[exabgp] = (0o600, files[exabgp][1].replace(SECRET_VALUES["bgp_md5"], "old-Pa55word"))
+    del files["/etc/sysctl.d/90-ober.conf"]
+    stale = "/etc/netplan/60-ober0.yaml"
+    files[stale] = (0o600, "network: {}\n")
+    files[manifest_path("/opt/ober")] = (0o644, json.dumps([stale]))
+    drift, text = node_diff(FakeNode(files), NODE, SECRET_VALUES)
+    assert drift.changed == ["/etc/sysctl.d/90-ober.conf", exabgp, cfg]
+    assert drift.removed == [stale]
+    assert f"--- {cfg}" in text and "-    maxconn-old" in text
+    assert "+++ /etc/sysctl.d/90-ober.conf" in text and "--- /dev/null" in text
+    assert "(secret file: contents not shown" in text
+    assert "old-Pa55word" not in text and SECRET_VALUES["bgp_md5"] not in text
+
+
+def test_without_the_secrets_secret_files_are_not_compared() -> None:
+    from ober.remote.push import node_drift
+
+    drift = node_drift(FakeNode(rendered_files()), NODE, {})
+    assert not drift.drifted
+    assert drift.unknown == ["/opt/ober/etc/exabgp.conf", "/opt/ober/etc/secrets.env"]
+
+
+def test_files_script_runs_for_real(tmp_path: Any) -> None:
+    """The node-side script itself, run by this Python against real files."""
+    import subprocess
+    import sys
+
+    from ober.remote.push import _FILES_SCRIPT
+
+    there = tmp_path / "a.txt"
+    there.write_text("hello\n")
+    there.chmod(0o640)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([str(tmp_path / "old.conf"), 42]))
+    (tmp_path / "old.conf").write_text("x")
+    argv = [sys.executable, "-c", _FILES_SCRIPT, str(manifest), str(there), str(tmp_path / "missing")]
+    seen = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+    import hashlib
+
+    assert seen[str(there)] == [0o640, hashlib.sha256(b"hello\n").hexdigest()]
+    assert seen[str(tmp_path / "missing")] is None
+    assert str(tmp_path / "old.conf") in seen
+
+
+def test_push_stages_files_applies_with_replace_and_installs_the_secrets_last() -> None:
+    from ober.remote.push import push_node
+
+    answer = {"dry_run": False, "changes": [{"path": "/opt/ober/etc/haproxy.cfg", "change": "update"}]}
+    node = FakeNode({}, Result(0, json.dumps({**answer, "actions": ["reload ober-http"], "backup": "/b"}), ""))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None)
+    assert result.ok, result.error
+    assert result.changes == answer["changes"] and result.actions == ["reload ober-http"]
+    (config_path, (config_mode, config_text)), (login_path, (login_mode, login_text)) = node.put_files.items()
+    assert config_mode == 0o644 and login_mode == 0o600
+    assert yaml.safe_load(login_text) == SECRET_VALUES
+    assert yaml.safe_load(config_text)["name"] == "node01"
+    config = next(argv for argv in node.ran if argv[1:2] == ["config"])
+    assert config[config.index("--from") + 1] == config_path and "--replace" in config
+    assert config[config.index("--secrets") + 1] == login_path and "--dry-run" not in config
+    assert ["mv", "-f", "--", login_path, "/opt/ober/etc/login"] in node.ran
+    assert node.ran[-1] == ["rm", "-f", "--", config_path, login_path]
+
+
+def test_a_failed_push_keeps_the_old_secrets_and_says_why() -> None:
+    from ober.remote.push import push_node
+
+    error = {"error": "haproxy -c: line 12: unknown keyword; rolled back to the previous files", "fix": "fix it"}
+    node = FakeNode({}, Result(1, json.dumps(error), ""))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False)
+    assert not result.ok
+    assert result.error == f"node01: {error['error']}" and result.fix == "fix it"
+    assert not any(argv[0] == "mv" for argv in node.ran)
+    assert node.ran[-1][:3] == ["rm", "-f", "--"]  # the staged files are removed
+
+
+def test_dry_run_push_asks_the_node_and_changes_nothing() -> None:
+    from ober.remote.push import push_node
+
+    answer = {"dry_run": True, "changes": [{"path": "/x", "change": "create"}], "actions": []}
+    node = FakeNode({}, Result(0, json.dumps(answer), ""))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=True)
+    assert result.ok and result.dry_run and result.changes == [{"path": "/x", "change": "create"}]
+    assert "--dry-run" in next(argv for argv in node.ran if argv[1:2] == ["config"])
+    assert not any(argv[0] == "mv" for argv in node.ran)
+
+
+def test_push_without_a_needed_secret_touches_nothing() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({})
+    result = push_node(node, NODE, {"bgp_md5": "x"}, dry_run=False)
+    assert not result.ok and "stats_password" in (result.error or "")
+    assert node.ran == [] and node.put_files == {}
+
+
+def test_a_garbled_answer_is_a_failure_not_a_crash() -> None:
+    from ober.remote.push import push_node
+
+    result = push_node(
+        FakeNode({}, Result(0, "Traceback (most recent call last):\n boom", "")), NODE, SECRET_VALUES, False
+    )
+    assert not result.ok and "ober config failed" in (result.error or "")
+
+
+def test_sync_passes_the_inventory_whitelists_unless_overridden() -> None:
+    from ober.remote.fleetops import whitelist_args
+
+    args = whitelist_args(NODE, {})
+    assert args == [
+        "--routers",
+        "198.51.100.1 198.51.100.2",
+        "--frontend-http",
+        "",
+        "--backend-http",
+        "198.51.100.0/24",
+    ]
+    assert whitelist_args(NODE, {"frontend_http": "client[01-02]"})[3] == "client[01-02]"
+
+
+def test_config_replace_drops_what_the_new_file_leaves_out(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ober config --from FILE --replace` (what a push runs): a backend group removed in the file disappears."""
+    from ober.cli import main
+    from tests.conftest import DATA
+
+    root = tmp_path / "root"
+    config = root / "opt/ober/etc/ober.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text((DATA / "node.yaml").read_text())
+    secrets = tmp_path / "login"
+    secrets.write_text(yaml.safe_dump(SECRET_VALUES))
+    secrets.chmod(0o600)
+    data = yaml.safe_load((DATA / "node.yaml").read_text())
+    data["vips"] = data["vips"][:1]
+    del data["backends"]["ceph-b"]
+    incoming = tmp_path / "new.yaml"
+    incoming.write_text(yaml.safe_dump(data))
+    base = ["config", "-c", "/opt/ober/etc/ober.yaml", "--root", str(root), "--secrets", str(secrets), "--no-check"]
+    # Merging keeps ceph-b (a list replaces, a mapping merges): the file alone cannot remove it.
+    assert main([*base, "--from", str(incoming)]) == 0
+    assert "ceph-b" in yaml.safe_load(config.read_text())["backends"]
+    assert main([*base, "--from", str(incoming), "--replace"]) == 0
+    assert list(yaml.safe_load(config.read_text())["backends"]) == ["ceph-a"]
+    capsys.readouterr()
+    assert main([*base, "--replace", "--set", "health.rise=3"]) == 1
+    assert "--replace needs --from FILE" in capsys.readouterr().err

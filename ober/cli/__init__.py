@@ -18,6 +18,7 @@ from ober.cli.config import config_cmd
 from ober.cli.doctor import doctor, node_test
 from ober.cli.drain import drain, undrain
 from ober.cli.fleet import fleet
+from ober.cli.fleet_bootstrap import bootstrap_cmd as fleet_bootstrap_cmd
 from ober.cli.fleet_ops import COMMANDS as FLEET_OPS
 from ober.cli.fleet_roll import lock_cmd, restart_cmd, upgrade_cmd
 from ober.cli.health import health
@@ -27,6 +28,7 @@ from ober.cli.render import render
 from ober.cli.service import logs, reload, restart, start, stop
 from ober.cli.status import status
 from ober.cli.sync import sync
+from ober.cli.upgrade import upgrade
 from ober.cli.version import version_info
 from ober.errors import OberError
 
@@ -63,6 +65,7 @@ def cli(ctx: click.Context, show_version: bool, as_json: bool, quiet: bool, verb
 
 cli.add_command(render)
 cli.add_command(fleet)
+fleet.add_command(fleet_bootstrap_cmd)
 for command in (restart_cmd, upgrade_cmd, lock_cmd):
     fleet.add_command(command)
 for command in FLEET_OPS:
@@ -77,6 +80,7 @@ cli.add_command(node_test)
 cli.add_command(sync)
 cli.add_command(bootstrap)
 cli.add_command(uninstall)
+cli.add_command(upgrade)
 cli.add_command(lab)
 cli.add_command(certs)
 for command in (start, stop, restart, reload, logs):

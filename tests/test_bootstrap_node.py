@@ -15,9 +15,11 @@ uninstall, which stops the units gracefully and leaves the node as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from ober.lab.image import DEFAULT_IMAGE
 from ober.lab.netns import Lab
 from ober.lab.nspawn import NspawnNode, boot_node
 from ober.lab.router import Router, start_router
-from tests.conftest import require
+from tests.conftest import REPO, require
 from tests.test_lab_nspawn import nspawn_prerequisites, wheelhouse_for_nodes
 
 pytestmark = pytest.mark.lab
@@ -118,9 +120,7 @@ def node_lab() -> Iterator[NodeLab]:
 
 
 def test_non_root_is_refused_and_changes_nothing(node_lab: NodeLab) -> None:
-    done = node_lab.node.run(
-        f"runuser -u nobody -- {BOOT_OBER} --json bootstrap /opt/ober --yes", check=False
-    )
+    done = node_lab.node.run(f"runuser -u nobody -- {BOOT_OBER} --json bootstrap /opt/ober --yes", check=False)
     assert done.returncode == 1
     error = json.loads(done.stdout)
     assert "must run as root" in error["error"] and "sudo" in error["fix"]
@@ -210,7 +210,9 @@ def node_config() -> dict[str, Any]:
 
 def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
     node, lab = node_lab.node, node_lab.lab
-    node.run("systemd-run --unit=stand-in-rgw --property=WorkingDirectory=/srv python3 -m http.server -b 127.0.0.1 7480")
+    node.run(
+        "systemd-run --unit=stand-in-rgw --property=WorkingDirectory=/srv python3 -m http.server -b 127.0.0.1 7480"
+    )
     certs = lab.path("certs")
     write_pem(certs / "s3.pem", "s3.lab.test", [f"IP:{VIP}"])
     node.put(certs / "s3.pem", "/opt/ober/etc/certs/s3.pem", 0o600)
@@ -222,6 +224,65 @@ def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
     started = node.run(f"{OBER} start", timeout=120, check=False)
     assert started.returncode == 0, started.stderr
     node_lab.wait_hops([NODE])
+
+
+def bumped_wheel(lab: Lab, version: str) -> Path:
+    """ober's wheel built from a copy of this source tree whose version says ``version``."""
+    tree = lab.path("newer")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, tree / name)
+    for name in ("ober", "templates"):
+        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "ober/__init__.py"):
+        path = tree / name
+        text = path.read_text()
+        assert text.count('version = "0.1.0"') + text.count('__version__ = "0.1.0"') == 1
+        path.write_text(text.replace('"0.1.0"', f'"{version}"', 1))
+    out = lab.path("newer-wheel")
+    # Like the wheelhouse: the hatchling already here when there is one, else pip fetches it (the host has PyPI).
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(out), str(tree)],
+        check=True,
+        timeout=300,
+    )
+    return next(out.glob(f"ober-{version}-*.whl"))
+
+
+def test_upgrade_ober_from_a_wheelhouse_restarts_bgp_and_announces_again(node_lab: NodeLab) -> None:
+    node = node_lab.node
+    node_lab.wait_hops([NODE])
+    wheel = bumped_wheel(node_lab.lab, "0.1.1")
+    node.run(f"rm -rf /root/newer && cp -a {WHEELS} /root/newer")
+    node.put(wheel, f"/root/newer/{wheel.name}")
+    http_pid = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
+    bgp_pid = node.run("systemctl show -p MainPID --value ober-bgp").stdout.strip()
+
+    dry = node_lab.ober("--json upgrade --dry-run --wheelhouse /root/newer", ober=OBER)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["versions"]["ober"] == {"installed": "0.1.0", "available": "0.1.1", "source": "/root/newer"}
+    assert plan["versions"]["exabgp"]["installed"] == "5.0.15"
+    haproxy = plan["versions"]["haproxy"]
+    assert haproxy["installed"] == haproxy["available"] and haproxy["installed"].startswith("3.0.")
+    steps = {step["name"]: step for step in plan["steps"]}
+    assert steps["haproxy"]["commands"] == []
+    assert steps["ober"]["commands"][-1] == "systemctl restart ober-bgp"
+    assert "0.1.0" in node.run(f"{OBER} --version").stdout  # the dry run changed nothing
+
+    started = time.monotonic()
+    done = node_lab.ober("--json upgrade --yes --wheelhouse /root/newer", ober=OBER)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["changed"] is True
+    assert node.run(f"{OBER} --version").stdout.startswith("ober 0.1.1, HAProxy 3.0.")
+    assert node.run("systemctl show -p MainPID --value ober-http").stdout.strip() == http_pid  # HAProxy untouched
+    assert node.run("systemctl show -p MainPID --value ober-bgp").stdout.strip() != bgp_pid
+    back = node_lab.wait_hops([NODE])
+    print(f"ober 0.1.0 -> 0.1.1 offline in {time.monotonic() - started - back:.1f}s; announced again {back:.1f}s later")
+
+    again = node_lab.ober("--json upgrade --yes --wheelhouse /root/newer", ober=OBER)
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
+    node.run("rm -rf /root/newer")
 
 
 def test_uninstall_stops_gracefully_and_leaves_the_node_as_before(node_lab: NodeLab) -> None:

@@ -48,19 +48,24 @@ class Run:
 
 @dataclass(frozen=True)
 class InstallPackages:
-    """Install packages, recording in the ledger exactly those that were not installed before (dependencies too)."""
+    """Install packages (or, with ``upgrade``, upgrade them in place).
+
+    The ledger records exactly the packages that were not installed before (dependencies too).
+    """
 
     manager: str
     names: tuple[str, ...]
     aws_lc_repo: str | None = None
+    upgrade: bool = False
 
     def argv(self) -> list[str]:
         """The install command."""
         if self.manager == "apt":
             # Never stop at a conffile question: keep what is there (none of it is ober's).
             confold = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
-            return ["apt-get", "install", "-y", "-q", *confold, *self.names]
-        return ["dnf", "install", "-y", "-q", *self.names]
+            only = ["--only-upgrade"] if self.upgrade else []
+            return ["apt-get", "install", "-y", "-q", *only, *confold, *self.names]
+        return ["dnf", "upgrade" if self.upgrade else "install", "-y", "-q", *self.names]
 
     def describe(self) -> str:
         """The command, and what is recorded."""

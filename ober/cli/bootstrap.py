@@ -100,11 +100,11 @@ class Reporter:
             self.out.warn(warning)
 
 
-def _fail_with_steps(out: Output, doc: dict[str, Any], reporter: Reporter, error: OberError) -> None:
+def fail_with_steps(out: Output, doc: dict[str, Any], reporter: Reporter, error: OberError) -> None:
     """Raise ``error``; with --json first print the one document: the steps done so far, the error and its fix."""
     if not out.as_json:
         raise error
-    steps = [_step_doc(result.step, result) for result in reporter.results]
+    steps = [step_doc(result.step, result) for result in reporter.results]
     changed = any(result.changed for result in reporter.results)
     out.json({**doc, "changed": changed, "steps": steps, "error": error.message, "fix": error.fix})
     click.get_current_context().exit(1)
@@ -114,11 +114,13 @@ def _interactive(out: Output) -> bool:
     return sys.stdin.isatty() and not out.as_json
 
 
-def _normalized(path: Path) -> str:
+def normalized(path: Path) -> str:
+    """An absolute, normalized path (symlinks kept: they are the user's choice)."""
     return os.path.normpath(path.absolute())
 
 
-def _step_doc(step: core.Step, result: core.StepResult | None = None) -> dict[str, Any]:
+def step_doc(step: core.Step, result: core.StepResult | None = None) -> dict[str, Any]:
+    """A step (and how it went) for --json."""
     doc: dict[str, Any] = {"name": step.name, "title": step.title, "changes": step.changes, "why": step.why}
     doc["commands"] = step.commands
     doc["warnings"] = list(result.warnings if result else step.warnings)
@@ -127,7 +129,7 @@ def _step_doc(step: core.Step, result: core.StepResult | None = None) -> dict[st
     return doc
 
 
-def _show_plan(out: Output, steps: Sequence[core.Step], *, everything: bool) -> None:
+def show_plan(out: Output, steps: Sequence[core.Step], *, everything: bool) -> None:
     """Each step that changes something with its commands (``everything``: the others too, with their reason)."""
     for step in steps:
         if step.changes:
@@ -143,10 +145,11 @@ def _show_plan(out: Output, steps: Sequence[core.Step], *, everything: bool) -> 
                 out.warn(warning)
 
 
-def _confirm(out: Output, steps: Sequence[core.Step], question: str, *, default: bool) -> None:
+def confirm(out: Output, steps: Sequence[core.Step], question: str, *, default: bool) -> None:
+    """Show what will change and ask; no terminal to ask on is an error (use --yes)."""
     if not _interactive(out):
         raise OberError("this asks for a confirmation, and there is no terminal to ask on", "rerun with --yes")
-    _show_plan(out, steps, everything=False)
+    show_plan(out, steps, everything=False)
     if not click.confirm(question, default=default):
         raise click.Abort
 
@@ -154,7 +157,7 @@ def _confirm(out: Output, steps: Sequence[core.Step], question: str, *, default:
 def _choose_install_path(out: Output, host: core.HostFacts, path: Path | None, yes: bool) -> str:
     """PATH, else this venv's parent, else /opt/ober (asked for unless --yes)."""
     if path is not None:
-        return _normalized(path)
+        return normalized(path)
     in_venv = core.default_install_path(host)
     if in_venv is not None:
         out.print(f"installing into {in_venv}, where this ober's venv is")
@@ -165,7 +168,7 @@ def _choose_install_path(out: Output, host: core.HostFacts, path: Path | None, y
         raise OberError(
             "no install path given, and no terminal to ask on", f"give PATH, or --yes for {DEFAULT_INSTALL_PATH}"
         )
-    return _normalized(Path(click.prompt("Install ober into", default=DEFAULT_INSTALL_PATH)))
+    return normalized(Path(click.prompt("Install ober into", default=DEFAULT_INSTALL_PATH)))
 
 
 @click.command()
@@ -185,19 +188,19 @@ def bootstrap(out: Output, path: Path | None, yes: bool, wheelhouse: Path | None
     host = read_host_facts(runner)
     core.check_host(host)  # refuse before asking anything
     install = _choose_install_path(out, host, path, yes or dry_run)
-    options = core.BootstrapOptions(install, _normalized(wheelhouse) if wheelhouse else None)
+    options = core.BootstrapOptions(install, normalized(wheelhouse) if wheelhouse else None)
     steps = core.plan_bootstrap(core.Facts(host, read_install_facts(install)), options)
     hint = core.next_hint(install, host.network)
     changes = any(step.changes for step in steps)
     if dry_run:
         if out.as_json:
-            out.json({"install_path": install, "dry_run": True, "steps": [_step_doc(s) for s in steps], "next": hint})
+            out.json({"install_path": install, "dry_run": True, "steps": [step_doc(s) for s in steps], "next": hint})
             return
-        _show_plan(out, steps, everything=True)
+        show_plan(out, steps, everything=True)
         out.print("dry run: nothing changed" if changes else "nothing to do: this node is bootstrapped")
         return
     if changes and not yes:
-        _confirm(out, steps, f"Bootstrap ober into {install}?", default=True)
+        confirm(out, steps, f"Bootstrap ober into {install}?", default=True)
     ledger = core.Ledger.load(core.ledger_path(install))
     doc: dict[str, Any] = {"install_path": install, "dry_run": False}
     with Reporter(out, len(steps)) as reporter:
@@ -208,11 +211,11 @@ def bootstrap(out: Output, path: Path | None, yes: bool, wheelhouse: Path | None
                 "interrupted: bootstrap stopped midway (what it did is in its ledger)",
                 "run ober bootstrap again to finish, or ober uninstall to undo it",
             )
-            _fail_with_steps(out, doc, reporter, failure)
+            fail_with_steps(out, doc, reporter, failure)
         except OberError as exc:
-            _fail_with_steps(out, doc, reporter, exc)
+            fail_with_steps(out, doc, reporter, exc)
     if out.as_json:
-        steps_done = [_step_doc(result.step, result) for result in reporter.results]
+        steps_done = [step_doc(result.step, result) for result in reporter.results]
         out.json({**doc, "changed": changes, "steps": steps_done, "next": hint})
         return
     done = "bootstrapped" if changes else "nothing to do: already bootstrapped"
@@ -237,7 +240,7 @@ def uninstall(out: Output, path: Path | None, yes: bool, keep_config: bool, dry_
     host = read_host_facts(runner)
     if host.euid != 0:
         raise OberError(f"ober uninstall must run as root (running as uid {host.euid})", "run it with sudo")
-    install = _normalized(path) if path else core.default_install_path(host) or DEFAULT_INSTALL_PATH
+    install = normalized(path) if path else core.default_install_path(host) or DEFAULT_INSTALL_PATH
     steps = core.plan_uninstall(read_uninstall_facts(install, runner), keep_config=keep_config)
     if not core.uninstall_changes(steps):
         if out.as_json:
@@ -247,20 +250,20 @@ def uninstall(out: Output, path: Path | None, yes: bool, keep_config: bool, dry_
         return
     if dry_run:
         if out.as_json:
-            out.json({"install_path": install, "dry_run": True, "steps": [_step_doc(step) for step in steps]})
+            out.json({"install_path": install, "dry_run": True, "steps": [step_doc(step) for step in steps]})
             return
-        _show_plan(out, steps, everything=True)
+        show_plan(out, steps, everything=True)
         out.print("dry run: nothing changed")
         return
     if not yes:
-        _confirm(out, steps, f"Remove ober from {install}?", default=False)
+        confirm(out, steps, f"Remove ober from {install}?", default=False)
     ledger = core.Ledger.load(core.ledger_path(install))
     with Reporter(out, len(steps)) as reporter:
         results = core.run_steps(steps, runner, ledger, reporter=reporter, keep_going=True)
     failed = [result for result in results if result.error]
     if out.as_json:
         doc: dict[str, Any] = {"install_path": install, "dry_run": False}
-        doc["steps"] = [_step_doc(result.step, result) for result in results]
+        doc["steps"] = [step_doc(result.step, result) for result in results]
         if failed:
             doc.update(error=f"{len(failed)} steps failed", fix="fix what failed and run ober uninstall again")
         out.json(doc)

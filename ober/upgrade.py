@@ -1,0 +1,188 @@
+"""``ober upgrade``: the installed and available HAProxy, ExaBGP and ober, and the steps that upgrade them.
+
+Facts → plan → :func:`ober.bootstrap.run_steps`, like bootstrap:
+
+- HAProxy comes from the package manager: apt's ``Installed``/``Candidate`` (``apt-cache policy haproxy``), or
+  dnf's available upgrade (``dnf list --upgrades haproxy``). It is upgraded in place, then ``ober-http`` is
+  *reloaded*, not restarted: HAProxy's master (master-worker mode) re-executes the new binary and hands its
+  listeners to the new workers, so no connection is refused (and the reload validates the config with the new
+  binary first; a refusal leaves the old one serving).
+- ober comes from a wheelhouse directory (offline, ``pip --no-index``) or the package index; ExaBGP is pinned by
+  ober (``exabgp==5.0.15``), so it changes with ober and is shown, not chosen. After either changed,
+  ``ober-bgp`` is restarted (ExaBGP runs ``ober health``; both are Python loaded at start).
+
+Packages an upgrade pulls in for the first time go into bootstrap's ledger, so uninstall still removes exactly
+what ober added.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ober.bootstrap.facts import FACT_TIMEOUT, UnitState, parse_apt_candidate, read_unit, venv_packages
+from ober.bootstrap.steps import PIP_TIMEOUT, Action, InstallPackages, Run, Step
+from ober.errors import OberError
+from ober.runner import Runner
+
+INDEX_TIMEOUT = 60.0
+_WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)-.+\.whl$")
+_APT_INSTALLED = re.compile(r"^\s*Installed:\s*(\S+)", re.MULTILINE)
+_DNF_UPGRADE = re.compile(r"^haproxy\.\S+\s+(\S+)\s", re.MULTILINE)
+_PIP_INDEX = re.compile(r"^\S+ \(([^)]+)\)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """One component: what is installed and what could be (None: unknown or none)."""
+
+    installed: str | None
+    available: str | None
+    source: str = ""
+
+    @property
+    def newer(self) -> bool:
+        """An available version that differs from the installed one (apt's candidate; a newer wheel)."""
+        return self.available is not None and self.installed is not None and self.available != self.installed
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The JSON form."""
+        return {"installed": self.installed, "available": self.available, "source": self.source}
+
+
+@dataclass(frozen=True)
+class UpgradeFacts:
+    """What ``ober upgrade`` looks at."""
+
+    install_path: str
+    manager: str
+    haproxy: Versions
+    ober: Versions
+    exabgp: Versions
+    units: dict[str, UnitState] = field(default_factory=dict)
+    wheelhouse: str | None = None
+
+
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Order PEP 440-ish versions well enough for releases: ``0.10.0`` after ``0.9.1``, numbers before words."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.+-]", version))
+
+
+def wheel_versions(wheelhouse: Path) -> dict[str, str]:
+    """The newest version of each distribution in a directory of wheels (name normalized: ``python-hostlist``)."""
+    newest: dict[str, str] = {}
+    for wheel in wheelhouse.glob("*.whl"):
+        match = _WHEEL.match(wheel.name)
+        if match is None:
+            continue
+        name = match["name"].lower().replace("_", "-")
+        if name not in newest or version_key(match["version"]) > version_key(newest[name]):
+            newest[name] = match["version"]
+    return newest
+
+
+def parse_apt_installed(output: str) -> str | None:
+    """The ``Installed:`` version in ``apt-cache policy`` output (None when not installed)."""
+    match = _APT_INSTALLED.search(output)
+    return match.group(1) if match and match.group(1) != "(none)" else None
+
+
+def parse_dnf_upgrade(output: str) -> str | None:
+    """The version ``dnf list --upgrades haproxy`` offers (None: no upgrade)."""
+    match = _DNF_UPGRADE.search(output)
+    return match.group(1) if match else None
+
+
+def parse_pip_index(output: str) -> str | None:
+    """The newest version ``pip index versions NAME`` reports (``ober (0.2.0)``)."""
+    match = _PIP_INDEX.search(output)
+    return match.group(1) if match else None
+
+
+def _haproxy_versions(runner: Runner, manager: str) -> Versions:
+    if manager == "apt":
+        policy = runner.run(["apt-cache", "policy", "haproxy"], FACT_TIMEOUT).stdout
+        return Versions(parse_apt_installed(policy), parse_apt_candidate(policy), "apt")
+    query = runner.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", "haproxy"], FACT_TIMEOUT)
+    installed = query.stdout.strip() if query.ok else None
+    upgrade = parse_dnf_upgrade(runner.run(["dnf", "list", "--upgrades", "haproxy"], FACT_TIMEOUT * 3).stdout)
+    return Versions(installed, upgrade or installed, "dnf")
+
+
+def gather_upgrade_facts(
+    install_path: str, runner: Runner, *, manager: str, wheelhouse: Path | None = None, root: Path = Path("/")
+) -> UpgradeFacts:
+    """Read the installed versions and the available ones; nothing is changed.
+
+    Raises:
+        OberError: there is no ober venv at the install path (bootstrap first).
+    """
+    venv = root / install_path.lstrip("/") / "venv"
+    if not (venv / "bin/python").exists():
+        raise OberError(f"no ober venv at {install_path}/venv", f"bootstrap first: ober bootstrap {install_path}")
+    have = venv_packages(venv)
+    if wheelhouse is not None:
+        offered = wheel_versions(wheelhouse)
+        source = str(wheelhouse)
+        ober, exabgp = offered.get("ober"), offered.get("exabgp")
+    else:
+        source = "the package index"
+        python = f"{install_path}/venv/bin/python"
+        ober = exabgp = None
+        for name in ("ober", "exabgp"):
+            done = runner.run([python, "-m", "pip", "index", "versions", name, "-q"], INDEX_TIMEOUT)
+            found = parse_pip_index(done.stdout) if done.ok else None
+            ober, exabgp = (found, exabgp) if name == "ober" else (ober, found)
+    systemd = (root / "run/systemd/system").is_dir()
+    return UpgradeFacts(
+        install_path,
+        manager,
+        _haproxy_versions(runner, manager),
+        Versions(have.get("ober"), ober, source),
+        Versions(have.get("exabgp"), exabgp, source),
+        {unit: read_unit(runner, unit) for unit in ("ober-http", "ober-bgp")} if systemd else {},
+        str(wheelhouse) if wheelhouse else None,
+    )
+
+
+def plan_upgrade(facts: UpgradeFacts) -> list[Step]:
+    """The steps that upgrade what is newer, each followed by the least disruptive restart it needs; pure."""
+    http = facts.units.get("ober-http", UnitState())
+    bgp = facts.units.get("ober-bgp", UnitState())
+    steps: list[Step] = []
+
+    title = "Upgrade HAProxy"
+    haproxy = facts.haproxy
+    if haproxy.installed is None:
+        steps.append(Step("haproxy", title, "HAProxy is not installed from a package: bootstrap installs it"))
+    elif not haproxy.newer:
+        steps.append(Step("haproxy", title, f"HAProxy {haproxy.installed} is the newest {haproxy.source} offers"))
+    else:
+        actions: list[Action] = [InstallPackages(facts.manager, ("haproxy",), upgrade=True)]
+        why = f"{haproxy.installed} → {haproxy.available}"
+        if http.is_active:
+            # Master-worker: a reload re-executes the new binary and keeps the listeners (hitless).
+            actions.append(Run(("systemctl", "reload", "ober-http")))
+            why += "; then reload ober-http (the master re-executes the new binary, no connection dropped)"
+        steps.append(Step("haproxy", title, why, tuple(actions)))
+
+    title = "Upgrade ober (and the ExaBGP it pins)"
+    ober = facts.ober
+    if ober.available is None:
+        where = facts.wheelhouse or "the package index"
+        steps.append(Step("ober", title, f"no ober in {where}: ober {ober.installed} stays"))
+    elif ober.installed is not None and version_key(ober.available) <= version_key(ober.installed):
+        steps.append(Step("ober", title, f"ober {ober.installed} is the newest in {ober.source}"))
+    else:
+        venv = f"{facts.install_path}/venv"
+        source = ("--no-index", "--find-links", facts.wheelhouse) if facts.wheelhouse else ()
+        pip = (f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *source)
+        actions = [Run((*pip, "--upgrade", f"ober=={ober.available}"), PIP_TIMEOUT, (("PIP_NO_INPUT", "1"),))]
+        why = f"ober {ober.installed} → {ober.available} from {ober.source}"
+        if bgp.is_active:
+            # ExaBGP and `ober health` are Python loaded at start: only a restart runs the new code.
+            actions.append(Run(("systemctl", "restart", "ober-bgp")))
+            why += "; then restart ober-bgp (ExaBGP and ober health load the new code)"
+        steps.append(Step("ober", title, why, tuple(actions)))
+    return steps

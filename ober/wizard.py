@@ -290,8 +290,8 @@ class Wizard:
 
     def _keep(self, section: str) -> bool:
         configured = self.current.get(section)
-        if section == "bgp":
-            configured = configured and self.current.get("name")
+        if section == "bgp" and not self.current.get("name"):
+            configured = None  # the node's name is asked with BGP
         required = section in ("bgp", "vips", "backends", "certificates")
         if not configured and required:
             self.ask.show(f"— {TITLES[section]} —")

@@ -6,9 +6,20 @@ fixed list here (the pty test runs the real ones in a namespace).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import platform
+import pty
+import re
+import select
 import shutil
-from collections.abc import Mapping, Sequence
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ober.certs import write_pem
 from ober.checks import Check
 from ober.cli import main
 from ober.config import NodeConfig, load_config, parse_node_config
@@ -31,6 +43,7 @@ from ober.wizard import (
     problem,
 )
 from tests.conftest import DATA, SECRETS, require
+from tests.test_haproxy_serving import Namespace, run, stop_process
 
 CONFIG = "/opt/ober/etc/ober.yaml"
 FOUND = Detected(hostname="edge01", interface="eth0", address="100.64.0.11", gateway="100.64.0.1")
@@ -327,3 +340,192 @@ def test_staged_apply_is_checked_by_haproxy(tmp_path: Path, secrets_file: Path) 
     outcome = conclude(asker, data, root=tmp_path / "root", secrets_path=secrets_file, probes=good_probes)
     assert not outcome.dry_run and len(outcome.changes) > 5
     assert load_config(tmp_path / "root" / CONFIG.lstrip("/")).bgp.router_id == "100.64.0.11"
+
+
+# --- the real prompts, through a pseudo-terminal ------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1b[=>]")
+BACKSPACES = "\x7f" * 60
+DOWN = "\x1b[B"
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}.get(platform.machine(), "0")
+
+
+class Terminal:
+    """``ober config`` running on a pseudo-terminal: what it shows (escape codes stripped), and keys sent to it."""
+
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.master, slave = pty.openpty()
+        # A wide terminal, so inquirer does not cut the model's error messages short.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
+        env = {**os.environ, "TERM": "xterm", "NO_COLOR": "1", "COLUMNS": "250", "LINES": "50"}
+        self.process = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, close_fds=True
+        )
+        os.close(slave)
+        self.screen = ""
+        self.seen = 0
+        self.log = log
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:  # EIO: the program ended and closed the terminal
+                chunk = b""
+            self.screen += ANSI.sub("", chunk.decode(errors="replace")).replace("\r", "")
+            self.log.write_text(self.screen)
+
+    def expect(self, pattern: str, timeout: float = 90.0) -> str:
+        """Wait until ``pattern`` (a regex) shows up after what was already matched; return the match."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            found = regex.search(self.screen, self.seen)
+            if found:
+                self.seen = found.end()
+                return found.group(0)
+            if time.monotonic() > deadline or (self.process.poll() is not None and not self._pending()):
+                tail = self.screen[self.seen :][-3000:]
+                raise AssertionError(f"{pattern!r} did not show up; after the last match the screen has:\n{tail}")
+            self._read(0.1)
+
+    def _pending(self) -> bool:
+        ready, _, _ = select.select([self.master], [], [], 0)
+        if ready:
+            self._read(0)
+        return bool(ready) and self.process.poll() is None
+
+    def send(self, keys: str) -> None:
+        """Type ``keys``, each once the program waits for it.
+
+        readchar sets the terminal up with TCSAFLUSH before each key, which throws away whatever was typed before
+        it asked: a fast typist (this test) must wait until the program blocks reading the terminal.
+        """
+        for key in keys:
+            self._wait_reading()
+            os.write(self.master, key.encode())
+
+    def _wait_reading(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        syscall = Path(f"/proc/{self.process.pid}/syscall")
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if syscall.read_text().split()[:2] == [READ_SYSCALL, "0x0"]:  # read(0, ...)
+                    return
+            except OSError:
+                pass
+            self._read(0.001)
+        raise AssertionError(f"the program is not waiting for a key; the screen ends with:\n{self.screen[-1500:]}")
+
+    def answer(self, prompt: str, keys: str) -> str:
+        """Wait for ``prompt`` and type ``keys``; returns the prompt line as shown (with its default)."""
+        line = self.expect(prompt + r"[^\n]*")
+        self.send(keys)
+        return line
+
+    def finish(self, timeout: float = 60.0) -> int:
+        """Read until the program exits; its exit status."""
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self._read(0.1)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self._read(0.2)
+        os.close(self.master)
+        return int(self.process.returncode)
+
+
+@dataclass
+class Site:
+    """A node namespace behind a router namespace: a BGP listener on 179 and a stand-in RGW on the router."""
+
+    node: Namespace
+    router: Namespace
+    processes: list[subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    require(os.geteuid() == 0, "network namespaces need root")
+    for tool in ("ip", "haproxy", "openssl"):
+        require(shutil.which(tool) is not None, f"{tool} is not installed")
+    node, router = Namespace(), Namespace()
+    started = Site(node, router, [])
+    try:
+        run(["ip", "-n", node.name, "link", "add", "eth0", "type", "veth", "peer", "name", "r0", "netns", router.name])
+        run(["ip", "-n", node.name, "addr", "add", "100.64.0.11/24", "dev", "eth0"])
+        run(["ip", "-n", router.name, "addr", "add", "100.64.0.1/24", "dev", "r0"])
+        run(["ip", "-n", node.name, "link", "set", "eth0", "up"])
+        run(["ip", "-n", router.name, "link", "set", "r0", "up"])
+        run(["ip", "-n", node.name, "route", "add", "default", "via", "100.64.0.1"])
+        router.add_address("100.64.1.11")
+        listener = "import socket,time; s=socket.create_server(('100.64.0.1',179)); time.sleep(600)"
+        started.processes.append(router.start([sys.executable, "-c", listener], tmp_path / "bgp.log"))
+        backend = [sys.executable, str(DATA / "serving_backend.py"), "100.64.1.11", "7480"]
+        started.processes.append(router.start(backend, tmp_path / "rgw.log"))
+        probe = "import socket; socket.create_connection(('100.64.1.11', 7480), timeout=1).close()"
+        deadline = time.monotonic() + 15
+        while node.run(sys.executable, "-c", probe).returncode != 0:
+            assert time.monotonic() < deadline, "the stand-in RGW did not start"
+            time.sleep(0.1)
+        yield started
+    finally:
+        for process in started.processes:
+            stop_process(process)
+        node.delete()
+        router.delete()
+
+
+@pytest.mark.lab
+def test_real_prompts_on_a_terminal(site: Site, tmp_path: Path, secrets_file: Path) -> None:
+    root = tmp_path / "root"
+    pem = tmp_path / "certs" / "s3.pem"
+    write_pem(pem, "s3.example.test", ["DNS:s3.example.test"])
+    ober = str(Path(sys.executable).with_name("ober"))
+    argv = site.node.argv(ober, "config", "-c", CONFIG, "--root", str(root), "--secrets", str(secrets_file))
+
+    term = Terminal(argv, tmp_path / "screen-1.txt")
+    term.answer(r"Node name", BACKSPACES + "edge01\r")
+    assert "100.64.0.11" in term.answer(r"Router ID", "\r")  # the default route's interface address
+    term.answer(r"BGP source address", "\r")
+    assert "100.64.0.1" in term.answer(r"BGP neighbors", "\r")  # the default gateway
+    term.answer(r"Local AS", "\r")
+    term.answer(r"Routers' AS", "\r")
+    term.answer(r"Hold time", BACKSPACES + "1\r")
+    term.expect(r"bgp\.hold_time: 1 is out of range")  # the model's error, and the question again
+    term.send(BACKSPACES + "3\r")
+    term.answer(r"TCP MD5", "\r")
+    term.answer(r"VIP 1: address", "198.51.100.10\r")
+    term.answer(r"VIP 1: name", "s3-a\r")
+    term.answer(r"VIP 1: backend group", "\r")
+    term.answer(r"Add another VIP\?", "n")
+    term.answer(r"ceph-a: RGW servers", "100.64.1.11\r")
+    term.answer(r"ceph-a: RGW port", "\r")
+    term.answer(r"ceph-a: health check path", "\r")
+    term.answer(r"ceph-a: TLS to the RGWs\?", "n")
+    term.answer(r"TLS certificate", "\r")
+    term.answer(r"PEM file or directory", BACKSPACES + str(pem) + "\r")
+    term.answer(r"Plain HTTP on port 80", "\r")
+    for section in ("Health", "Stats", "Logs"):
+        term.answer(rf"{section}: defaults", "\r")
+    # The real checks, from the node's namespace.
+    term.expect(r"✓ bgp tcp 100\.64\.0\.1: 100\.64\.0\.1:179 accepts TCP from 100\.64\.0\.11")
+    term.expect(r"✓ rgw ceph-a 100\.64\.1\.11:7480: GET / answered 200")
+    term.expect(r"cert s3\.pem key: private key present and matching")
+    term.expect(r"\+\+\+ /opt/ober/etc/haproxy\.cfg")
+    term.answer(r"Apply these \d+ changes\?", "y")
+    term.expect(r"applied \d+ changes")
+    assert term.finish() == 0, term.screen[-2000:]
+    config = load_config(root / CONFIG.lstrip("/"))
+    assert (config.name, config.bgp.router_id, config.bgp.neighbors) == ("edge01", "100.64.0.11", ("100.64.0.1",))
+    before = files(root)
+
+    # Again, keeping every section: nothing changes, and it says so.
+    term = Terminal(argv, tmp_path / "screen-2.txt")
+    for section in ("BGP", "VIPs", "Backends", "Certificates", "Health", "Stats", "Logs"):
+        term.answer(rf"{section}: ", "\r")
+    term.expect(r"nothing to change: the node already has this configuration")
+    assert term.finish() == 0, term.screen[-2000:]
+    assert files(root) == before

@@ -73,19 +73,24 @@ class InquirerAsker:
                 raise ValidationError(current, reason=error)
             return True
 
-        return str(_answered(inquirer.text(message, default=default, validate=check)))
+        return str(_answered(inquirer.text(_literal(message), default=_literal(default), validate=check)))
 
     def confirm(self, message: str, default: bool) -> bool:
         """A yes/no prompt."""
-        return bool(_answered(inquirer.confirm(message, default=default)))
+        return bool(_answered(inquirer.confirm(_literal(message), default=default)))
 
     def choose(self, message: str, choices: Sequence[str], default: str) -> str:
         """A list to pick from with the arrow keys."""
-        return str(_answered(inquirer.list_input(message, choices=list(choices), default=default)))
+        return str(_answered(inquirer.list_input(_literal(message), choices=list(choices), default=default)))
 
     def show(self, text: str) -> None:
         """Text as it is (check results, a diff)."""
         self.out.plain(text)
+
+
+def _literal(text: str) -> str:
+    # inquirer runs messages and defaults through str.format: a YAML summary's braces must stay braces.
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _answered(answer: object) -> object:

@@ -35,6 +35,7 @@ example: setup
 bench: setup
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/failover.py
+	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/footprint.py
 

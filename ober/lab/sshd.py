@@ -30,10 +30,11 @@ from pathlib import Path
 
 from ober.errors import OberError
 from ober.lab.image import DEFAULT_IMAGE
-from ober.lab.netns import Lab, run, stop_process
+from ober.lab.netns import Lab, run, spawn_in
 from ober.lab.nspawn import mount_overlay, unmount
 
 START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
 POLL = 0.05
 USERS = ("root", "ober", "plain")
 SUDO_USER = "ober"
@@ -64,8 +65,14 @@ class SshServer:
         return _descendants(self.process.pid)
 
     def stop(self) -> None:
-        """Stop it by PID: its whole PID namespace (every session) goes with it."""
-        stop_process(self.process)
+        """Stop it by PID, with every session: SIGKILL to ``unshare`` (idempotent).
+
+        Its death kills sshd, PID 1 of the namespace, and with it every process inside. ``unshare --fork``
+        ignores SIGTERM, so a polite stop would only wait for a timeout.
+        """
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(STOP_TIMEOUT)
 
 
 class SshdFarm:
@@ -159,13 +166,14 @@ class SshdFarm:
         if ns is None:
             with log.open("ab") as out:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-            self.lab.processes.append(process)
         else:
-            process = self.lab.spawn(ns, argv, log=log)
+            process = spawn_in(ns, argv, log=log)
         server = SshServer(
             name, address, port, ns, " ".join(key.with_suffix(".pub").read_text().split()[:2]), process, log
         )
         self.servers.append(server)
+        # Stopped before the overlay is unmounted: the lab runs its cleanups newest first.
+        self.lab.cleanups.append(server.stop)
         _wait_listening(server)
         return server
 

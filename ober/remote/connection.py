@@ -469,7 +469,9 @@ def _connect_error(target: SshTarget, chain: Sequence[Any], known: hostkeys.Know
         exc = errors[0] if errors else exc
     if isinstance(exc, ConnectionRefusedError):
         return OberError(f"{where}: connection refused", "is sshd running and listening on that port?")
-    if isinstance(exc, (TimeoutError, socket.timeout)) or "timed out" in str(exc) or "banner" in str(exc):
+    # paramiko's handshake wait ends silently at the timeout, and the next step fails with "No existing session".
+    said = str(exc)
+    if isinstance(exc, TimeoutError) or any(w in said for w in ("timed out", "banner", "No existing session")):
         return OberError(
             f"{where}: no SSH answer within {target.connect_timeout:g}s",
             "check that the node is up and the address and port are right (firewall?)",

@@ -11,7 +11,7 @@ Per node, in order (each step says whether it changed anything, so a second run 
 4. **files**: the secrets the node's config refers to (``{install}/etc/login``, mode 600), the inventory's
    ``files:`` (certificates) and the node's rendered ``ober.yaml`` staged as ``{install}/etc/fleet.yaml``; only
    files whose content or mode differ are written (atomically, by the SSH transport);
-5. **config**: ``ober config --from {install}/etc/fleet.yaml`` on the node: render, ``haproxy -c``, apply with
+5. **config**: ``ober config --from {install}/etc/fleet.yaml --replace`` on the node: render, ``haproxy -c``, apply with
    rollback (a running HAProxy reloads hitlessly);
 6. **activate** (serial, in inventory order): enable and start the units, then wait until the node is verified
    (every BGP neighbor established, every VIP announced, HAProxy answering, plus the caller's own check, e.g. the
@@ -399,7 +399,9 @@ class NodeJob:
         """``ober config --from`` the staged config: checked on the node, applied with rollback."""
         if self.options.dry_run and (files_changed or not self.conn.run(["test", "-x", self.ober], QUICK).ok):
             return "planned", f"would apply {self.payload.staged_config} with ober config --from"
+        # --replace: the inventory is the whole truth, so a key it no longer sets does not linger from a merge.
         argv = [self.ober, "config", "-c", f"{self.install}/etc/ober.yaml", "--from", self.payload.staged_config]
+        argv.append("--replace")
         argv += ["--secrets", self.payload.secrets_file, "--json", *(["--dry-run"] if self.options.dry_run else [])]
         data = _json(self.conn.run(argv, INSTALL_TIMEOUT), "ober config")
         changes = [str(c.get("path")) for c in data.get("changes", []) if isinstance(c, dict)]

@@ -1,0 +1,205 @@
+"""``ober upgrade``'s facts and pure plan (dnf is mocked: it cannot run here). The real upgrade of ober from a
+wheelhouse, in an nspawn node, is in test_bootstrap_node.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from ober.bootstrap import UnitState
+from ober.errors import OberError
+from ober.runner import Result
+from ober.upgrade import (
+    UpgradeFacts,
+    Versions,
+    gather_upgrade_facts,
+    parse_apt_installed,
+    parse_dnf_upgrade,
+    parse_pip_index,
+    plan_upgrade,
+    version_key,
+    wheel_versions,
+)
+
+RUNNING = {"ober-http": UnitState("enabled", "active"), "ober-bgp": UnitState("enabled", "active")}
+STOPPED = {"ober-http": UnitState("disabled", "inactive"), "ober-bgp": UnitState("disabled", "inactive")}
+POLICY = "haproxy:\n  Installed: 3.0.10-1\n  Candidate: 3.0.11-1+deb13u4\n  Version table:\n"
+DNF = (
+    "Updating Subscription Management repositories.\nAvailable Upgrades\n"
+    "haproxy.x86_64                 3.0.5-2.el10                  rhel-10-appstream\n"
+)
+
+HAPROXY_CURRENT = Versions("3.0.11", "3.0.11", "apt")
+OBER_CURRENT = Versions("0.1.0", "0.1.0", "/w")
+
+
+def facts(
+    haproxy: Versions = HAPROXY_CURRENT,
+    ober: Versions = OBER_CURRENT,
+    units: dict[str, UnitState] | None = None,
+    manager: str = "apt",
+    wheelhouse: str | None = "/w",
+) -> UpgradeFacts:
+    return UpgradeFacts(
+        "/opt/ober", manager, haproxy, ober, Versions("5.0.15", "5.0.15", "/w"), units or RUNNING, wheelhouse
+    )
+
+
+CASES = [
+    ("everything current", facts(), {"haproxy": [], "ober": []}),
+    (
+        "a newer HAProxy: upgrade in place, then a hitless reload (never a restart)",
+        facts(haproxy=Versions("3.0.10-1", "3.0.11-1+deb13u4", "apt")),
+        {
+            "haproxy": [
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade "
+                "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold haproxy  "
+                "(the packages it adds go into the ledger)",
+                "systemctl reload ober-http",
+            ],
+            "ober": [],
+        },
+    ),
+    (
+        "RHEL: dnf upgrade",
+        facts(haproxy=Versions("3.0.5-1.el10", "3.0.5-2.el10", "dnf"), manager="dnf"),
+        {
+            "haproxy": [
+                "dnf upgrade -y -q haproxy  (the packages it adds go into the ledger)",
+                "systemctl reload ober-http",
+            ],
+            "ober": [],
+        },
+    ),
+    (
+        "a newer ober in the wheelhouse: offline pip, then restart ober-bgp",
+        facts(ober=Versions("0.1.0", "0.1.1", "/w")),
+        {
+            "haproxy": [],
+            "ober": [
+                "PIP_NO_INPUT=1 /opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check "
+                "--no-index --find-links /w --upgrade ober==0.1.1",
+                "systemctl restart ober-bgp",
+            ],
+        },
+    ),
+    (
+        "stopped units are not started by an upgrade",
+        facts(haproxy=Versions("3.0.10", "3.0.11", "apt"), ober=Versions("0.1.0", "0.2.0", "/w"), units=STOPPED),
+        {
+            "haproxy": [
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --only-upgrade "
+                "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold haproxy  "
+                "(the packages it adds go into the ledger)"
+            ],
+            "ober": [
+                "PIP_NO_INPUT=1 /opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check "
+                "--no-index --find-links /w --upgrade ober==0.2.0"
+            ],
+        },
+    ),
+    ("an older ober is never a downgrade", facts(ober=Versions("0.10.0", "0.9.1", "/w")), {"haproxy": [], "ober": []}),
+    (
+        "from the package index",
+        facts(ober=Versions("0.1.0", "0.2.0", "the package index"), wheelhouse=None),
+        {
+            "haproxy": [],
+            "ober": [
+                "PIP_NO_INPUT=1 /opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check "
+                "--upgrade ober==0.2.0",
+                "systemctl restart ober-bgp",
+            ],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_plan(given: UpgradeFacts, expected: dict[str, list[str]]) -> None:
+    steps = plan_upgrade(given)
+    assert {step.name: step.commands for step in steps} == expected
+    for step in steps:
+        assert step.why  # what it does, or why nothing needs doing
+
+
+def test_nothing_to_do_says_why() -> None:
+    steps = {step.name: step.why for step in plan_upgrade(facts(ober=Versions("0.1.0", None, "/w")))}
+    assert steps == {"haproxy": "HAProxy 3.0.11 is the newest apt offers", "ober": "no ober in /w: ober 0.1.0 stays"}
+
+
+def test_parsers() -> None:
+    assert parse_apt_installed(POLICY) == "3.0.10-1"
+    assert parse_apt_installed("haproxy:\n  Installed: (none)\n  Candidate: 3.0.11\n") is None
+    assert parse_dnf_upgrade(DNF) == "3.0.5-2.el10"
+    assert parse_dnf_upgrade("Updating Subscription Management repositories.\n") is None
+    assert parse_pip_index("ober (0.2.0)\nAvailable versions: 0.2.0, 0.1.0\n") == "0.2.0"
+    assert version_key("0.10.0") > version_key("0.9.1")
+    assert version_key("5.0.15") > version_key("5.0.9")
+
+
+def test_wheel_versions_takes_the_newest_of_each(tmp_path: Path) -> None:
+    for name in (
+        "ober-0.1.0-py3-none-any.whl",
+        "ober-0.1.1-py3-none-any.whl",
+        "ober-0.1.10-py3-none-any.whl",
+        "exabgp-5.0.15-py3-none-any.whl",
+        "python_hostlist-2.3.0-py3-none-any.whl",
+        "WHEELS",
+    ):
+        (tmp_path / name).touch()
+    assert wheel_versions(tmp_path) == {"ober": "0.1.10", "exabgp": "5.0.15", "python-hostlist": "2.3.0"}
+
+
+class FakeRunner:
+    def __init__(self, answers: Mapping[str, Result]) -> None:
+        self.answers = answers
+        self.ran: list[str] = []
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        line = " ".join(argv)
+        self.ran.append(line)
+        return next((result for prefix, result in self.answers.items() if line.startswith(prefix)), Result(1))
+
+
+def venv_root(tmp_path: Path, ober: str = "0.1.0") -> Path:
+    site = tmp_path / "opt/ober/venv/lib/python3.13/site-packages"
+    (site / f"ober-{ober}.dist-info").mkdir(parents=True)
+    (site / "exabgp-5.0.15.dist-info").mkdir()
+    (tmp_path / "opt/ober/venv/bin").mkdir(parents=True)
+    (tmp_path / "opt/ober/venv/bin/python").touch()
+    return tmp_path
+
+
+def test_gather_on_rhel_with_dnf_mocked(tmp_path: Path) -> None:
+    root = venv_root(tmp_path)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "ober-0.2.0-py3-none-any.whl").touch()
+    runner = FakeRunner({"rpm -q": Result(0, "3.0.5-1.el10"), "dnf list --upgrades haproxy": Result(0, DNF)})
+    got = gather_upgrade_facts("/opt/ober", runner, manager="dnf", wheelhouse=wheels, root=root)
+    assert got.haproxy == Versions("3.0.5-1.el10", "3.0.5-2.el10", "dnf")
+    assert got.ober == Versions("0.1.0", "0.2.0", str(wheels))
+    assert got.exabgp == Versions("5.0.15", None, str(wheels))
+    assert got.units == {}  # no systemd under this root: no unit is restarted
+
+
+def test_gather_from_the_index_with_apt(tmp_path: Path) -> None:
+    root = venv_root(tmp_path)
+    runner = FakeRunner(
+        {
+            "apt-cache policy haproxy": Result(0, POLICY),
+            "/opt/ober/venv/bin/python -m pip index versions ober": Result(0, "ober (0.3.0)\n"),
+            # exabgp: the index cannot be reached (a node without internet): unknown, not an error
+        }
+    )
+    got = gather_upgrade_facts("/opt/ober", runner, manager="apt", root=root)
+    assert got.haproxy == Versions("3.0.10-1", "3.0.11-1+deb13u4", "apt")
+    assert got.ober.available == "0.3.0" and got.exabgp.available is None
+
+
+def test_no_venv_means_bootstrap_first(tmp_path: Path) -> None:
+    with pytest.raises(OberError, match="no ober venv at /opt/ober/venv") as caught:
+        gather_upgrade_facts("/opt/ober", FakeRunner({}), manager="apt", root=tmp_path)
+    assert "ober bootstrap /opt/ober" in (caught.value.fix or "")

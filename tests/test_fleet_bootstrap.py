@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from ober.errors import ConfigError, OberError
-from ober.inventory import resolve_inventory
+from ober.errors import ConfigError, OberError, SecretsError
+from ober.inventory import Inventory, resolve_inventory
+from ober.remote.bootstrap import FleetReport, NodeJob, NodeReport, Options, StepResult, parse_remote_files, payloads
 from ober.remote.preflight import (
     MIN_FREE_BYTES,
     NodeFacts,
@@ -198,3 +203,125 @@ def test_wheelhouse_refuses_an_unsupported_architecture(tmp_path: Path) -> None:
     with pytest.raises(OberError, match="unsupported architecture 'riscv64'"):
         build_wheelhouse("3.13", tmp_path, arch="riscv64")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bootstrap steps, run for real against a local "node" (a temp install path) ------------------------------------
+
+
+class LocalNode:
+    """A Remote that is this machine: the node-side scripts run for real, files land under a temp directory."""
+
+    user = "root"
+    sudo = False
+
+    def run(self, argv: Any, timeout: float | None = None, env: Any = None, *, stdin: bytes | None = None) -> Result:
+        done = subprocess.run(list(argv), input=stdin or b"", capture_output=True, timeout=timeout, check=False)
+        return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
+        path = Path(remote)
+        path.write_bytes(data)
+        path.chmod(mode)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def short(tmp_path: Path) -> Iterator[Path]:
+    """A temp directory with a short path (an install path has at most 64 characters)."""
+    directory = Path(tempfile.mkdtemp(prefix="ofb-"))
+    yield directory
+    shutil.rmtree(directory)
+
+
+def lab_inventory(tmp_path: Path, **changes: Any) -> Inventory:
+    data = example(**changes)
+    data["config"]["install_path"] = str(tmp_path / "opt")
+    return resolve_inventory(data, str(tmp_path / "site.yaml"))
+
+
+def job(tmp_path: Path, *, dry_run: bool = False, **changes: Any) -> NodeJob:
+    pem = tmp_path / "s3.pem"
+    pem.write_text("PEM")
+    inventory = lab_inventory(tmp_path, files=[{"source": "s3.pem", "dest": str(tmp_path / "certs/s3.pem")}], **changes)
+    node = inventory.nodes[0]
+    payload = payloads(inventory, [node], {"bgp_md5": "m", "stats_password": "s", "unused": "u"})[node.name]
+    return NodeJob(node, LocalNode(), payload, Options(dry_run=dry_run), Silent())
+
+
+class Silent:
+    def start(self, node: str, step: str) -> None:
+        pass
+
+    def done(self, node: str, result: StepResult) -> None:
+        pass
+
+
+def test_payload_holds_only_the_secrets_the_node_refers_to_and_refuses_a_missing_file(short: Path) -> None:
+    tmp_path = short
+    made = job(tmp_path)
+    login = made.payload.files[made.payload.secrets_file]
+    assert yaml.safe_load(login[0]) == {"bgp_md5": "m", "stats_password": "s"} and login[1] == 0o600
+    staged = yaml.safe_load(made.payload.files[made.payload.staged_config][0])
+    assert staged["name"] == "node01" and staged["bgp"]["router_id"] == "198.51.100.11"
+    inventory = lab_inventory(tmp_path, files=[{"source": "missing.pem", "dest": "/opt/ober/etc/certs/s3.pem"}])
+    with pytest.raises(OberError, match=r"cannot read .*missing\.pem"):
+        payloads(inventory, list(inventory.nodes), {"bgp_md5": "m", "stats_password": "s"})
+    with pytest.raises(SecretsError, match="'bgp_md5'"):
+        payloads(lab_inventory(tmp_path), list(inventory.nodes), {"stats_password": "s"})
+
+
+def test_files_are_written_when_content_or_mode_differ_and_left_alone_otherwise(short: Path) -> None:
+    tmp_path = short
+    made = job(tmp_path)
+    Path(made.install, "etc").mkdir(parents=True)
+    planned = job(tmp_path, dry_run=True).files()
+    assert planned[0] == "planned" and not Path(made.payload.secrets_file).exists()
+    assert made.files()[0] == "changed"
+    assert (Path(made.payload.secrets_file).stat().st_mode & 0o777) == 0o600
+    assert (tmp_path / "certs/s3.pem").read_text() == "PEM"
+    assert made.files() == ("ok", "3 files up to date")
+    Path(made.payload.secrets_file).chmod(0o644)  # someone loosened it: rewritten with 600
+    status, detail = made.files()
+    assert status == "changed" and detail == f"wrote {made.payload.secrets_file}"
+    assert (Path(made.payload.secrets_file).stat().st_mode & 0o777) == 0o600
+
+
+def test_wheelhouse_is_unpacked_in_place_and_not_copied_twice(short: Path) -> None:
+    tmp_path = short
+    made = job(tmp_path)
+    house = tmp_path / "cp313-ober0.1.0-abc"
+    house.mkdir()
+    (house / "ober-0.1.0-py3-none-any.whl").write_bytes(b"wheel")
+    status, _ = made.wheelhouse(house)
+    remote = Path(made.install, "wheelhouse")
+    assert status == "changed" and (remote / "BUILD").read_text() == f"{house.name}\n"
+    assert (remote / "ober-0.1.0-py3-none-any.whl").read_bytes() == b"wheel"
+    assert sorted(p.name for p in Path(made.install).iterdir()) == ["wheelhouse"]  # no tarball, no .new left
+    assert made.wheelhouse(house)[0] == "ok"
+    newer = tmp_path / "cp313-ober0.1.0-def"
+    newer.mkdir()
+    assert made.wheelhouse(newer)[0] == "changed" and not (remote / "ober-0.1.0-py3-none-any.whl").exists()
+
+
+def test_parse_remote_files() -> None:
+    text = f"{'a' * 64} 600 /opt/ober/etc/login\n- - /opt/ober/etc/certs/s3.pem\ngarbage\n"
+    assert parse_remote_files(text) == {"/opt/ober/etc/login": ("a" * 64, 0o600), "/opt/ober/etc/certs/s3.pem": None}
+
+
+def test_report_status_resume_hint_and_json() -> None:
+    done = NodeReport("node01", "198.51.100.11", [StepResult("preflight", "ok", ""), StepResult("activate", "ok", "")])
+    broken = NodeReport(
+        "node02", "198.51.100.12", [StepResult("preflight", "failed", "node02: connection refused", fix="start sshd")]
+    )
+    report = FleetReport([done, broken], dry_run=False, targets="node[01-02]")
+    assert done.status == "unchanged" and broken.status == "failed" and not report.ok and not report.changed
+    assert report.resume_hint() == (
+        "node02 failed at preflight: start sshd; then rerun `ober fleet bootstrap node[01-02]` "
+        "(finished nodes are left as they are)"
+    )
+    data = report.as_dict()
+    assert data["nodes"][1]["failed_step"] == "preflight" and data["nodes"][1]["error"] == "node02: connection refused"
+    assert json.loads(json.dumps(data)) == data
+    assert FleetReport([done], dry_run=False, targets=None).resume_hint() is None

@@ -507,3 +507,29 @@ def test_dry_run_text_lists_commands_and_the_next_step(
     assert "mkdir -m 700 /opt/ober/etc/certs" in out and "dry run: nothing changed" in out
     assert "no AWS-LC HAProxy repository" in err  # the warning, with the version it will install
     assert "3.0.11-1+deb13u4" in err
+
+
+def test_uninstall_cli_refuses_non_root_and_dry_run_changes_nothing(
+    seams: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seams["host"] = host(euid=1000)
+    code, _, err = run_cli(["uninstall", "--yes"], capsys)
+    assert code == 1 and "must run as root" in err
+    seams["host"] = host()
+    facts = UninstallFacts(
+        INSTALL,
+        (Entry("directory", "/opt/ober"),),
+        (),
+        frozenset(),
+        {"/opt/ober": frozenset()},
+        {"ober-http": OFF, "ober-bgp": OFF},
+    )
+    monkeypatch.setattr(cli_bootstrap, "read_uninstall_facts", lambda path, runner: facts)
+    code, out, _ = run_cli(["--json", "uninstall", "--dry-run", "/opt/ober"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["dry_run"] is True
+    assert [step["commands"] for step in doc["steps"] if step["name"] == "dirs"] == [["rmdir /opt/ober"]]
+    empty = UninstallFacts(INSTALL, (), (), frozenset(), {}, {})
+    monkeypatch.setattr(cli_bootstrap, "read_uninstall_facts", lambda path, runner: empty)
+    code, out, _ = run_cli(["uninstall", "--yes", "/opt/ober"], capsys)
+    assert code == 0 and "nothing to uninstall at /opt/ober" in out

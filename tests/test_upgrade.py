@@ -3,12 +3,16 @@ wheelhouse, in an nspawn node, is in test_bootstrap_node.py."""
 
 from __future__ import annotations
 
+import importlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ober.bootstrap import UnitState
+from ober.bootstrap import HostFacts, UnitState
+from ober.cli import main
 from ober.errors import OberError
 from ober.runner import Result
 from ober.upgrade import (
@@ -203,3 +207,80 @@ def test_no_venv_means_bootstrap_first(tmp_path: Path) -> None:
     with pytest.raises(OberError, match="no ober venv at /opt/ober/venv") as caught:
         gather_upgrade_facts("/opt/ober", FakeRunner({}), manager="apt", root=tmp_path)
     assert "ober bootstrap /opt/ober" in (caught.value.fix or "")
+
+
+# --- the CLI, in-process on fake facts ----------------------------------------------------------------------------
+
+cli_upgrade = importlib.import_module("ober.cli.upgrade")
+
+
+@pytest.fixture
+def seams(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    state: dict[str, Any] = {"euid": 0, "facts": facts(ober=Versions("0.1.0", "0.1.1", "/w")), "runner": None}
+
+    def runner() -> FakeRunner:
+        made = FakeRunner({"": Result(0)})
+        state["runner"] = made
+        return made
+
+    monkeypatch.setattr(cli_upgrade, "make_runner", runner)
+    monkeypatch.setattr(
+        cli_upgrade,
+        "read_host_facts",
+        lambda runner: HostFacts(None, state["euid"], True, "apt", ober_version="0.1.0"),
+    )
+    monkeypatch.setattr(cli_upgrade, "read_upgrade_facts", lambda *args: state["facts"])
+    return state
+
+
+def test_cli_dry_run_shows_versions_and_changes_nothing(
+    seams: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--json", "upgrade", "--dry-run", "/opt/ober"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["versions"]["ober"] == {"installed": "0.1.0", "available": "0.1.1", "source": "/w"}
+    assert doc["changed"] is False and doc["dry_run"] is True
+    assert seams["runner"].ran == []
+    assert main(["upgrade", "--dry-run", "/opt/ober"]) == 0
+    out = capsys.readouterr().out
+    assert "ober" in out and "0.1.1" in out and "systemctl restart ober-bgp" in out and "dry run" in out
+
+
+def test_cli_upgrade_runs_the_plan(seams: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--json", "upgrade", "--yes", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["changed"] is True
+    assert [line for line in seams["runner"].ran if "pip install" in line or "systemctl" in line] == [
+        "/opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check --no-index --find-links /w "
+        "--upgrade ober==0.1.1",
+        "systemctl restart ober-bgp",
+    ]
+
+
+def test_cli_refuses_non_root_and_says_when_nothing_is_newer(
+    seams: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    seams["euid"] = 1000
+    assert main(["upgrade", "--yes"]) == 1
+    assert "must run as root" in capsys.readouterr().err
+    seams["euid"] = 0
+    seams["facts"] = facts()
+    assert main(["upgrade", "--yes"]) == 0
+    assert "nothing to do: everything is up to date" in capsys.readouterr().out
+    assert seams["runner"].ran == []
+
+
+def test_cli_a_failed_upgrade_is_one_json_document(
+    seams: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing() -> FakeRunner:
+        made = FakeRunner({"/opt/ober/venv/bin/python -m pip": Result(1, "", "ERROR: no ober==0.1.1"), "": Result(0)})
+        seams["runner"] = made
+        return made
+
+    monkeypatch.setattr(cli_upgrade, "make_runner", failing)
+    assert main(["--json", "upgrade", "--yes"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert "ERROR: no ober==0.1.1" in doc["error"] and doc["fix"] == "fix that and run ober upgrade again"
+    assert [step["name"] for step in doc["steps"] if step["error"]] == ["ober"]
+    assert not any("systemctl restart" in line for line in seams["runner"].ran)

@@ -21,7 +21,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ober.bootstrap.facts import FACT_TIMEOUT, UnitState, parse_apt_candidate, read_unit, venv_packages
+from ober.bootstrap.facts import (
+    FACT_TIMEOUT,
+    UnitState,
+    parse_apt_candidate,
+    parse_dnf_list,
+    read_unit,
+    venv_packages,
+)
 from ober.bootstrap.steps import PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.errors import OberError
 from ober.runner import Runner
@@ -29,7 +36,6 @@ from ober.runner import Runner
 INDEX_TIMEOUT = 60.0
 _WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)-.+\.whl$")
 _APT_INSTALLED = re.compile(r"^\s*Installed:\s*(\S+)", re.MULTILINE)
-_DNF_UPGRADE = re.compile(r"^haproxy\.\S+\s+(\S+)\s", re.MULTILINE)
 _PIP_INDEX = re.compile(r"^\S+ \(([^)]+)\)", re.MULTILINE)
 
 
@@ -88,12 +94,6 @@ def parse_apt_installed(output: str) -> str | None:
     return match.group(1) if match and match.group(1) != "(none)" else None
 
 
-def parse_dnf_upgrade(output: str) -> str | None:
-    """The version ``dnf list --upgrades haproxy`` offers (None: no upgrade)."""
-    match = _DNF_UPGRADE.search(output)
-    return match.group(1) if match else None
-
-
 def parse_pip_index(output: str) -> str | None:
     """The newest version ``pip index versions NAME`` reports (``ober (0.2.0)``)."""
     match = _PIP_INDEX.search(output)
@@ -106,7 +106,7 @@ def _haproxy_versions(runner: Runner, manager: str) -> Versions:
         return Versions(parse_apt_installed(policy), parse_apt_candidate(policy), "apt")
     query = runner.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", "haproxy"], FACT_TIMEOUT)
     installed = query.stdout.strip() if query.ok else None
-    upgrade = parse_dnf_upgrade(runner.run(["dnf", "list", "--upgrades", "haproxy"], FACT_TIMEOUT * 3).stdout)
+    upgrade = parse_dnf_list(runner.run(["dnf", "list", "--upgrades", "haproxy"], FACT_TIMEOUT * 3).stdout)
     return Versions(installed, upgrade or installed, "dnf")
 
 

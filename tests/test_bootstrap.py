@@ -26,6 +26,7 @@ from ober.bootstrap import (
     UninstallFacts,
     UnitState,
     find_aws_lc_repo,
+    gather_host_facts,
     gather_install_facts,
     parse_apt_candidate,
     parse_getsebool,
@@ -533,3 +534,34 @@ def test_uninstall_cli_refuses_non_root_and_dry_run_changes_nothing(
     monkeypatch.setattr(cli_bootstrap, "read_uninstall_facts", lambda path, runner: empty)
     code, out, _ = run_cli(["uninstall", "--yes", "/opt/ober"], capsys)
     assert code == 0 and "nothing to uninstall at /opt/ober" in out
+
+
+def test_gather_host_facts_of_a_rhel_10_root_with_dnf_and_selinux_mocked(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").write_text(RHEL10)
+    (tmp_path / "run/systemd/system").mkdir(parents=True)
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    for program in ("dnf", "getenforce", "getsebool"):
+        (tmp_path / "usr/bin" / program).write_text("#!/bin/sh\n")
+        (tmp_path / "usr/bin" / program).chmod(0o755)
+    runner = FakeRunner(
+        {
+            "dnf list --available haproxy": Result(0, "Available Packages\nhaproxy.x86_64  3.0.5-2.el10  appstream\n"),
+            "getenforce": Result(0, "Enforcing\n"),
+            "getsebool haproxy_connect_any": Result(0, "haproxy_connect_any --> off\n"),
+            "systemctl is-enabled haproxy.service": Result(1, "", "Failed to get unit file state"),
+            "systemctl is-enabled systemd-networkd.service": Result(0, "enabled\n"),
+            "systemctl is-active systemd-networkd.service": Result(0, "active\n"),
+            "systemctl is-active NetworkManager.service": Result(3, "inactive\n"),
+        }
+    )
+    facts = gather_host_facts(runner, tmp_path)
+    assert facts.os_name == "Red Hat Enterprise Linux 10.0" and facts.systemd
+    assert facts.package_manager == "dnf" and facts.haproxy_version is None
+    assert facts.haproxy_candidate == "3.0.5-2.el10"
+    assert facts.selinux == "enforcing" and facts.selinux_boolean is False
+    assert facts.network == "networkd" and facts.networkd == ON
+    assert facts.haproxy_unit.describe() == "not installed"
+    steps = plan(replace(facts, euid=0, python=(3, 12, 1)))
+    assert commands(steps["selinux"]) == ["setsebool -P haproxy_connect_any 1"]
+    assert any("haproxy 3.0.5-2.el10" in warning for warning in steps["packages"].warnings)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ober.bootstrap import HostFacts, UnitState
+from ober.bootstrap.facts import parse_dnf_list
 from ober.cli import main
 from ober.errors import OberError
 from ober.runner import Result
@@ -20,7 +21,6 @@ from ober.upgrade import (
     Versions,
     gather_upgrade_facts,
     parse_apt_installed,
-    parse_dnf_upgrade,
     parse_pip_index,
     plan_upgrade,
     version_key,
@@ -136,8 +136,8 @@ def test_nothing_to_do_says_why() -> None:
 def test_parsers() -> None:
     assert parse_apt_installed(POLICY) == "3.0.10-1"
     assert parse_apt_installed("haproxy:\n  Installed: (none)\n  Candidate: 3.0.11\n") is None
-    assert parse_dnf_upgrade(DNF) == "3.0.5-2.el10"
-    assert parse_dnf_upgrade("Updating Subscription Management repositories.\n") is None
+    assert parse_dnf_list(DNF) == "3.0.5-2.el10"
+    assert parse_dnf_list("Updating Subscription Management repositories.\n") is None
     assert parse_pip_index("ober (0.2.0)\nAvailable versions: 0.2.0, 0.1.0\n") == "0.2.0"
     assert version_key("0.10.0") > version_key("0.9.1")
     assert version_key("5.0.15") > version_key("5.0.9")

@@ -39,6 +39,7 @@ REPO_GLOBS = (
 _PROGRAM_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
 _ACTIVE = ("active", "activating", "reloading")
 _AWS_LC = re.compile(r"aws-?lc", re.IGNORECASE)
+_DNF_HAPROXY = re.compile(r"^haproxy\.\S+\s+(\S+)\s", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,15 @@ def parse_apt_candidate(output: str) -> str | None:
     """The ``Candidate:`` version in ``apt-cache policy PACKAGE`` output (None for none)."""
     match = re.search(r"^\s*Candidate:\s*(\S+)", output, re.MULTILINE)
     return match.group(1) if match and match.group(1) != "(none)" else None
+
+
+def parse_dnf_list(output: str) -> str | None:
+    """The haproxy version in ``dnf list --available haproxy`` (or ``--upgrades``) output; None when there is none.
+
+    dnf prints ``haproxy.x86_64  3.0.5-2.el10  rhel-10-appstream``.
+    """
+    match = _DNF_HAPROXY.search(output)
+    return match.group(1) if match else None
 
 
 def parse_haproxy_ssl(output: str) -> tuple[str | None, bool]:
@@ -213,6 +223,8 @@ def gather_host_facts(runner: Runner, root: Path = Path("/")) -> HostFacts:
         ssl, aws_lc = parse_haproxy_ssl(output)
     elif manager == "apt":
         candidate = parse_apt_candidate(runner.run(["apt-cache", "policy", "haproxy"], FACT_TIMEOUT).stdout)
+    elif manager == "dnf":
+        candidate = parse_dnf_list(runner.run(["dnf", "list", "--available", "haproxy"], FACT_TIMEOUT * 3).stdout)
     unknown = UnitState("unknown", "unknown")
     network = "networkd"
     if _program(root, "netplan"):

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test unit example bench clean
+.PHONY: setup test unit example bench clean demo bench-rolling
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ bench: setup
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/footprint.py
+
+# The lab fleet demo (root): lab up, fleet bootstrap, status, a rolling restart under S3 load; the lab stays up.
+demo: setup
+	$(BIN)/python -m ober.lab.demo
+
+# What each class of rolling step costs an S3 client, on the lab `make demo` leaves up.
+bench-rolling: setup
+	$(BIN)/python bench/rolling.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .coverage

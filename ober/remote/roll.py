@@ -301,8 +301,9 @@ class Roll:
             ours = before.drained is None or before.drained.reason.startswith(ROLL_REASON)
             if step.klass is StepClass.FULL and before.drained is None:
                 self._guard(step.node)
-                waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}"))
+                # Withdrawn from here on, even if the drain's answer is lost: its first act is the maintenance file.
                 withdrawn = True
+                waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}"))
             elif before.drained is not None:
                 withdrawn = True
             self._act(ops, step)

@@ -1,0 +1,130 @@
+"""``make demo``: a lab fleet, bootstrapped over SSH, rolled while an S3 client keeps working through the VIP.
+
+Steps, each the real CLI as a user runs it: ``ober lab up`` (4 systemd-nspawn nodes, a BIRD ECMP router, two real
+Ceph RGW groups), ``ober fleet bootstrap`` on every node, ``ober fleet status``, then ``ober fleet restart`` while
+the S3 load client (boto3 over TLS through the VIP) uploads and downloads; at the end, what the client saw and the
+fewest next-hops the router had during the roll. The lab stays up for you to try more.
+
+:func:`roll_under_load` is shared with ``bench/rolling.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ober.errors import OberError
+from ober.lab import fleet as lab_fleet
+from ober.lab.fleet import LabFleet
+from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
+
+ROLL_TIMEOUT = 3600.0
+WARMUP = 3.0
+
+
+@dataclass
+class RollUnderLoad:
+    """One roll with the client and the router watched."""
+
+    code: int
+    report: dict[str, Any]
+    stderr: str
+    load: LoadResult
+    fewest: dict[str, int]
+    changes: list[tuple[float, str, tuple[str, ...]]]
+
+
+def ober(*args: str, timeout: float = ROLL_TIMEOUT, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    """The real ``ober`` CLI in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ober", *args], capture_output=capture, text=True, timeout=timeout, check=False
+    )
+
+
+def load_client(fleet: LabFleet, workdir: Path, group: str = "ceph-a") -> S3Load:
+    """The S3 load client against ``group``'s VIP, in the lab's client namespace."""
+    access, secret = fleet.s3_credentials(group)
+    config = LoadConfig(
+        endpoint=f"https://{fleet.vips[group]}", ca=str(fleet.ca_pem), access_key=access, secret_key=secret
+    )
+    return S3Load(fleet.client_ns, config, workdir)
+
+
+def roll_under_load(fleet: LabFleet, workdir: Path, *args: str) -> RollUnderLoad:
+    """``ober --json fleet ARGS -i INVENTORY`` while the load runs and the router's next-hops are polled."""
+    with (
+        load_client(fleet, workdir) as load,
+        HopWatch(fleet.router.next_hops, list(fleet.vips.values())) as watch,
+    ):
+        time.sleep(WARMUP)
+        done = ober("--json", "fleet", *args, "-i", str(fleet.inventory_path))
+        time.sleep(WARMUP)
+        seen = load.stop()
+    try:
+        report: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        report = {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return RollUnderLoad(done.returncode, report, done.stderr, seen, dict(watch.fewest), list(watch.changes))
+
+
+def _step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def _show(args: Sequence[str]) -> None:
+    print("$ ober " + " ".join(args), flush=True)
+    done = ober(*args, capture=False)
+    if done.returncode != 0:
+        raise OberError(f"ober {' '.join(args)} failed (exit {done.returncode})", "see its output above")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m ober.lab.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=lab_fleet.DEFAULT_DIR, help="the lab's directory")
+    parser.add_argument("--nodes", type=int, default=lab_fleet.DEFAULT_NODES)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("error: the demo needs root (network namespaces, systemd-nspawn) (fix: sudo make demo)", file=sys.stderr)
+        return 1
+    try:
+        _step(f"ober lab up {args.nodes}")
+        _show(["lab", "up", str(args.nodes), "--dir", str(args.dir)])
+        fleet = lab_fleet.load(args.dir)
+        inventory = ["-i", str(fleet.inventory_path)]
+        _step("ober fleet bootstrap (install in parallel, bring into service one at a time)")
+        _show(["fleet", "bootstrap", *inventory, "--secrets", str(fleet.secrets_path)])
+        _step("ober fleet status")
+        _show(["fleet", "status", *inventory])
+        _step("ober fleet restart --dry-run (each node's class of step)")
+        _show(["fleet", "restart", *inventory, "--dry-run"])
+        _step("ober fleet restart, while an S3 client works through the VIP")
+        rolled = roll_under_load(fleet, args.dir / "demo")
+    except OberError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    results = rolled.report.get("results", [])
+    for r in results:
+        print(f"  {r['node']}: {r['klass']} {r['status']} in {r['seconds']:.1f}s {r['detail']}")
+    print(f"  roll: {rolled.report.get('summary') or rolled.report.get('error')}")
+    print(f"  S3 client: {rolled.load.line()}")
+    for error in rolled.load.errors[:5]:
+        print(f"    {error}")
+    hops = ", ".join(f"{vip}: {count}" for vip, count in rolled.fewest.items())
+    print(f"  fewest router next-hops during the roll: {hops} (of {len(fleet.nodes)})")
+    print(
+        f"\nThe lab stays up: try `ober fleet status -i {fleet.inventory_path}`; stop it: ober lab down --dir {args.dir}"
+    )
+    return rolled.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``ober fleet restart|upgrade`` on the shared 4-node lab under continuous S3 load (real RGW, TLS, BIRD ECMP).
+
+What a user would notice is measured where they would notice it: the S3 client counts requests that failed after
+botocore's default retries (and the retries), the router's kernel route is polled every 50 ms for the fewest
+next-hops. The CLI runs in its own process, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
+from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (registers the fixture fleet_lab)
+
+pytestmark = pytest.mark.lab
+
+ROLL_TIMEOUT = 1500.0
+# Short pauses keep the test quick; the roll still waits for every verify.
+FAST = ("--settle", "1", "--drain-timeout", "10")
+
+
+class Rolled:
+    """One roll under load: the CLI's JSON report, what the client saw, what the router had."""
+
+    def __init__(self, code: int, report: dict[str, Any], stderr: str, load: LoadResult, watch: HopWatch) -> None:
+        self.code = code
+        self.report = report
+        self.stderr = stderr
+        self.load = load
+        self.watch = watch
+
+    def results(self) -> dict[str, str]:
+        return {r["node"]: r["status"] for r in self.report.get("results", [])}
+
+    def show(self, what: str) -> str:
+        line = (
+            f"{what}: exit {self.code}, {self.report.get('seconds')}s (waits {self.report.get('waits')}s); "
+            f"client: {self.load.line()}; fewest next-hops {self.watch.fewest}"
+        )
+        print(line)
+        return line
+
+
+def _ober(*args: str, timeout: float = ROLL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ober", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON (exit {done.returncode}): {done.stdout[-1000:]} {done.stderr[-2000:]}") from None
+    return data
+
+
+@pytest.fixture(scope="module")
+def lab(fleet_lab: FleetLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetLab]:
+    fleet_lab.wait_in_service()
+    yield fleet_lab
+    fleet_lab.wait_in_service()
+
+
+def _load(lab: FleetLab, workdir: Path) -> S3Load:
+    fleet = lab.fleet
+    access, secret = fleet.s3_credentials("ceph-a")
+    config = LoadConfig(
+        endpoint=f"https://{fleet.vips['ceph-a']}", ca=str(fleet.ca_pem), access_key=access, secret_key=secret
+    )
+    return S3Load(fleet.client_ns, config, workdir)
+
+
+def roll(lab: FleetLab, workdir: Path, *args: str) -> Rolled:
+    """``ober --json fleet ARGS -i INVENTORY`` while the S3 load runs and the router is watched."""
+    inventory = str(lab.fleet.inventory_path)
+    with _load(lab, workdir) as load, HopWatch(lab.fleet.router.next_hops, list(lab.vips.values())) as watch:
+        time.sleep(2)  # the load is established on every node before the roll starts
+        done = _ober("--json", "fleet", *args, "-i", inventory, *FAST)
+        time.sleep(2)
+        seen = load.stop()
+    return Rolled(done.returncode, _json(done), done.stderr, seen, watch)
+
+
+def test_dry_run_shows_each_nodes_class_and_changes_nothing(lab: FleetLab) -> None:
+    inventory = str(lab.fleet.inventory_path)
+    plan = _json(_ober("--json", "fleet", "restart", "-i", inventory, "--dry-run"))
+    classes = {s["node"]: s["class"] for s in plan["steps"]}
+    assert set(classes) == set(lab.addresses)
+    assert set(classes.values()) <= {"restart", "full"}
+    full = _json(_ober("--json", "fleet", "restart", "-i", inventory, "--dry-run", "--full"))
+    assert {s["class"] for s in full["steps"]} == {"full"} and all(s["withdraws"] for s in full["steps"])
+    reload = _json(_ober("--json", "fleet", "restart", "-i", inventory, "--dry-run", "--reload"))
+    assert {s["class"] for s in reload["steps"]} == {"reload"}
+    # Nothing was locked or recorded.
+    assert "not locked" in _ober("fleet", "lock", "-i", inventory).stdout
+
+
+def test_rolling_restart_under_load_loses_no_request_and_keeps_three_next_hops(lab: FleetLab, tmp_path: Path) -> None:
+    rolled = roll(lab, tmp_path, "restart")
+    line = rolled.show("rolling restart")
+    assert rolled.code == 0, rolled.stderr[-3000:]
+    assert set(rolled.results().values()) == {"done"}, line
+    assert rolled.load.failed == 0, (line, rolled.load.errors)
+    assert rolled.load.sent > 100 and rolled.load.multipart_uploads > 0, line
+    assert rolled.watch.lowest() >= 3, (line, rolled.watch.changes)
+    if {s["class"] for s in rolled.report["steps"]} == {"restart"}:
+        # Graceful restart held every route: the ECMP set never changed.
+        assert rolled.watch.lowest() == 4, (line, rolled.watch.changes)
+    lab.wait_in_service()
+
+
+def test_hitless_reload_leaves_the_ecmp_set_unchanged(lab: FleetLab, tmp_path: Path) -> None:
+    # The HAProxy "upgrade" here is a reload: nodes have no package mirror, and a reload is exactly how a new
+    # HAProxy binary is taken into service (the master re-executes it) without leaving the ECMP set.
+    rolled = roll(lab, tmp_path, "restart", "--reload")
+    line = rolled.show("rolling reload")
+    assert rolled.code == 0, rolled.stderr[-3000:]
+    assert rolled.load.failed == 0, (line, rolled.load.errors)
+    assert rolled.watch.fewest == dict.fromkeys(lab.vips.values(), 4), (line, rolled.watch.changes)
+    assert len(rolled.watch.changes) == len(lab.vips), rolled.watch.changes  # only the first sighting
+
+
+def test_rolling_upgrade_under_load(lab: FleetLab, tmp_path: Path) -> None:
+    rolled = roll(lab, tmp_path, "upgrade", "--yes", "--reinstall")
+    line = rolled.show("rolling upgrade (reinstall of ober and ExaBGP)")
+    assert rolled.code == 0, rolled.stderr[-3000:]
+    changes = {s["node"]: s["changes"] for s in rolled.report["steps"]}
+    assert all("ober" in c and "exabgp" in c for c in changes.values()), changes
+    assert rolled.load.failed == 0, (line, rolled.load.errors)
+    assert rolled.watch.lowest() >= 3, (line, rolled.watch.changes)
+    lab.wait_in_service()
+
+
+def test_full_roll_withdraws_one_node_at_a_time(lab: FleetLab, tmp_path: Path) -> None:
+    rolled = roll(lab, tmp_path, "restart", "--full")
+    line = rolled.show("rolling restart --full")
+    assert rolled.code == 0, rolled.stderr[-3000:]
+    assert rolled.watch.lowest() == 3, (line, rolled.watch.changes)  # each node really left, one at a time
+    print(f"--full: failed after retries {rolled.load.failed} (a withdraw re-hashes other nodes' flows)")
+    lab.wait_in_service()
+
+
+def test_a_node_failing_verify_stops_the_roll_withdrawn_and_a_rerun_resumes(lab: FleetLab, tmp_path: Path) -> None:
+    inventory = str(lab.fleet.inventory_path)
+    names = sorted(lab.addresses)
+    bad = names[1]
+    cfg = "/opt/ober/etc/haproxy.cfg"
+    lab.run_on(bad, f"cp {cfg} /root/haproxy.cfg.good && echo 'this-is-not-haproxy' >> {cfg}")
+    try:
+        done = _ober("--json", "fleet", "restart", "-i", inventory, *FAST)
+        report = _json(done)
+        assert done.returncode == 1
+        results = {r["node"]: r for r in report["results"]}
+        assert results[names[0]]["status"] == "done"
+        assert results[bad]["status"] == "failed" and results[bad]["left_withdrawn"]
+        assert {results[n]["status"] for n in names[2:]} == {"not reached"}
+        assert "run `ober fleet restart` again" in report["summary"]
+        others = {lab.addresses[n] for n in names if n != bad}
+        for vip in lab.vips.values():
+            lab.wait_hops(vip, others, timeout=30)
+    finally:
+        lab.run_on(bad, f"cp /root/haproxy.cfg.good {cfg}")
+    again = _json(_ober("--json", "fleet", "restart", "-i", inventory, *FAST))
+    assert again["resumes"], again
+    statuses = {r["node"]: r["status"] for r in again["results"]}
+    assert statuses[names[0]] == "skipped" and statuses[bad] == "done", statuses
+    assert [r["node"] for r in again["results"]][1] == bad  # the withdrawn node goes first
+    lab.wait_in_service()
+
+
+def test_ssh_lost_mid_roll_stops_it_with_that_node_withdrawn_and_a_rerun_finishes(
+    lab: FleetLab, tmp_path: Path
+) -> None:
+    inventory = str(lab.fleet.inventory_path)
+    names = sorted(lab.addresses)
+    victim = names[1]
+    init = lab.fleet.state.data["nodes"][names.index(victim)]["init"]["pid"]
+    nsenter = ["nsenter", "-t", str(init), "-a"]
+    argv = [sys.executable, "-m", "ober", "--json", "fleet", "restart", "--full", "-i", inventory, *FAST]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # When the victim leaves the router's ECMP set, the roll is working on it: cut its SSH there.
+        vip = next(iter(lab.vips.values()))
+        deadline = time.monotonic() + 600
+        while lab.addresses[victim] in lab.hops(vip) or names[0] not in _done_marker(lab, names[0]):
+            assert time.monotonic() < deadline and process.poll() is None, "the roll never reached the victim"
+            time.sleep(0.1)
+        subprocess.run([*nsenter, "systemctl", "stop", "ssh.socket", "ssh.service"], check=False, timeout=30)
+        subprocess.run([*nsenter, "systemctl", "kill", "--signal=SIGKILL", "ssh.service"], check=False, timeout=30)
+        out, err = process.communicate(timeout=ROLL_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        subprocess.run([*nsenter, "systemctl", "start", "ssh.service"], check=False, timeout=30)
+    report = json.loads(out)
+    statuses = {r["node"]: r["status"] for r in report["results"]}
+    assert process.returncode == 1 and statuses[victim] == "failed", (statuses, err[-2000:])
+    assert {statuses[n] for n in names[2:]} == {"not reached"}
+    others = {lab.addresses[n] for n in names if n != victim}
+    assert set(lab.hops(vip)) == others  # the victim stays withdrawn, the other three serve
+    again = _json(_ober("--json", "fleet", "restart", "--full", "-i", inventory, *FAST))
+    assert {r["status"] for r in again["results"]} <= {"done", "skipped"}, again
+    lab.wait_in_service()
+
+
+def _done_marker(lab: FleetLab, node: str) -> str:
+    """The first node's roll record (done once the roll moved past it)."""
+    return node if '"done": true' in lab.run_on(node, "cat /var/lib/ober/fleet/roll.json", check=False) else ""
+
+
+def test_a_second_concurrent_roll_is_refused_by_the_lock(lab: FleetLab) -> None:
+    inventory = str(lab.fleet.inventory_path)
+    argv = [sys.executable, "-m", "ober", "fleet", "restart", "--reload", "-i", inventory, "--settle", "5"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while lab.run_on(sorted(lab.addresses)[-1], "test -d /var/lib/ober/fleet/lock && echo held", check=False) != (
+            "held\n"
+        ):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.2)
+        second = _ober("fleet", "restart", "-i", inventory)
+        assert second.returncode == 1
+        assert "the fleet is locked by" in second.stderr and "since" in second.stderr, second.stderr
+        shown = _ober("fleet", "lock", "-i", inventory)
+        assert "locked by" in shown.stdout and "restart" in shown.stdout
+        first.communicate(timeout=ROLL_TIMEOUT)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0
+    assert "not locked" in _ober("fleet", "lock", "-i", inventory).stdout

@@ -23,9 +23,10 @@ one each round) and each ratio is the median of the per-round ratios, so drift o
 Loopback only: the proxy hop costs what HAProxy costs, not what a wire costs.
 
 **The cephadm reference configuration.** Modelled on Ceph's template
-``src/pybind/mgr/cephadm/templates/services/ingress/haproxy.cfg.j2`` (ceph/ceph main, read in 2026) as rendered
-by ``src/pybind/mgr/cephadm/services/ingress.py`` for an RGW backend (``mode http``), with the spec's defaults
-(no ``ssl_ciphers``/``ssl_options``/``ssl_dh_param``, ``health_check_interval`` 2s). Its settings:
+``src/pybind/mgr/cephadm/templates/services/ingress/haproxy.cfg.j2`` (ceph/ceph, commit 0f348682b63f) as rendered
+by ``src/pybind/mgr/cephadm/services/ingress.py`` (commit 00d32ab16214) for an RGW backend (``mode http``), with
+the spec's defaults (no ``ssl_ciphers``/``ssl_options``/``ssl_dh_param``, ``health_check_interval`` 2s). Its
+settings:
 
 * global: ``maxconn 8000``; ``log 127.0.0.1 local2`` (kept: every request is logged by UDP syslog, as there);
   ``stats socket``. Dropped as host matters with no cost per request: ``chroot``, ``pidfile``, ``daemon``.

@@ -29,6 +29,7 @@ from ober.lab.sshd import SshdFarm, SshServer, freeze, proxy_command, thaw
 from ober.remote import hostkeys
 from ober.remote.connection import SshTarget, connect, targets
 from ober.remote.pool import Outcome, for_each
+from ober.runner import Runner
 from tests.conftest import REPO, require
 
 lab = pytest.mark.lab
@@ -103,6 +104,10 @@ def test_known_host_runs_commands_as_root(farm: SshdFarm, server: SshServer, tmp
         failed = conn.run(["sh", "-c", "echo oops >&2; exit 3"])
         assert (failed.returncode, failed.stderr) == (3, "oops\n")
         assert conn.run(["no-such-program"]).returncode == 127
+        runner: Runner = conn  # what node facts and plans are written against
+        assert runner.run(["true"], 5.0).ok
+        with pytest.raises(OberError, match="timeout must be positive"):
+            conn.run(["true"], timeout=0)
 
 
 @lab
@@ -212,6 +217,38 @@ def test_proxy_jump_goes_through_a_verified_jump_host(farm: SshdFarm, server: Ss
     with pytest.raises(OberError, match=rf"node01: unknown host key for {server.address} \(its ProxyJump host\)"):
         connect(target)
     behind.stop()
+
+
+@lab
+def test_a_proxy_command_that_fails_says_why(farm: SshdFarm, server: SshServer, tmp_path: Path) -> None:
+    config = f"Host *\n  ProxyCommand ip netns exec ober-no-such-ns true\n  IdentityFile {farm.key}\n"
+    target = make_target(farm, server, tmp_path, config=config)
+    with pytest.raises(
+        OberError, match=r"node01: .*: the ssh_config ProxyCommand exited with status \d+: .*ober-no-such"
+    ):
+        connect(target)
+
+
+@lab
+def test_an_ssh_agent_logs_in_when_no_key_file_is_named(
+    farm: SshdFarm, server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require(shutil.which("ssh-agent") is not None and shutil.which("ssh-add") is not None, "no ssh-agent")
+    require(not list(Path("~/.ssh").expanduser().glob("id_*")), "this user has default keys, which would log in too")
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        assert _wait_for(socket_path.exists, 5.0)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        target = make_target(farm, server, tmp_path, config="Host *\n  User root\n", user=None)
+        with pytest.raises(OberError, match="no SSH key to log in with"):
+            connect(target)
+        run(["env", f"SSH_AUTH_SOCK={socket_path}", "ssh-add", "-q", str(farm.key)])
+        with connect(target) as conn:
+            assert conn.run(["true"]).ok
+    finally:
+        agent.kill()
+        agent.wait()
 
 
 @lab

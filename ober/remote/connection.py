@@ -16,13 +16,16 @@ Every failure is an :class:`OberError` naming the node, with a fix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import posixpath
 import re
 import secrets
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -152,8 +155,12 @@ def connect(target: SshTarget) -> Connection:
         # The transport thread's own error says more than what the caller's thread saw ("No existing session").
         transport = conn.client.get_transport()
         cause = transport.get_exception() if transport is not None else None
+        proxy = _proxy_death(transport)
         for hop in chain:
-            hop.client.close()
+            _close(hop)
+        if proxy is not None and isinstance(exc, Exception):
+            where = f"{target.name}: {conn.user}@{conn.host}:{int(conn.port)}"
+            raise OberError(f"{where}: the ssh_config ProxyCommand {proxy}", "run the ProxyCommand by hand") from None
         if isinstance(exc, Exception):
             raise _connect_error(target, chain, known, cause or exc) from None
         raise
@@ -187,7 +194,7 @@ class Connection:
     def close(self) -> None:
         """Close the connection and every jump host under it (idempotent)."""
         for hop in self._chain:
-            hop.client.close()
+            _close(hop)
 
     def run(
         self,
@@ -271,6 +278,9 @@ class Connection:
         self, argv: Sequence[str], timeout: float | None, env: Mapping[str, str] | None, stdin: bytes | None
     ) -> tuple[bytes, bytes, int]:
         limit = self.target.command_timeout if timeout is None else timeout
+        if limit <= 0:
+            # `timeout 0` on the node would mean no timeout at all.
+            raise OberError(f"{self.target.name}: command timeout must be positive, got {limit:g}")
         line = self._line(argv, limit, env)
         shown = shlex.join(argv)
         transport = self._conn.client.get_transport()
@@ -391,6 +401,25 @@ class _Fabric(fabric.Connection):  # type: ignore[misc]  # fabric is untyped
         return super().open_gateway()
 
 
+def _close(hop: Any) -> None:
+    transport = hop.client.get_transport()
+    # paramiko's ProxyCommand.close() raises when its process has already been reaped (see `_proxy_death`).
+    with contextlib.suppress(OSError, SSHException, EOFError):
+        hop.client.close()
+    proxy = getattr(transport, "sock", None)
+    if isinstance(proxy, paramiko.ProxyCommand):
+        # paramiko signals the command but never reaps it nor closes its pipes; its reader thread goes first.
+        with contextlib.suppress(RuntimeError):
+            transport.join(2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proxy.process.wait(1.0)
+        if transport.is_alive():
+            return
+        for pipe in (proxy.process.stdin, proxy.process.stdout, proxy.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def _chain(conn: Any) -> list[Any]:
     """The connection and its ProxyJump hops, outermost first."""
     chain = [conn]
@@ -415,6 +444,29 @@ def _send(channel: Any, data: bytes, deadline: float) -> None:
 
 def _keepalive_interval(target: SshTarget) -> float:
     return max(1.0, min(KEEPALIVE_INTERVAL, target.connect_timeout))
+
+
+def _proxy_death(transport: Any) -> str | None:
+    """How the connection's ProxyCommand ended, if it died (its own error says why: a missing namespace, …)."""
+    proxy = getattr(transport, "sock", None)
+    if not isinstance(proxy, paramiko.ProxyCommand):
+        return None
+    try:
+        # Its output ended the handshake; its exit status may lag a moment behind.
+        status = proxy.process.wait(0.2)
+    except subprocess.TimeoutExpired:
+        return None
+    if status < 0:
+        # Killed by a signal: paramiko's own cleanup (SIGTERM) after a timeout, not the command failing.
+        return None
+    said = b""
+    if proxy.process.stderr is not None:
+        # It has exited; a grandchild could still hold the pipe open, so never block on it.
+        os.set_blocking(proxy.process.stderr.fileno(), False)
+        with contextlib.suppress(OSError, TypeError):
+            said = proxy.process.stderr.read() or b""
+    lines = said.decode(errors="replace").strip().splitlines()
+    return f"exited with status {status}" + (f": {lines[-1].strip()}" if lines else "")
 
 
 def _ssh_config(target: SshTarget) -> paramiko.SSHConfig:
@@ -458,6 +510,11 @@ def _connect_error(target: SshTarget, chain: Sequence[Any], known: hostkeys.Know
         return OberError(
             f"{target.name}: unknown host key for {name}{role} ({hostkeys.fingerprint(exc.key)}), not in {keys}",
             f"verify it, then rerun with --accept-new-host-keys, or add it: {scan} >> {keys}",
+        )
+    if isinstance(exc, SSHException) and "No authentication methods" in str(exc):
+        return OberError(
+            f"{where}: no SSH key to log in with (no IdentityFile found, no key in an ssh-agent)",
+            "set IdentityFile in the ssh config, or load a key into ssh-agent (ssh-add)",
         )
     if isinstance(exc, AuthenticationException):
         return OberError(

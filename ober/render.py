@@ -155,6 +155,9 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
         ("secrets.env.j2", p["secrets_env"], 0o600),
         ("systemd/ober-http.service.j2", "/etc/systemd/system/ober-http.service", 0o644),
         ("systemd/ober-bgp.service.j2", "/etc/systemd/system/ober-bgp.service", 0o644),
+        # A changed certificate goes into the running HAProxy without a reload (see ober.certswap).
+        ("systemd/ober-certs.path.j2", "/etc/systemd/system/ober-certs.path", 0o644),
+        ("systemd/ober-certs.service.j2", "/etc/systemd/system/ober-certs.service", 0o644),
         ("sysctl.conf.j2", "/etc/sysctl.d/90-ober.conf", 0o644),
         ("journald.conf.j2", "/etc/systemd/journald.conf.d/90-ober.conf", 0o644),
     ]

@@ -30,7 +30,7 @@ def certs_reload(out: Output, config_path: Path) -> None:
     config = load_config(config_path)
     outcomes = swap_certificates(config)
     refused = [outcome for outcome in outcomes if outcome.action == "refused"]
-    summary = f"{len(refused)} certificate files refused; HAProxy keeps serving the previous ones"
+    summary = f"{len(refused)} of {len(outcomes)} certificate files refused; HAProxy keeps serving the previous ones"
     if out.as_json:
         doc: dict[str, object] = {"certificates": [outcome.as_dict() for outcome in outcomes]}
         if refused:
@@ -43,7 +43,7 @@ def certs_reload(out: Output, config_path: Path) -> None:
         # Plain lines with the [ober] prefix: this runs under systemd and its output is the journal entry.
         line = f"[ober] certificate {outcome.path}: {outcome.action}: {outcome.detail}"
         if outcome.action == "refused":
-            out.warn(line)
+            click.echo(line, err=True)  # as it is: the journal shows stderr lines at the same level
         else:
             out.plain(line)
     if not outcomes:

@@ -135,7 +135,8 @@ def connect(target: SshTarget) -> Connection:
         target.host,
         user=target.user,
         port=target.port,
-        config=fabric.Config(ssh_config=config),
+        # lazy: no ~/.fabric.yaml or /etc/fabric.yaml; what ober does depends on the inventory and ssh_config only.
+        config=fabric.Config(ssh_config=config, lazy=True),
         connect_timeout=target.connect_timeout,
         connect_kwargs=connect_kwargs,
     )

@@ -336,7 +336,7 @@ def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
     for r in results:
         if not r.ok:
             continue
-        what = ", ".join(f"{c['change']} {c['path']}" for c in r.changes) or "nothing to change"
+        what = _changes(r.changes)
         done = "would change" if r.dry_run else "changed"
         actions = f"; {', '.join(r.actions)}" if r.actions else ""
         out.print(f"[green]✓[/] {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
@@ -346,6 +346,18 @@ def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
             f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else ""),
             failed[0].fix or "fix it and push again: nodes already done are skipped as unchanged",
         )
+
+
+def _changes(changes: list[dict[str, str]]) -> str:
+    """The changed files, named when few, counted by kind when many."""
+    if not changes:
+        return "nothing to change"
+    if len(changes) <= 4:
+        return ", ".join(f"{c['change']} {c['path']}" for c in changes)
+    kinds: dict[str, int] = {}
+    for change in changes:
+        kinds[change["change"]] = kinds.get(change["change"], 0) + 1
+    return f"{len(changes)} files ({', '.join(f'{count} {kind}' for kind, count in kinds.items())})"
 
 
 @click.command("sync")

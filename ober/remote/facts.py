@@ -22,7 +22,7 @@ from ober.status import announced_vips
 
 T = TypeVar("T")
 
-STATUS_TIMEOUT = 30.0
+STATUS_TIMEOUT = 60.0
 """Seconds ``ober status`` may take on a node (it asks HAProxy and ExaBGP, each with its own short timeout)."""
 
 ACTIVE_UNIT_STATES = ("active", "unknown")

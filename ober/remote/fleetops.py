@@ -76,6 +76,8 @@ def status(
         view = node_view(conn, node)
         if not view.reachable:
             return view, None, "unreachable"
+        if view.error:
+            return view, None, "not compared: the node's status failed"
         try:
             return view, node_drift(conn, node, secrets), None
         except OberError as exc:

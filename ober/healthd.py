@@ -26,6 +26,9 @@ from ober.haproxy_runtime import Snapshot, snapshot
 from ober.health import Action, Observation, Rules, State, VipState, command, step
 from ober.render import paths
 
+# States in which a VIP's announcement is settled (announced or not) after a start.
+DECIDED = (State.UP, State.DOWN, State.DISABLED, State.DRAINING)
+
 
 def log(message: str) -> None:
     """A line for the journal (ExaBGP passes its helper's stderr on), prefixed so it can be grepped."""
@@ -95,6 +98,7 @@ class HealthLoop:
     observe: Callable[[], Snapshot | None]
     clock: Callable[[], float] = time.monotonic
     states: dict[str, VipState] = field(default_factory=dict)
+    eor_sent: bool = False
 
     @property
     def rules(self) -> Rules:
@@ -121,6 +125,20 @@ class HealthLoop:
                 why = "maintenance" if maintenance else ("haproxy down" if seen is None else "checks")
                 done = f", {action.value}" if action else ""
                 log(f"{vip.name} {vip.address}: {before.state.value} -> {after.state.value} ({why}){done}")
+        self._end_of_rib()
+
+    def _end_of_rib(self) -> None:
+        """Under graceful restart, send End-of-RIB once every VIP has its first decision.
+
+        The rendered exabgp.conf sets ``manual-eor`` then: after ExaBGP restarts, the router holds this node's routes
+        as stale until End-of-RIB and drops those not re-announced by then. Sent before the ``rise`` checks passed,
+        it would drop every route for those seconds (a change of the ECMP set that re-hashes other nodes' flows).
+        """
+        if self.eor_sent or not self.config.bgp.graceful_restart:
+            return
+        if all(self.states.get(vip.address, VipState()).state in DECIDED for vip in self.vips):
+            self.eor_sent = self.pipe.send("announce eor ipv4 unicast")
+            log("first decision made for every VIP: End-of-RIB sent")
 
     def shutdown(self) -> None:
         """Withdraw whatever is announced (on SIGTERM/SIGINT)."""

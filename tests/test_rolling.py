@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+from ober.config import NodeConfig
 from ober.errors import OberError
+from ober.haproxy_runtime import BackendState, Snapshot
+from ober.healthd import HealthLoop, Pipe
 from ober.remote.lock import FleetLock, Holder, break_lock, holders
 from ober.remote.rolling import (
     NodeFacts,
@@ -22,7 +26,9 @@ from ober.remote.rolling import (
     plan,
     summary,
 )
+from ober.render import render_node
 from ober.runner import LocalRunner, Result
+from tests.conftest import SECRETS
 
 RESTART = Request(Operation.RESTART)
 GR = 120
@@ -180,3 +186,49 @@ def test_holder_description_says_who_and_how_long_ago() -> None:
     holder = Holder("alice@ws", 42, time.time() - 300, "restart", "t")
     assert holder.describe().startswith("alice@ws (pid 42, restart) since ") and "5m ago" in holder.describe()
     assert Holder.parse("not json").owner.startswith("unknown")
+
+
+def test_a_rerun_resumes_only_an_unfinished_roll_of_the_same_operation() -> None:
+    from ober.remote.roll import resumable
+
+    unfinished = {
+        "n1": {"id": "a", "operation": "restart", "done": True},
+        "n2": {"id": "a", "operation": "restart", "done": False},
+        "n3": None,
+    }
+    assert resumable(unfinished, Operation.RESTART) == "a"
+    assert resumable(unfinished, Operation.UPGRADE) is None
+    finished = {"n1": {"id": "a", "operation": "restart", "done": True}, "n2": None}
+    assert resumable(finished, Operation.RESTART) is None  # a record left by a finished roll starts a new one
+
+
+def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_vip(
+    make_config: Callable[..., NodeConfig], tmp_path: Path
+) -> None:
+    """After ExaBGP restarts, End-of-RIB goes out only once every VIP was announced (or decided down), so the
+    router's stale routes are refreshed, not dropped for the `rise` checks (manual-eor in exabgp.conf)."""
+    config = make_config(
+        health={"rise": 2, "fall": 2, "maintenance_file": str(tmp_path / "maint")},
+        bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1", "graceful_restart": 120},
+    )
+    out = io.StringIO()
+    up = {"be_ceph-a": 1, "be_ceph-b": 0}  # s3-b's group is down: it is decided "down", never announced
+    clock = iter(float(i) for i in range(100))
+    health = HealthLoop(
+        config,
+        list(config.vips),
+        Pipe(out, io.StringIO()),
+        lambda: Snapshot({name: BackendState(2, n) for name, n in up.items()}, {}),
+        lambda: next(clock),
+    )
+    sent: list[str] = []
+    for _ in range(4):
+        health.tick()
+        sent += out.getvalue().splitlines()
+        out.seek(0)
+        out.truncate()
+    assert sent == ["announce route 198.51.100.10/32 next-hop self", "announce eor ipv4 unicast"]
+    exabgp_conf = "/opt/ober/etc/exabgp.conf"
+    assert "manual-eor true;" in render_node(config, SECRETS).file(exabgp_conf).content
+    no_gr = make_config(bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1"})
+    assert "manual-eor" not in render_node(no_gr, SECRETS).file(exabgp_conf).content

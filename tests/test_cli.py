@@ -51,7 +51,7 @@ def test_render_writes_checked_tree(capsys: pytest.CaptureFixture[str], tmp_path
         capsys, "render", "-c", str(DATA / "node.yaml"), "-o", str(out_dir), "--secrets", str(secrets_file)
     )
     assert status == 0, err
-    assert "node01: 12 files written" in out and "checked by haproxy -c" in out
+    assert "node01: 14 files written" in out and "checked by haproxy -c" in out
     exabgp = out_dir / "opt/ober/etc/exabgp.conf"
     assert stat.S_IMODE(exabgp.stat().st_mode) == 0o600
     assert "backend be_ceph-a" in (out_dir / "opt/ober/etc/haproxy.cfg").read_text()
@@ -60,7 +60,7 @@ def test_render_writes_checked_tree(capsys: pytest.CaptureFixture[str], tmp_path
         capsys, "--json", "render", "-c", str(DATA / "node.yaml"), "-o", str(out_dir), "--secrets", str(secrets_file)
     )
     doc = json.loads(out)
-    assert status == 0 and doc["node"] == "node01" and len(doc["files"]) == 12 and doc["checked"] is True
+    assert status == 0 and doc["node"] == "node01" and len(doc["files"]) == 14 and doc["checked"] is True
     assert not any(value in out for value in SECRETS.values())
 
 

@@ -29,11 +29,12 @@ from ober.bootstrap.facts import (
     read_unit,
     venv_packages,
 )
-from ober.bootstrap.steps import PIP_TIMEOUT, Action, InstallPackages, Run, Step
+from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.errors import OberError
 from ober.runner import Runner
 
 INDEX_TIMEOUT = 60.0
+REFRESH_TIMEOUT = 600.0
 _WHEEL = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[^-]+)-.+\.whl$")
 _APT_INSTALLED = re.compile(r"^\s*Installed:\s*(\S+)", re.MULTILINE)
 _PIP_INDEX = re.compile(r"^\S+ \(([^)]+)\)", re.MULTILINE)
@@ -100,8 +101,11 @@ def parse_pip_index(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _haproxy_versions(runner: Runner, manager: str) -> Versions:
+def _haproxy_versions(runner: Runner, manager: str, refresh: bool) -> Versions:
     if manager == "apt":
+        if refresh:
+            # apt-cache knows only the lists it last fetched; a failed refresh (no mirror reachable) keeps those.
+            runner.run(["apt-get", "update", "-q"], REFRESH_TIMEOUT, dict(NONINTERACTIVE))
         policy = runner.run(["apt-cache", "policy", "haproxy"], FACT_TIMEOUT).stdout
         return Versions(parse_apt_installed(policy), parse_apt_candidate(policy), "apt")
     query = runner.run(["rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", "haproxy"], FACT_TIMEOUT)
@@ -111,9 +115,15 @@ def _haproxy_versions(runner: Runner, manager: str) -> Versions:
 
 
 def gather_upgrade_facts(
-    install_path: str, runner: Runner, *, manager: str, wheelhouse: Path | None = None, root: Path = Path("/")
+    install_path: str,
+    runner: Runner,
+    *,
+    manager: str,
+    wheelhouse: Path | None = None,
+    refresh: bool = True,
+    root: Path = Path("/"),
 ) -> UpgradeFacts:
-    """Read the installed versions and the available ones; nothing is changed.
+    """Read the installed versions and the available ones; nothing is changed but apt's package lists (``refresh``).
 
     Raises:
         OberError: there is no ober venv at the install path (bootstrap first).
@@ -138,7 +148,7 @@ def gather_upgrade_facts(
     return UpgradeFacts(
         install_path,
         manager,
-        _haproxy_versions(runner, manager),
+        _haproxy_versions(runner, manager, refresh),
         Versions(have.get("ober"), ober, source),
         Versions(have.get("exabgp"), exabgp, source),
         {unit: read_unit(runner, unit) for unit in ("ober-http", "ober-bgp")} if systemd else {},

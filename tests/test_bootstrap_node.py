@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import yaml
 
 from ober.certs import write_pem
 from ober.lab.image import DEFAULT_IMAGE
-from ober.lab.netns import Lab
+from ober.lab.netns import Lab, run_in
 from ober.lab.nspawn import NspawnNode, boot_node
 from ober.lab.router import Router, start_router
 from tests.conftest import REPO, require
@@ -127,6 +129,9 @@ def test_non_root_is_refused_and_changes_nothing(node_lab: NodeLab) -> None:
     text = node_lab.node.run(f"runuser -u nobody -- {BOOT_OBER} bootstrap /opt/ober --yes", check=False)
     assert text.returncode == 1 and "Traceback" not in text.stderr
     assert text.stderr.count("\n") == 1 and "must run as root" in text.stderr
+    for command in ("uninstall /opt/ober --yes", "upgrade /opt/ober --yes"):
+        refused = node_lab.node.run(f"runuser -u nobody -- {BOOT_OBER} {command}", check=False)
+        assert refused.returncode == 1 and "must run as root" in refused.stderr, refused.stderr
     assert node_lab.snapshot() == node_lab.before
 
 
@@ -283,6 +288,78 @@ def test_upgrade_ober_from_a_wheelhouse_restarts_bgp_and_announces_again(node_la
     again = node_lab.ober("--json upgrade --yes --wheelhouse /root/newer", ober=OBER)
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
     node.run("rm -rf /root/newer")
+
+
+def newer_haproxy(lab: Lab, mirror: Path) -> str:
+    """The image's HAProxy package again with a higher version, added to the mirror: a stand-in for a point release.
+
+    Returns the new version. The binary is the same, but dpkg replaces the file, so the running master's
+    executable is a deleted file until it re-executes /usr/sbin/haproxy.
+    """
+    deb = next((DEFAULT_IMAGE / "var/cache/apt/archives").glob("haproxy_*.deb"))
+    work = lab.path("haproxy-deb")
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(work / "tree")], check=True, timeout=60)
+    control = work / "tree/DEBIAN/control"
+    old = re.search(r"^Version: (\S+)$", control.read_text(), re.MULTILINE)
+    assert old is not None
+    version = f"{old.group(1)}+ober1"
+    control.write_text(control.read_text().replace(f"Version: {old.group(1)}", f"Version: {version}"))
+    built = mirror / f"haproxy_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "-b", str(work / "tree"), str(built)], check=True, capture_output=True, timeout=120)
+    index = subprocess.run(
+        ["dpkg-scanpackages", "-m", "."], cwd=mirror, capture_output=True, text=True, check=True, timeout=120
+    )
+    (mirror / "Packages").write_text(index.stdout)
+    return version
+
+
+def test_upgrade_haproxy_is_a_hitless_reload(node_lab: NodeLab) -> None:
+    node = node_lab.node
+    node_lab.wait_hops([NODE])
+    version = newer_haproxy(node_lab.lab, node_lab.lab.path("mirror"))
+    node.put(node_lab.lab.path("mirror") / f"haproxy_{version}_amd64.deb", f"{MIRROR}/haproxy_{version}_amd64.deb")
+    node.put(node_lab.lab.path("mirror") / "Packages", f"{MIRROR}/Packages")
+    master = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
+    workers = node.run(f"pgrep -P {master}", check=False).stdout.split()
+    bgp = node.run("systemctl show -p MainPID --value ober-bgp").stdout.strip()
+
+    # While it upgrades: the router's route, and HTTPS requests through the VIP, one after another.
+    stop = threading.Event()
+    fewest: list[int] = []
+    codes: list[str] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            fewest.append(len(node_lab.router.next_hops(VIP)))
+            done = run_in(
+                node_lab.router.ns,
+                ["curl", "-sk", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", f"https://{VIP}/"],
+                check=False,
+            )
+            codes.append(done.stdout or f"exit {done.returncode}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        done = node_lab.ober(f"--json upgrade --yes --wheelhouse {WHEELS}", ober=OBER)
+        time.sleep(1)  # a few more requests after the reload
+    finally:
+        stop.set()
+        watcher.join(30)
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = json.loads(done.stdout)
+    steps = {step["name"]: step for step in doc["steps"]}
+    assert steps["haproxy"]["commands"][-1] == "systemctl reload ober-http" and steps["haproxy"]["changed"]
+    assert not steps["ober"]["changed"]
+    assert node.run("dpkg-query -W -f='${Version}' haproxy").stdout == version
+    assert node.run("systemctl show -p MainPID --value ober-http").stdout.strip() == master  # reloaded, not restarted
+    assert node.run("systemctl show -p MainPID --value ober-bgp").stdout.strip() == bgp  # BGP untouched
+    assert node.run(f"readlink /proc/{master}/exe").stdout.strip() == "/usr/sbin/haproxy"  # re-executed: not deleted
+    assert not set(node.run(f"pgrep -P {master}", check=False).stdout.split()) & set(workers)  # new workers
+    assert node.run("systemctl is-active haproxy", check=False).stdout.strip() == "inactive"  # postinst left it off
+    assert fewest and min(fewest) == 1, fewest  # never withdrawn
+    assert codes and set(codes) == {"200"}, codes
+    print(f"HAProxy upgraded to {version} with a reload: {len(codes)} requests during it, all 200; route kept")
 
 
 def test_uninstall_stops_gracefully_and_leaves_the_node_as_before(node_lab: NodeLab) -> None:

@@ -529,3 +529,11 @@ def test_real_prompts_on_a_terminal(site: Site, tmp_path: Path, secrets_file: Pa
     term.expect(r"nothing to change: the node already has this configuration")
     assert term.finish() == 0, term.screen[-2000:]
     assert files(root) == before
+
+    # Ctrl-C halfway: a one-line message, exit 130, nothing written.
+    term = Terminal(argv, tmp_path / "screen-3.txt")
+    term.answer(r"BGP: ", DOWN + "\r")
+    term.answer(r"Node name", "\x03")
+    term.expect(r"error: aborted")
+    assert term.finish() == 130 and "Traceback" not in term.screen
+    assert files(root) == before

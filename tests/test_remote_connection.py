@@ -267,17 +267,23 @@ def test_a_command_past_its_timeout_is_killed_and_returns_124(
 
 
 @lab
-def test_a_node_that_stops_answering_is_reported_lost(farm: SshdFarm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("during", ["command", "upload"])
+def test_a_node_that_stops_answering_is_reported_lost(farm: SshdFarm, tmp_path: Path, during: str) -> None:
     server = farm.start()
     target = make_target(farm, server, tmp_path, connect_timeout=1.0)
     conn = connect(target)
+    # Far more than the SSH window: the upload stalls once the node stops reading.
+    data = os.urandom(256 * 2**20) if during == "upload" else b""
     frozen: list[int] = []
-    timer = threading.Timer(1.0, lambda: frozen.extend(freeze(server)))
+    timer = threading.Timer(0.5, lambda: frozen.extend(freeze(server)))
     timer.start()
     started = time.monotonic()
     try:
         with pytest.raises(OberError, match=r"node01: lost the SSH connection .* no answer to keep-alives"):
-            conn.run(["sleep", "60"], timeout=120)
+            if during == "command":
+                conn.run(["sleep", "60"], timeout=120)
+            else:
+                conn.put(data, "/root/frozen.bin", timeout=120)
         # Keep-alive probes every 1 s (the connect timeout), lost after 3 unanswered: not the 120 s timeout.
         assert time.monotonic() - started < 8.0
     finally:

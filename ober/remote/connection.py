@@ -245,7 +245,12 @@ class Connection:
         )
         digest = hashlib.sha256(data).hexdigest()
         argv = ["sh", "-c", script, "ober-put", temp, remote, digest, f"{mode & 0o7777:o}"]
-        out, err, code = self._exec(argv, timeout, None, data)
+        out, err, code = self._exec(argv, timeout, None, data, f"writing {remote}")
+        if code == 124:
+            raise OberError(
+                f"{self.target.name}: cannot write {remote}: the upload did not finish in time (left unchanged)",
+                "give it a longer timeout, or check the link to the node",
+            )
         if code != 0:
             detail = Result(code, out.decode(errors="replace"), err.decode(errors="replace")).last_line()
             raise OberError(f"{self.target.name}: cannot write {remote}: {detail}")
@@ -256,7 +261,7 @@ class Connection:
         Raises:
             OberError: the file cannot be read (missing, a directory, …), naming the node and the path.
         """
-        out, err, code = self._exec(["cat", "--", remote], timeout, None, None)
+        out, err, code = self._exec(["cat", "--", remote], timeout, None, None, f"reading {remote}")
         if code != 0:
             detail = Result(code, "", err.decode(errors="replace")).last_line()
             raise OberError(f"{self.target.name}: cannot read {remote}: {detail}")
@@ -276,14 +281,19 @@ class Connection:
         return shlex.join([*words, *argv])
 
     def _exec(
-        self, argv: Sequence[str], timeout: float | None, env: Mapping[str, str] | None, stdin: bytes | None
+        self,
+        argv: Sequence[str],
+        timeout: float | None,
+        env: Mapping[str, str] | None,
+        stdin: bytes | None,
+        doing: str | None = None,
     ) -> tuple[bytes, bytes, int]:
         limit = self.target.command_timeout if timeout is None else timeout
         if limit <= 0:
             # `timeout 0` on the node would mean no timeout at all.
             raise OberError(f"{self.target.name}: command timeout must be positive, got {limit:g}")
         line = self._line(argv, limit, env)
-        shown = shlex.join(argv)
+        shown = doing or f"running {shlex.join(argv)}"
         transport = self._conn.client.get_transport()
         if transport is None or not transport.is_active():
             raise self._lost(shown, "the connection is closed")
@@ -292,19 +302,30 @@ class Connection:
             channel = transport.open_session(timeout=self.target.connect_timeout)
         except (SSHException, OSError, EOFError) as exc:
             raise self._lost(shown, str(exc) or type(exc).__name__) from None
+        interval = _keepalive_interval(self.target)
+        watch = _Watch(transport, self._probe_lock, interval, started + limit + KILL_AFTER + CLIENT_GRACE)
+        # paramiko waits for the answer to the exec request without a timeout: a node frozen at that moment would
+        # hang it, so the connection is closed (and the wait ends) if no answer comes in time.
+        watchdog = threading.Timer(interval * (KEEPALIVE_COUNT + 1), transport.close)
+        watchdog.daemon = True
         try:
-            channel.exec_command(line)
+            watchdog.start()
+            try:
+                channel.exec_command(line)
+            finally:
+                watchdog.cancel()
+            channel.settimeout(POLL)
             if stdin:
-                _send(channel, stdin, started + limit + KILL_AFTER + CLIENT_GRACE)
+                self._send(channel, stdin, watch, shown)
             channel.shutdown_write()
-            out, err, code = self._wait(channel, transport, shown, started + limit + KILL_AFTER + CLIENT_GRACE)
+            out, err, code = self._wait(channel, watch, shown)
         except (SSHException, OSError, EOFError) as exc:
             raise self._lost(shown, str(exc) or type(exc).__name__) from None
         finally:
             channel.close()
         elapsed = time.monotonic() - started
         if code in (124, 137) and elapsed >= limit:
-            err += f"{shown} did not finish in {limit:g}s\n".encode()
+            err += f"{shlex.join(argv)} did not finish in {limit:g}s\n".encode()
             code = 124
         if self.sudo and code == 1 and err.startswith(b"sudo: ") and b"password" in err:
             raise OberError(
@@ -313,12 +334,24 @@ class Connection:
             )
         return out, err, code
 
-    def _wait(self, channel: Any, transport: Any, shown: str, deadline: float) -> tuple[bytes, bytes, int]:
+    def _send(self, channel: Any, data: bytes, watch: _Watch, shown: str) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = channel.send(view[:CHUNK])
+            except TimeoutError:
+                sent = None
+            if sent == 0:
+                raise EOFError("the command closed its input")
+            if sent:
+                view = view[sent:]
+                watch.heard()
+            lost = watch.check()
+            if lost:
+                raise self._lost(shown, lost)
+
+    def _wait(self, channel: Any, watch: _Watch, shown: str) -> tuple[bytes, bytes, int]:
         out, err = bytearray(), bytearray()
-        channel.settimeout(POLL)
-        interval = _keepalive_interval(self.target)
-        heard = time.monotonic()
-        probe: _Probe | None = None
         eof = False
         while True:
             got = False
@@ -340,30 +373,58 @@ class Connection:
                     err += channel.recv_stderr(CHUNK)
                 status = channel.recv_exit_status()
                 return bytes(out), bytes(err), 255 if status < 0 else status
-            now = time.monotonic()
             if got:
-                heard, probe = now, None
-            if not transport.is_active():
-                raise self._lost(shown, "the connection closed")
-            if now > deadline:
-                raise self._lost(shown, "it did not end when its timeout killed it")
-            # Silence is normal for a long command; a node that does not answer a probe either is gone.
-            if now - heard > interval:
-                if probe is None:
-                    probe = _Probe(transport, self._probe_lock)
-                elif probe.answered:
-                    heard, probe = now, None
-                elif now - probe.sent > interval * KEEPALIVE_COUNT:
-                    transport.close()
-                    raise self._lost(shown, f"no answer to keep-alives for {interval * KEEPALIVE_COUNT:g}s")
+                watch.heard()
+            lost = watch.check()
+            if lost:
+                raise self._lost(shown, lost)
             if eof:
                 time.sleep(POLL)
 
     def _lost(self, shown: str, why: str) -> OberError:
         return OberError(
-            f"{self.target.name}: lost the SSH connection to {self.target.host} while running {shown}: {why}",
+            f"{self.target.name}: lost the SSH connection to {self.target.host} while {shown}: {why}",
             "check that the node is up and reachable, then run the command again",
         )
+
+
+class _Watch:
+    """Tells a node that is quiet from one that is gone, while a command runs.
+
+    Silence is normal for a long command. After ``interval`` of it a keep-alive probe goes out (OpenSSH answers
+    any global request that wants a reply); a node that answers none for ``KEEPALIVE_COUNT`` intervals is lost,
+    like ssh's ServerAliveInterval/ServerAliveCountMax. Past ``deadline`` (the command's timeout plus the node's
+    SIGKILL and some grace) the node's own ``timeout`` has failed to end it, so it is lost too.
+    """
+
+    def __init__(self, transport: Any, lock: threading.Lock, interval: float, deadline: float) -> None:
+        self._transport = transport
+        self._lock = lock
+        self._interval = interval
+        self._deadline = deadline
+        self._last = time.monotonic()
+        self._probe: _Probe | None = None
+
+    def heard(self) -> None:
+        """The node sent something: it is alive."""
+        self._last, self._probe = time.monotonic(), None
+
+    def check(self) -> str | None:
+        """Why the node counts as lost, or None while it does not."""
+        now = time.monotonic()
+        if not self._transport.is_active():
+            return "the connection closed"
+        if now > self._deadline:
+            return "it did not end when its timeout killed it"
+        if now - self._last > self._interval:
+            if self._probe is None:
+                self._probe = _Probe(self._transport, self._lock)
+            elif self._probe.answered:
+                self.heard()
+            elif now - self._probe.sent > self._interval * KEEPALIVE_COUNT:
+                self._transport.close()
+                return f"no answer to keep-alives for {self._interval * KEEPALIVE_COUNT:g}s"
+        return None
 
 
 class _Probe:
@@ -427,20 +488,6 @@ def _chain(conn: Any) -> list[Any]:
     while isinstance(chain[-1].gateway, fabric.Connection):
         chain.append(chain[-1].gateway)
     return chain
-
-
-def _send(channel: Any, data: bytes, deadline: float) -> None:
-    view = memoryview(data)
-    while view:
-        if time.monotonic() > deadline:
-            raise TimeoutError("sending input timed out")
-        try:
-            sent = channel.send(view[:CHUNK])
-        except TimeoutError:
-            continue
-        if sent == 0:
-            raise EOFError("the command closed its input")
-        view = view[sent:]
 
 
 def _keepalive_interval(target: SshTarget) -> float:

@@ -16,7 +16,8 @@ import yaml
 
 from ober.errors import ConfigError, OberError, SecretsError
 from ober.inventory import Inventory, resolve_inventory
-from ober.remote.bootstrap import FleetReport, NodeJob, NodeReport, Options, StepResult, parse_remote_files, payloads
+from ober.remote.bootstrap import FleetReport, NodeReport, StepResult
+from ober.remote.bootstrap_steps import NodeJob, Options, parse_remote_files, payloads
 from ober.remote.preflight import (
     MIN_FREE_BYTES,
     NodeFacts,
@@ -247,15 +248,7 @@ def job(tmp_path: Path, *, dry_run: bool = False, **changes: Any) -> NodeJob:
     inventory = lab_inventory(tmp_path, files=[{"source": "s3.pem", "dest": str(tmp_path / "certs/s3.pem")}], **changes)
     node = inventory.nodes[0]
     payload = payloads(inventory, [node], {"bgp_md5": "m", "stats_password": "s", "unused": "u"})[node.name]
-    return NodeJob(node, LocalNode(), payload, Options(dry_run=dry_run), Silent())
-
-
-class Silent:
-    def start(self, node: str, step: str) -> None:
-        pass
-
-    def done(self, node: str, result: StepResult) -> None:
-        pass
+    return NodeJob(node, LocalNode(), payload, Options(dry_run=dry_run))
 
 
 def test_payload_holds_only_the_secrets_the_node_refers_to_and_refuses_a_missing_file(short: Path) -> None:

@@ -22,63 +22,31 @@ Nothing here prints: progress goes to a `Reporter`, the result is a `FleetReport
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from ober.config import dump_config
 from ober.errors import OberError
-from ober.inventory import FileSpec, Inventory, InventoryNode
-from ober.remote.facts import NodeView, node_view
+from ober.inventory import Inventory, InventoryNode
+from ober.remote.bootstrap_steps import ACTIVATE_TIMEOUT, NodeJob, Options, Remote, payloads
 from ober.remote.pool import for_each
 from ober.remote.preflight import Preflight, preflight
 from ober.remote.wheelhouse import build_wheelhouse
-from ober.runner import Result
-from ober.secrets import pick
+
+__all__ = [
+    "ACTIVATE_TIMEOUT",
+    "STEPS",
+    "FleetReport",
+    "NodeReport",
+    "Options",
+    "Remote",
+    "StepResult",
+    "bootstrap_fleet",
+]
 
 STEPS = ("preflight", "wheelhouse", "install", "files", "config", "activate")
-QUICK = 60.0
-INSTALL_TIMEOUT = 900.0
-ACTIVATE_TIMEOUT = 180.0
-POLL = 1.0
-BUILD_FILE = "BUILD"
-# The throwaway venv that runs a first ``ober bootstrap``: under the install path, which only root can write
-# (a fixed name in a world-writable /tmp could be planted by another user).
-THROWAWAY = ".fleet-venv"
-
-
-class Remote(Protocol):
-    """What bootstrap needs of a node's connection (`ober.remote.connection.Connection` is one)."""
-
-    user: str
-    sudo: bool
-
-    def run(
-        self,
-        argv: Sequence[str],
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
-        *,
-        stdin: bytes | None = None,
-    ) -> Result:
-        """Run ``argv`` on the node as root."""
-        ...
-
-    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
-        """Write a file atomically."""
-        ...
-
-    def close(self) -> None:
-        """Close the connection."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -194,265 +162,18 @@ class _Silent:
         pass
 
 
-Confirm = Callable[[InventoryNode], str | None]
-"""An extra activation check (the lab router's route, say): None once satisfied, else what is still missing."""
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to bootstrap."""
-
-    dry_run: bool = False
-    parallel: int = 10
-    wheelhouse: Path | None = None
-    """A prepared wheelhouse for every node (else one is built per node platform)."""
-    wheelhouse_cache: Path | None = None
-    activate_timeout: float = ACTIVATE_TIMEOUT
-    confirm: Confirm | None = None
-
-
-@dataclass(frozen=True)
-class Payload:
-    """What one node gets from the workstation: the files to push (path → content, mode)."""
-
-    files: dict[str, tuple[bytes, int]]
-    staged_config: str
-    secrets_file: str
-
-
-def payloads(inventory: Inventory, nodes: Sequence[InventoryNode], secrets: Mapping[str, str]) -> dict[str, Payload]:
-    """Every node's files, read and checked on the workstation before any node is touched.
-
-    Raises:
-        SecretsError: a secret a node's config refers to is missing.
-        OberError: a file of the inventory's ``files:`` cannot be read.
-    """
-    shared = {spec.dest: (_read(spec), spec.mode) for spec in inventory.files}
-    result: dict[str, Payload] = {}
-    for node in nodes:
-        etc = f"{node.config.install_path}/etc"
-        mine = pick(secrets, node.config.secret_names(), "the secrets file")
-        login = yaml.safe_dump(mine, default_flow_style=False).encode() if mine else b""
-        staged = f"{etc}/fleet.yaml"
-        files = {f"{etc}/login": (login, 0o600), staged: (dump_config(node.config).encode(), 0o644), **shared}
-        result[node.name] = Payload(files, staged, f"{etc}/login")
-    return result
-
-
-def _read(spec: FileSpec) -> bytes:
+def _step(report: NodeReport, name: str, work: Callable[[], tuple[str, str]], say: Reporter) -> bool:
+    """Run one step on a node; an OberError is that step's failure. Returns whether the node may go on."""
+    say.start(report.name, name)
+    started = time.monotonic()
     try:
-        return spec.source.read_bytes()
-    except OSError as exc:
-        raise OberError(
-            f"inventory files: cannot read {spec.source} (for {spec.dest}): {exc.strerror}",
-            "fix the source path under files: in the inventory (relative paths are relative to the inventory)",
-        ) from None
-
-
-def tarball(directory: Path, build: str) -> bytes:
-    """The wheelhouse as an uncompressed tar (wheels are zips already), with a ``BUILD`` file naming the build."""
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w") as tar:
-        for path in sorted(directory.iterdir()):
-            tar.add(path, arcname=path.name)
-        stamp = build.encode() + b"\n"
-        info = tarfile.TarInfo(BUILD_FILE)
-        info.size, info.mode, info.mtime = len(stamp), 0o644, int(time.time())
-        tar.addfile(info, io.BytesIO(stamp))
-    return archive.getvalue()
-
-
-def parse_remote_files(text: str) -> dict[str, tuple[str, int] | None]:
-    """``sha256 mode path`` lines (``- - path`` for a missing file) as path → (sha256, mode) or None."""
-    found: dict[str, tuple[str, int] | None] = {}
-    for line in text.splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) != 3:
-            continue
-        digest, mode, path = parts
-        found[path] = None if digest == "-" else (digest, int(mode, 8))
-    return found
-
-
-def _need(result: Result, what: str) -> Result:
-    if not result.ok:
-        raise OberError(f"{what} failed: {result.last_line()}")
-    return result
-
-
-def _json(result: Result, what: str) -> dict[str, Any]:
-    """A node command's JSON document; its error (with fix) when it failed."""
-    try:
-        data = json.loads(result.stdout)
-    except ValueError:
-        raise OberError(f"{what} failed (exit {result.returncode}): {result.last_line()}") from None
-    if not isinstance(data, dict):
-        raise OberError(f"{what}: unexpected output")
-    if data.get("error") or not result.ok:
-        raise OberError(f"{what}: {data.get('error') or result.last_line()}", data.get("fix"))
-    return data
-
-
-class NodeJob:
-    """Bootstrap steps on one node, each recorded and reported."""
-
-    def __init__(self, node: InventoryNode, conn: Remote, payload: Payload, options: Options, reporter: Reporter):
-        self.node = node
-        self.conn = conn
-        self.payload = payload
-        self.options = options
-        self.reporter = reporter
-        self.install = node.config.install_path
-        self.ober = f"{self.install}/venv/bin/ober"
-        self.report: NodeReport | None = None
-
-    def step(self, report: NodeReport, name: str, work: Callable[[], tuple[str, str]]) -> bool:
-        """Run one step; an OberError is that step's failure. Returns whether the node may go on."""
-        self.reporter.start(report.name, name)
-        started = time.monotonic()
-        try:
-            status, detail = work()
-            result = StepResult(name, status, detail, time.monotonic() - started)
-        except OberError as exc:
-            result = StepResult(name, "failed", exc.message, time.monotonic() - started, exc.fix)
-        report.steps.append(result)
-        self.reporter.done(report.name, result)
-        return result.status != "failed"
-
-    def wheelhouse(self, local: Path) -> tuple[str, str]:
-        """Copy the wheelhouse unless the node has this build already."""
-        remote = f"{self.install}/wheelhouse"
-        have = self.conn.run(["cat", f"{remote}/{BUILD_FILE}"], QUICK)
-        if have.ok and have.stdout.strip() == local.name:
-            return "ok", f"{remote} has build {local.name}"
-        wheels = len(list(local.glob("*.whl")))
-        if self.options.dry_run:
-            return "planned", f"would copy {wheels} wheels to {remote}"
-        data = tarball(local, local.name)
-        _need(self.conn.run(["mkdir", "-p", "--", self.install], QUICK), f"mkdir {self.install}")
-        archive = f"{self.install}/.wheelhouse.tar"
-        self.conn.put(data, archive, 0o600, timeout=INSTALL_TIMEOUT)
-        # Unpacked beside the old one and swapped in, so a cut connection never leaves half a wheelhouse.
-        script = (
-            'set -e; rm -rf "$1.new" "$1.old"; mkdir -p "$1.new"; tar -C "$1.new" -xf "$2"; rm -f "$2"; '
-            'if [ -e "$1" ]; then mv "$1" "$1.old"; fi; mv "$1.new" "$1"; rm -rf "$1.old"'
-        )
-        _need(self.conn.run(["sh", "-c", script, "unpack", remote, archive], QUICK), "unpacking the wheelhouse")
-        return "changed", f"copied {wheels} wheels ({len(data) / 2**20:.1f} MiB) to {remote}"
-
-    def install_ober(self) -> tuple[str, str]:
-        """Run the node's ``ober bootstrap`` from the wheelhouse (a throwaway venv when ober is not there yet)."""
-        wheels = f"{self.install}/wheelhouse"
-        installed = self.conn.run(["test", "-x", self.ober], QUICK).ok
-        if not installed and self.options.dry_run:
-            return "planned", f"would install ober and run ober bootstrap {self.install}"
-        program = self.ober
-        throwaway = f"{self.install}/{THROWAWAY}"
-        if not installed:
-            script = (
-                'rm -rf "$1" && python3 -m venv "$1" && '
-                '"$1/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$2" ober'
-            )
-            made = self.conn.run(["sh", "-c", script, "throwaway", throwaway, wheels], INSTALL_TIMEOUT)
-            _need(made, "a throwaway venv to run ober bootstrap")
-            program = f"{throwaway}/bin/ober"
-        argv = [program, "bootstrap", self.install, "--yes", "--json", "--wheelhouse", wheels]
-        argv += ["--dry-run"] if self.options.dry_run else []
-        try:
-            data = _json(self.conn.run(argv, INSTALL_TIMEOUT), "ober bootstrap")
-        finally:
-            if not installed:
-                self.conn.run(["rm", "-rf", "--", throwaway], QUICK)
-        steps = [s for s in data.get("steps", []) if isinstance(s, dict) and (s.get("changed") or s.get("changes"))]
-        titles = ", ".join(str(s.get("title") or s.get("name")) for s in steps)
-        if self.options.dry_run:
-            return ("planned", f"ober bootstrap would: {titles}") if steps else ("ok", "ober bootstrap: nothing to do")
-        if data.get("changed"):
-            return "changed", f"ober bootstrap: {titles or 'done'}"
-        return "ok", "ober bootstrap: nothing to do"
-
-    def files(self) -> tuple[str, str]:
-        """Write the files whose content or mode differ on the node."""
-        wanted = self.payload.files
-        script = (
-            'for f; do if [ -f "$f" ]; then printf "%s %s %s\\n" "$(sha256sum < "$f" | cut -d" " -f1)" '
-            '"$(stat -c %a "$f")" "$f"; else printf -- "- - %s\\n" "$f"; fi; done'
-        )
-        have = parse_remote_files(
-            _need(self.conn.run(["sh", "-c", script, "sums", *wanted], QUICK), "reading files").stdout
-        )
-        stale = [
-            path for path, (data, mode) in wanted.items() if have.get(path) != (hashlib.sha256(data).hexdigest(), mode)
-        ]
-        if not stale:
-            return "ok", f"{len(wanted)} files up to date"
-        if self.options.dry_run:
-            return "planned", f"would write {', '.join(stale)}"
-        directories = sorted({path.rsplit("/", 1)[0] for path in stale})
-        _need(self.conn.run(["mkdir", "-p", "--", *directories], QUICK), "mkdir")
-        for path in stale:
-            data, mode = wanted[path]
-            self.conn.put(data, path, mode)
-        return "changed", f"wrote {', '.join(stale)}"
-
-    def configure(self, files_changed: bool) -> tuple[str, str]:
-        """``ober config --from`` the staged config: checked on the node, applied with rollback."""
-        if self.options.dry_run and (files_changed or not self.conn.run(["test", "-x", self.ober], QUICK).ok):
-            return "planned", f"would apply {self.payload.staged_config} with ober config --from"
-        # --replace: the inventory is the whole truth, so a key it no longer sets does not linger from a merge.
-        argv = [self.ober, "config", "-c", f"{self.install}/etc/ober.yaml", "--from", self.payload.staged_config]
-        argv.append("--replace")
-        argv += ["--secrets", self.payload.secrets_file, "--json", *(["--dry-run"] if self.options.dry_run else [])]
-        data = _json(self.conn.run(argv, INSTALL_TIMEOUT), "ober config")
-        changes = [str(c.get("path")) for c in data.get("changes", []) if isinstance(c, dict)]
-        if not changes:
-            return "ok", "the node already has this configuration"
-        if self.options.dry_run:
-            return "planned", f"would change {len(changes)} files"
-        actions = ", ".join(str(a) for a in data.get("actions", [])) or "none"
-        return "changed", f"applied {len(changes)} changed files (checked by haproxy -c); services: {actions}"
-
-    def activate(self) -> tuple[str, str]:
-        """Start the units unless the node is in service already, then wait until it is verified."""
-        view = node_view(self.conn, self.node)
-        if view.drained is not None:
-            return "ok", f"drained by {view.drained.by} ({view.drained.reason}): left out of service"
-        problem = self._problem(view)
-        if problem is None:
-            return "ok", f"in service: {_serving(view)}"
-        if self.options.dry_run:
-            return "planned", f"would start ober-http and ober-bgp ({problem})"
-        _need(self.conn.run(["systemctl", "enable", "ober-http", "ober-bgp"], QUICK), "systemctl enable")
-        _need(self.conn.run([self.ober, "start", "-c", f"{self.install}/etc/ober.yaml"], QUICK * 2), "ober start")
-        started = time.monotonic()
-        deadline = started + self.options.activate_timeout
-        while True:
-            view = node_view(self.conn, self.node)
-            problem = self._problem(view)
-            if problem is None:
-                return "changed", f"started; in service after {time.monotonic() - started:.1f}s: {_serving(view)}"
-            if time.monotonic() > deadline:
-                raise OberError(
-                    f"not in service {self.options.activate_timeout:g}s after start: {problem}",
-                    f"look at the node: ober fleet status {self.node.name}; journalctl -u ober-http -u ober-bgp",
-                )
-            time.sleep(POLL)
-
-    def _problem(self, view: NodeView) -> str | None:
-        """What keeps the node from counting as verified (None: verified)."""
-        problems = view.problems()
-        missing = [peer for peer in self.node.config.bgp.neighbors if view.bgp.get(peer) != "established"]
-        if missing and not any(p.startswith("BGP") for p in problems):
-            problems.append(f"BGP {', '.join(missing)} not established")
-        if problems:
-            return "; ".join(problems)
-        if self.options.confirm is not None:
-            return self.options.confirm(self.node)
-        return None
-
-
-def _serving(view: NodeView) -> str:
-    return f"{', '.join(view.announced)} announced to {len(view.bgp)} neighbor(s)"
+        status, detail = work()
+        result = StepResult(name, status, detail, time.monotonic() - started)
+    except OberError as exc:
+        result = StepResult(name, "failed", exc.message, time.monotonic() - started, exc.fix)
+    report.steps.append(result)
+    say.done(report.name, result)
+    return result.status != "failed"
 
 
 def bootstrap_fleet(
@@ -495,7 +216,7 @@ def bootstrap_fleet(
             report.steps.append(result)
             say.done(node.name, result)
             return
-        jobs[node.name] = job = NodeJob(node, conn, wanted[node.name], options, say)
+        jobs[node.name] = NodeJob(node, conn, wanted[node.name], options)
         try:
             report.preflight = found = preflight(conn, node.config.install_path, login=conn.user if conn.sudo else None)
         except OberError as exc:
@@ -509,15 +230,15 @@ def bootstrap_fleet(
                 detail = "; ".join(f"{c.name}: {c.detail}" for c in failures)
                 result = StepResult("preflight", "failed", detail, time.monotonic() - started, failures[0].fix)
             else:
-                result = StepResult("preflight", "ok", summary + (f" (warnings: {notes})" if notes else ""))
+                detail = summary + (f" (warnings: {notes})" if notes else "")
+                result = StepResult("preflight", "ok", detail, time.monotonic() - started)
         report.steps.append(result)
         say.done(node.name, result)
-        del job
 
     try:
         for_each(list(nodes), probe, parallel=options.parallel, name=lambda n: n.name)
         ready = [n for n in nodes if reports[n.name].failed is None and n.name in jobs]
-        houses = _wheelhouses(ready, reports, options)
+        houses = _wheelhouses(ready, reports, options, say)
         fleet = FleetReport(list(reports.values()), options.dry_run, targets)
         fleet.wheelhouses = {name: str(path) for name, path in houses.items()}
 
@@ -526,14 +247,14 @@ def bootstrap_fleet(
             house = houses.get(node.name)
             if house is None:
                 return
-            if not job.step(report, "wheelhouse", lambda: job.wheelhouse(house)):
+            if not _step(report, "wheelhouse", lambda: job.wheelhouse(house), say):
                 return
-            if not job.step(report, "install", job.install_ober):
+            if not _step(report, "install", job.install_ober, say):
                 return
-            if not job.step(report, "files", job.files):
+            if not _step(report, "files", job.files, say):
                 return
             files_changed = report.steps[-1].status in ("changed", "planned")
-            job.step(report, "config", lambda: job.configure(files_changed))
+            _step(report, "config", lambda: job.configure(files_changed), say)
 
         for_each(ready, install, parallel=options.parallel, name=lambda n: n.name)
         stopped: str | None = None
@@ -546,7 +267,7 @@ def bootstrap_fleet(
                 say.done(node.name, report.steps[-1])
                 continue
             job = jobs[node.name]
-            if not job.step(report, "activate", job.activate):
+            if not _step(report, "activate", job.activate, say):
                 stopped = node.name
         return fleet
     finally:
@@ -554,7 +275,9 @@ def bootstrap_fleet(
             job.conn.close()
 
 
-def _wheelhouses(ready: Sequence[InventoryNode], reports: dict[str, NodeReport], options: Options) -> dict[str, Path]:
+def _wheelhouses(
+    ready: Sequence[InventoryNode], reports: dict[str, NodeReport], options: Options, say: Reporter
+) -> dict[str, Path]:
     """A wheelhouse per distinct node platform (built once each); nodes whose build failed fail at ``wheelhouse``."""
     houses: dict[str, Path] = {}
     built: dict[tuple[str, str, tuple[int, int]], Path | OberError] = {}
@@ -570,6 +293,10 @@ def _wheelhouses(ready: Sequence[InventoryNode], reports: dict[str, NodeReport],
             continue
         if key not in built:
             python, machine, glibc = key
+            for other in ready:
+                other_found = reports[other.name].preflight
+                if other_found is not None and other_found.facts.platform_key() == key:
+                    say.start(other.name, f"wheelhouse (building it for Python {python} on {machine})")
             try:
                 kwargs: dict[str, Any] = {"glibc": glibc, "arch": machine}
                 if options.wheelhouse_cache is not None:

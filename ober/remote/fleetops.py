@@ -7,6 +7,7 @@ before each node (the fleet may have changed meanwhile), and refuses rather than
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -270,6 +271,32 @@ def _json(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def one_at_a_time(
+    inventory: Inventory,
+    nodes: Sequence[InventoryNode],
+    work: Callable[[Connection, InventoryNode], PushResult],
+    *,
+    doing: str,
+    dry_run: bool = False,
+    accept_new_host_keys: bool = False,
+    progress: Progress = _quiet,
+) -> list[PushResult]:
+    """Run ``work`` on each node in turn over its own connection; stop at the first failure (the rest untouched)."""
+    results: list[PushResult] = []
+    for node in nodes:
+        progress(f"{node.name}: {doing}")
+        started = time.monotonic()
+        try:
+            with _connected(inventory, node, accept_new_host_keys) as conn:
+                result = work(conn, node)
+        except OberError as exc:
+            result = PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
+        results.append(dataclasses.replace(result, seconds=time.monotonic() - started))
+        if not result.ok:
+            break
+    return results
+
+
 def push(
     inventory: Inventory,
     nodes: Sequence[InventoryNode],
@@ -280,18 +307,15 @@ def push(
     progress: Progress = _quiet,
 ) -> list[PushResult]:
     """Push node by node; stop at the first failure (the nodes after it are untouched)."""
-    results: list[PushResult] = []
-    for node in nodes:
-        progress(f"{node.name}: {'checking' if dry_run else 'pushing'}")
-        try:
-            with _connected(inventory, node, accept_new_host_keys) as conn:
-                result = push_node(conn, node, secrets, dry_run)
-        except OberError as exc:
-            result = PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
-        results.append(result)
-        if not result.ok:
-            break
-    return results
+    return one_at_a_time(
+        inventory,
+        nodes,
+        lambda conn, node: push_node(conn, node, secrets, dry_run),
+        doing="checking" if dry_run else "pushing",
+        dry_run=dry_run,
+        accept_new_host_keys=accept_new_host_keys,
+        progress=progress,
+    )
 
 
 def whitelist_args(node: InventoryNode, overrides: Mapping[str, str]) -> list[str]:
@@ -318,28 +342,12 @@ def sync(
     progress: Progress = _quiet,
 ) -> list[PushResult]:
     """``ober sync`` on each node in turn (names resolved on the node, now); stop at the first failure."""
-    results: list[PushResult] = []
-    for node in nodes:
-        progress(f"{node.name}: syncing whitelists")
-        started = time.monotonic()
+
+    def work(conn: Connection, node: InventoryNode) -> PushResult:
         argv = [ober_program(node), "sync", "--config", config_file(node), "--json"]
         argv += ["--secrets", node_secrets_file(node), *whitelist_args(node, overrides)]
-        try:
-            with _connected(inventory, node, accept_new_host_keys) as conn:
-                result = config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT))
-        except OberError as exc:
-            result = PushResult(node.name, False, False, error=exc.message, fix=exc.fix)
-        result = PushResult(
-            result.node,
-            result.ok,
-            False,
-            result.changes,
-            result.actions,
-            result.error,
-            result.fix,
-            time.monotonic() - started,
-        )
-        results.append(result)
-        if not result.ok:
-            break
-    return results
+        return config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT))
+
+    return one_at_a_time(
+        inventory, nodes, work, doing="syncing whitelists", accept_new_host_keys=accept_new_host_keys, progress=progress
+    )

@@ -458,3 +458,85 @@ def test_config_replace_drops_what_the_new_file_leaves_out(tmp_path: Any, capsys
     capsys.readouterr()
     assert main([*base, "--replace", "--set", "health.rise=3"]) == 1
     assert "--replace needs --from FILE" in capsys.readouterr().err
+
+
+# --- drain sequencing (the fleet faked at the transport; the real thing is in test_fleet_ops_lab.py) -------------
+
+
+class ScriptedNode(FakeRunner):
+    """A node over a fake connection: `ober drain` withdraws (status then announces nothing)."""
+
+    def __init__(self, name: str, drained: set[str]) -> None:
+        super().__init__(Result(0, "", ""))
+        self.name, self.drained = name, drained
+
+    def __enter__(self) -> ScriptedNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        self.asked.append((list(argv), timeout))
+        if argv[1] == "drain":
+            self.drained.add(self.name)
+            return Result(0, json.dumps({"drained": True, "by": "t", "since": 1.0, "sessions_left": 0}), "")
+        if argv[1] == "undrain":
+            self.drained.discard(self.name)
+            return Result(0, json.dumps({"drained": False, "was_drained": True}), "")
+        doc = status_doc(node=self.name)
+        if self.name in self.drained:
+            doc["drained"] = {"by": "t", "since": 1.0, "reason": ""}
+            doc["bgp"]["announced"] = {}
+        return Result(0, json.dumps(doc), "")
+
+
+def scripted_fleet(monkeypatch: pytest.MonkeyPatch, broken_after_first: str | None = None) -> set[str]:
+    """Fake the sweep and the connections; ``broken_after_first`` becomes unreachable once a node is drained."""
+    import ober.remote.fleetops as fleetops
+
+    drained: set[str] = set()
+
+    def sweep(inventory: Any, **_kw: Any) -> list[NodeView]:
+        views = []
+        for node in inventory.nodes:
+            if node.name == broken_after_first and drained:
+                views.append(NodeView(node.name, node.address, reachable=False, error="gone"))
+            else:
+                views.append(node_view(ScriptedNode(node.name, drained), node))
+        return views
+
+    monkeypatch.setattr(fleetops, "sweep", sweep)
+    monkeypatch.setattr(fleetops, "_connected", lambda _inv, node, _accept: ScriptedNode(node.name, drained))
+    return drained
+
+
+def test_drain_goes_one_node_at_a_time_and_rechecks_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ober.remote.fleetops import Drain
+
+    drained = scripted_fleet(monkeypatch, broken_after_first="node04")
+    run = Drain(EXAMPLE, EXAMPLE.nodes[:2], reason="r", max_unavailable=2)
+    steps = run.run()
+    # node01 drained; then node04 failed meanwhile: node02 would make 3 out of service, more than 2.
+    assert [(s.node, s.ok) for s in steps] == [("node01", True), ("node02", False)]
+    assert "more than max_unavailable 2" in steps[1].detail
+    assert drained == {"node01"}
+
+
+def test_drain_refuses_the_whole_set_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ober.remote.fleetops import Drain
+
+    drained = scripted_fleet(monkeypatch)
+    with pytest.raises(GuardRefused):
+        Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=1).run()
+    assert drained == set()
+
+
+def test_undrain_waits_until_each_node_is_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ober.remote.fleetops import undrain
+
+    drained = scripted_fleet(monkeypatch)
+    drained.update({"node01", "node02"})
+    steps = undrain(EXAMPLE, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
+    assert [(s.node, s.ok, s.facts["live"]) for s in steps] == [("node01", True, True), ("node02", True, True)]
+    assert drained == set()

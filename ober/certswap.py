@@ -177,6 +177,37 @@ def swap_certificates(config: NodeConfig, *, now: datetime | None = None, ask: Q
     return outcomes
 
 
+def _stamp(crt: Path) -> list[tuple[str, int, int, int]]:
+    """What the certificate files look like on disk, to notice a write.
+
+    Names, inodes (a file renamed over one is a new inode, even within one tick of the clock), times and sizes.
+    """
+    try:
+        found = sorted(crt.iterdir()) if crt.is_dir() else [crt, crt.with_name(crt.name + ".key")]
+        stats = [(str(path), path.stat()) for path in found if path.exists()]
+    except OSError:
+        return []
+    return [(name, stat.st_ino, stat.st_ctime_ns, stat.st_size) for name, stat in stats]
+
+
+def swap_settled(
+    config: NodeConfig, *, now: datetime | None = None, ask: Query | None = None, rounds: int = 3
+) -> list[Outcome]:
+    """:func:`swap_certificates` again while the files changed during the last round (at most ``rounds`` times).
+
+    systemd starts ``ober-certs.service`` once for changes that land while it runs, and a tool that writes the
+    certificate and then its key is two changes: without looking again the second would wait for the next renewal.
+    """
+    crt = Path(config.certificates.crt_path(config.install_path))
+    outcomes: list[Outcome] = []
+    for _ in range(rounds):
+        before = _stamp(crt)
+        outcomes = swap_certificates(config, now=now, ask=ask)
+        if _stamp(crt) == before:
+            break
+    return outcomes
+
+
 def _one(ask: Query, path: Path, loaded: bool, now: datetime | None) -> Outcome:
     name = str(path)
     try:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ober.certs import self_signed_pem
-from ober.certswap import fingerprint
+from ober.certswap import fingerprint, swap_settled
 from ober.cli import main
 from ober.haproxy_runtime import query
 from ober.render import paths
@@ -252,3 +252,26 @@ def test_without_haproxy_it_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 1 and "runtime socket" in err and "ober-http running" in err
     assert "Traceback" not in err
     shutil.rmtree(install.parent)
+
+
+def test_a_write_during_the_swap_is_picked_up_too(labs: Labs) -> None:
+    lab = labs.start()
+    assert lab.config is not None and lab.config.certificates.pem is not None
+    pem = Path(lab.config.certificates.pem)
+    socket_path = paths(lab.config)["admin_socket"]
+    b_crt, b_key = pem_pair("cert-b.test")
+    c_crt, c_key = pem_pair("cert-c.test")
+    replace_file(pem, b_crt + b_key)
+    calls: list[str] = []
+
+    def ask(command: str) -> str:
+        # The renewal tool writes again while the first round talks to HAProxy (after it read the file).
+        if command.startswith("commit") and not any(call.startswith("commit") for call in calls):
+            replace_file(pem, c_crt + c_key)
+        calls.append(command.split(" <<")[0])
+        return query(socket_path, command, 5.0)
+
+    outcomes = swap_settled(lab.config, ask=ask)
+    assert [o.action for o in outcomes] == ["swapped"], (outcomes, calls)
+    assert served(lab) == fingerprint(c_crt), (outcomes, calls)  # the later write, not the one first seen
+    assert sum(call.startswith("commit") for call in calls) == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ober.certswap import swap_certificates
+from ober.certswap import swap_settled
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
 from ober.config import load_config
@@ -28,7 +28,7 @@ def certs() -> None:
 def certs_reload(out: Output, config_path: Path) -> None:
     """Hand changed PEM files to the running HAProxy; an invalid one is refused and the old one keeps serving."""
     config = load_config(config_path)
-    outcomes = swap_certificates(config)
+    outcomes = swap_settled(config)
     refused = [outcome for outcome in outcomes if outcome.action == "refused"]
     summary = f"{len(refused)} of {len(outcomes)} certificate files refused; HAProxy keeps serving the previous ones"
     if out.as_json:

@@ -199,7 +199,8 @@ def test_gather_from_the_index_with_apt(tmp_path: Path) -> None:
         }
     )
     got = gather_upgrade_facts("/opt/ober", runner, manager="apt", root=root)
-    assert runner.ran[0] == "apt-get update -q"  # apt-cache knows only the lists it last fetched
+    # apt-cache knows only the lists it last fetched: they are refreshed first.
+    assert runner.ran.index("apt-get update -q") < runner.ran.index("apt-cache policy haproxy")
     assert got.haproxy == Versions("3.0.10-1", "3.0.11-1+deb13u4", "apt")
     assert got.ober.available == "0.3.0" and got.exabgp.available is None
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,10 @@ from ober.lab import fleet as lab_fleet
 from ober.lab import labstate
 from ober.lab.image import DEFAULT_IMAGE
 from ober.lab.labstate import Proc
-from ober.lab.netns import list_netns, run
+from ober.lab.netns import Lab, list_netns, run
 from ober.lab.nspawn import boot_node
 from ober.lab.rgw import missing_programs
+from ober.lab.router import RouterView, start_router
 from tests.conftest import require
 
 RELAY = Path(lab_fleet.__file__).with_name("relay.py")
@@ -249,6 +250,17 @@ def test_non_root_gets_a_clear_error() -> None:
         assert done.stderr.strip() == expected
 
 
+@pytest.mark.lab
+def test_a_directory_the_lab_cannot_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    lab_prerequisites()
+    before = list_netns()
+    for bad, why in ((tmp_path / "a,b", "overlayfs"), (tmp_path / ("x" * 80), "too long")):
+        done = ober("lab", "up", "1", "--dir", str(bad))
+        assert done.returncode == 1 and why in done.stderr and "Traceback" not in done.stderr
+        assert not bad.exists()
+    assert [name for name in list_netns() if name not in before and name.startswith("ober-lab-")] == []
+
+
 # --- no root needed ---------------------------------------------------------------------------------------------
 
 
@@ -330,3 +342,67 @@ def test_lab_dir_lock_refuses_a_second_command(tmp_path: Path) -> None:
     with labstate.locked(tmp_path), pytest.raises(OberError, match="another ober lab command"):  # noqa: SIM117
         with labstate.locked(tmp_path):
             pass
+
+
+# --- the lab router's graceful restart (issue 4 item 7) ---------------------------------------------------------
+
+GR_VIP, GR_NODE = "198.51.100.10", "100.64.0.11"
+
+
+def exabgp_config(directory: Path, graceful_restart: int) -> Path:
+    """A node's ExaBGP announcing the VIP, with or without the graceful-restart capability."""
+    announce = directory / "announce.sh"
+    announce.write_text(f"#!/bin/sh\necho 'announce route {GR_VIP}/32 next-hop self'\nexec cat >/dev/null\n")
+    announce.chmod(0o755)
+    capability = f"graceful-restart {graceful_restart};" if graceful_restart else ""
+    config = directory / "exabgp.conf"
+    config.write_text(
+        f"process announce {{ run {announce}; encoder text; }}\n"
+        f"neighbor 100.64.0.1 {{ router-id {GR_NODE}; local-address {GR_NODE}; local-as {lab_fleet.NODE_AS}; "
+        f"peer-as {lab_fleet.ROUTER_AS}; hold-time 3; capability {{ {capability} }} family {{ ipv4 unicast; }} "
+        "api { processes [ announce ]; } }\n"
+    )
+    return config
+
+
+@pytest.mark.lab
+def test_lab_router_holds_the_route_of_a_node_restarting_exabgp_with_graceful_restart() -> None:
+    require(os.geteuid() == 0, "network namespaces need root")
+    require(find_program("bird") is not None and find_program("exabgp") is not None, "bird2 or exabgp missing")
+    env = {"exabgp_daemon_user": "root", "exabgp_api_cli": "false", "exabgp_log_destination": "stdout"}
+    with Lab() as lab:
+        router = start_router(
+            lab, [GR_NODE], [lab_fleet.VIP_PREFIX], asn=lab_fleet.ROUTER_AS, peer_as=lab_fleet.NODE_AS
+        )
+        ns = lab.netns("node")
+        router.connect(ns, GR_NODE)
+        for restart_time, held in ((30, True), (0, False)):
+            config = exabgp_config(lab.path(f"gr{restart_time}"), restart_time)
+            log = lab.path(f"gr{restart_time}") / "exabgp.log"
+            exabgp = lab.spawn(ns, [find_program("exabgp") or "exabgp", str(config)], log=log, env=env)
+            assert poll_until(lambda: router.next_hops(GR_VIP) == [GR_NODE], 60), log.read_text()[-2000:]
+            exabgp.kill()  # the process dies at once: its TCP session closes, as in a crash or a hard restart
+            exabgp.wait()
+            kept = poll_until(lambda: router.next_hops(GR_VIP) == [], 5) is None
+            assert kept == held, f"restart time {restart_time}: route kept {kept}"
+            if held:
+                # The restarted ExaBGP takes its session back; the route never left the kernel meanwhile.
+                again = lab.spawn(ns, [find_program("exabgp") or "exabgp", str(config)], log=log, env=env)
+                watched = poll_until(lambda: router.bgp_sessions()[GR_NODE] == "Established", 60, hops=router)
+                assert watched is not None and router.next_hops(GR_VIP) == [GR_NODE]
+                print(f"graceful restart: session back after {watched:.1f}s, route held throughout")
+                again.kill()
+                again.wait()
+                assert poll_until(lambda: router.next_hops(GR_VIP) == [], 45) is not None  # restart time over
+
+
+def poll_until(condition: Callable[[], bool], timeout: float, *, hops: RouterView | None = None) -> float | None:
+    """Seconds until ``condition`` held (polled every 50 ms), or None; with ``hops``, the VIP must stay routed."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if hops is not None:
+            assert hops.next_hops(GR_VIP) == [GR_NODE], "the route left the kernel during the restart"
+        if condition():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None

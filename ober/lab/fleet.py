@@ -41,7 +41,7 @@ from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
 from ober.lab.labstate import Proc, State
 from ober.lab.netns import Lab, delete_netns, list_netns
 from ober.lab.nspawn import boot_node, sshd_answers
-from ober.lab.rgw import RGW_PORT, http_get, missing_programs
+from ober.lab.rgw import RGW_PORT, UNIX_PATH_MAX, http_get, missing_programs
 from ober.lab.router import RouterView, start_router
 from ober.lab.site import CLIENT_SEGMENT, RGWS, VIPS, node_address, site_certificate, start_backends
 
@@ -211,6 +211,7 @@ def up(
         raise OberError(f"a lab has 1 to {MAX_NODES} nodes, not {nodes}", "ober lab up 4")
     _check_tools()
     directory = directory.absolute()
+    _check_dir(directory)
     created = not directory.exists()
     with labstate.locked(directory):
         existing = labstate.read(directory)
@@ -282,7 +283,7 @@ def status(directory: Path = DEFAULT_DIR) -> dict[str, Any]:
         shown = {key: node[key] for key in ("name", "address", "ns")}
         report["nodes"].append({**shown, "running": running, "sshd": answers, "system": system.strip()})
     bird = _proc(data["router"].get("bird")).alive()
-    router: dict[str, Any] = {"ns": data["router"]["ns"], "bird": bird, "sessions": {}, "next_hops": {}}
+    router: dict[str, Any] = {"ns": data["router"].get("ns"), "bird": bird, "sessions": {}, "next_hops": {}}
     if bird:
         with contextlib.suppress(OberError):
             router["sessions"] = fleet.router.bgp_sessions()
@@ -359,6 +360,15 @@ def _check_tools() -> None:
     missing = missing_programs()
     if missing:
         raise OberError(f"Ceph programs missing: {', '.join(missing)}", "apt-get install radosgw ceph-mon ceph-osd")
+
+
+def _check_dir(directory: Path) -> None:
+    """Refuse, before anything starts, a directory overlayfs or Ceph's admin sockets cannot use."""
+    if set(str(directory)) & {",", ":"}:
+        raise OberError(f"the lab directory {directory} holds ',' or ':', which overlayfs refuses", "use another --dir")
+    longest = directory / "ceph-a" / "run" / "ceph-client.rgw.99.asok"
+    if len(str(longest)) > UNIX_PATH_MAX:
+        raise OberError(f"the lab directory {directory} is too long for Ceph's admin sockets", "use a shorter --dir")
 
 
 def _bring_up(lab: Lab, state: State, size: int, image: Path, say: Progress) -> LabFleet:

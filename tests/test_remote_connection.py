@@ -111,6 +111,16 @@ def test_known_host_runs_commands_as_root(farm: SshdFarm, server: SshServer, tmp
 
 
 @lab
+def test_a_hashed_known_hosts_entry_is_honoured(farm: SshdFarm, server: SshServer, tmp_path: Path) -> None:
+    target = make_target(farm, server, tmp_path)
+    # What ssh writes with HashKnownHosts yes (Debian's default).
+    hashed = paramiko.HostKeys.hash_host(server.address)
+    Path(target.known_hosts).write_text(f"{hashed} {server.host_key}\n")
+    with connect(target) as conn:
+        assert conn.run(["true"]).ok
+
+
+@lab
 def test_unknown_host_is_refused_unless_new_keys_are_accepted(
     farm: SshdFarm, server: SshServer, tmp_path: Path
 ) -> None:
@@ -275,17 +285,27 @@ def test_a_node_that_stops_answering_is_reported_lost(farm: SshdFarm, tmp_path: 
     # Far more than the SSH window: the upload stalls once the node stops reading.
     data = os.urandom(256 * 2**20) if during == "upload" else b""
     frozen: list[int] = []
-    timer = threading.Timer(0.5, lambda: frozen.extend(freeze(server)))
+
+    def freeze_midway() -> None:
+        # Once the command runs (for the upload: once its temp file exists on the node), the node hangs.
+        if during == "upload":
+            _wait_for(lambda: bool(list((farm.root / "root").glob(".frozen.bin.ober-*"))), 30.0)
+        else:
+            time.sleep(0.5)
+        frozen_at.append(time.monotonic())
+        frozen.extend(freeze(server))
+
+    frozen_at: list[float] = []
+    timer = threading.Thread(target=freeze_midway)
     timer.start()
-    started = time.monotonic()
     try:
         with pytest.raises(OberError, match=r"node01: lost the SSH connection .* no answer to keep-alives"):
             if during == "command":
                 conn.run(["sleep", "60"], timeout=120)
             else:
                 conn.put(data, "/root/frozen.bin", timeout=120)
-        # Keep-alive probes every 1 s (the connect timeout), lost after 3 unanswered: not the 120 s timeout.
-        assert time.monotonic() - started < 8.0
+        # Keep-alive probes after 1 s of silence (the connect timeout), lost after 3 unanswered: not after 120 s.
+        assert time.monotonic() - frozen_at[0] < 7.0
     finally:
         timer.join()
         thaw(frozen)

@@ -46,13 +46,13 @@ def fingerprint(key: paramiko.PKey) -> str:
     return f"{key.get_name()} {key.fingerprint}"
 
 
-def load(path: Path) -> HostKeys:
-    """Read a known_hosts file; a missing file is empty (every host is then unknown).
+def load(path: Path, keys: HostKeys | None = None) -> HostKeys:
+    """Read a known_hosts file (into ``keys``, or a new set); a missing file is empty (every host is unknown).
 
     Raises:
         OberError: the file cannot be read or holds a malformed key, naming the file.
     """
-    keys = HostKeys()
+    keys = HostKeys() if keys is None else keys
     if not path.exists():
         return keys
     try:
@@ -94,7 +94,7 @@ class KnownHosts:
     def install(self, client: paramiko.SSHClient) -> None:
         """Make ``client`` verify against this file (replacing Fabric's AutoAddPolicy)."""
         client.set_missing_host_key_policy(self.policy())
-        client.get_host_keys().update(load(self.path))
+        load(self.path, client.get_host_keys())
 
 
 class RefuseUnknown(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko is untyped

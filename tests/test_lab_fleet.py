@@ -103,11 +103,12 @@ def test_up_outlives_the_command_ssh_status_inventory_then_down_removes_everythi
     assert all(p.alive() for p in recorded_procs(data))  # the up command has exited; its lab runs on
 
     # Plain OpenSSH with the written config reaches each node through the relay, its host key verified.
-    for node in ("node01", "node02"):
+    # By name and by address (the fleet tools look a node up by its inventory address).
+    for node in ("node01", "node02", "100.64.0.11"):
         ssh = subprocess.run(
             ["ssh", "-F", str(lab_dir / "ssh_config"), node, "hostname"], capture_output=True, text=True, timeout=30
         )
-        assert (ssh.returncode, ssh.stdout.strip()) == (0, node), ssh.stderr
+        assert (ssh.returncode, ssh.stdout.strip()) == (0, "node01" if node == "100.64.0.11" else node), ssh.stderr
     # Another node's keys pinned for node01: refused, not learned.
     swapped = lab_dir / "known_hosts.swapped"
     lines = (lab_dir / "known_hosts").read_text().splitlines()

@@ -445,8 +445,9 @@ def _write_client_files(fleet: LabFleet, addresses: dict[str, str]) -> None:
     relay = f"ip netns exec {fleet.router.ns} {program} %h %p"
     entries = ["# Written by ober lab up: the lab's nodes, reachable only through its router's namespace.\n"]
     for name, address in addresses.items():
+        # By name and by address: the fleet tools look a node up by its inventory address.
         entries.append(
-            f"Host {name}\n"
+            f"Host {name} {address}\n"
             f"    HostName {address}\n"
             "    User root\n"
             f"    IdentityFile {fleet.key}\n"

@@ -25,6 +25,7 @@ from ober.certswap import fingerprint
 from ober.lab.netns import Lab, run_in, spawn_in, stop_process
 from ober.lab.nspawn import NspawnNode, boot_node, install_ober
 from ober.lab.router import start_router
+from tests.conftest import require
 from tests.test_lab_nspawn import nspawn_prerequisites, wheelhouse_for_nodes
 
 pytestmark = pytest.mark.lab
@@ -94,10 +95,28 @@ class CertLab:
         self.node.put(local, PEM, 0o600)
 
     def journal(self) -> str:
-        return self.node.run("journalctl -u ober-certs -u ober-http -n 40 --no-pager", check=False).stdout
+        units = "-u ober-certs.path -u ober-certs.service -u ober-http"
+        return self.node.run(f"journalctl {units} -n 40 --no-pager", check=False).stdout
 
     def active(self, unit: str) -> str:
         return self.node.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+
+def watching(cert_lab: CertLab, timeout: float = 180.0) -> None:
+    """Wait for ober-certs.path to watch; retried while the host has no inotify instance to give it.
+
+    All containers here share the host's root user, whose inotify instances (fs.inotify.max_user_instances,
+    often 128) other labs' systemd instances may have used up: then systemd says "Too many open files".
+    """
+    deadline = time.monotonic() + timeout
+    while cert_lab.active("ober-certs.path") != "active":
+        journal = cert_lab.node.run("journalctl -u ober-certs.path -n 5 --no-pager", check=False).stdout
+        if "Too many open files" not in journal:
+            raise AssertionError(f"ober-certs.path is not watching\n{cert_lab.journal()}")
+        if time.monotonic() > deadline:
+            require(False, "the host's inotify instances are used up by other containers (max_user_instances)")
+        time.sleep(5)
+        cert_lab.node.run("systemctl reset-failed ober-certs.path; systemctl start ober-certs.path", check=False)
 
 
 def pem(common_name: str) -> tuple[str, str]:
@@ -133,6 +152,7 @@ def cert_lab() -> Iterator[CertLab]:
         node.run(f"{OBER} config --from /root/ober-new.yaml", timeout=120)
         node.run("systemctl enable --now ober-http", timeout=60)
         cert_lab = CertLab(lab, node, work)
+        watching(cert_lab)
         deadline = time.monotonic() + 30
         while cert_lab.served() is None:
             assert time.monotonic() < deadline, f"HAProxy does not serve TLS on the VIP\n{cert_lab.journal()}"
@@ -142,7 +162,7 @@ def cert_lab() -> Iterator[CertLab]:
 
 def test_path_unit_watches_while_haproxy_runs(cert_lab: CertLab) -> None:
     assert cert_lab.active("ober-http") == "active"
-    assert cert_lab.active("ober-certs.path") == "active"  # ober-http wants it
+    assert cert_lab.active("ober-certs.path") == "active", cert_lab.journal()  # ober-http wants it
     unit = cert_lab.node.run("systemctl cat ober-certs.path").stdout
     assert f"PathChanged={PEM}" in unit
 

@@ -1,77 +1,57 @@
-"""A stdin/stdout ↔ TCP relay: OpenSSH's ``ProxyCommand`` into the lab's namespaces.
+"""``relay.py HOST PORT``: copy stdin to a TCP connection and the connection to stdout (a minimal ``nc``).
 
-The lab's node addresses exist only inside its namespaces, so the lab's ssh_config reaches them with
-``ProxyCommand ip netns exec <router-ns> python3 -I .../ober/lab/relay.py %h %p``: this process runs in the router's
-namespace, connects to the node, and copies bytes both ways. Nothing is added to the host's own namespace. It uses
-only the standard library, so it also runs as a plain script, without importing ober (faster to start).
-
-Usage: ``python -m ober.lab.relay HOST PORT [TIMEOUT]`` (or the file as a script). Exits 0 when the peer closes
-the connection, 1 when it cannot be made (one line on stderr, which ssh shows), 2 on bad arguments.
+The lab's ssh_config ``ProxyCommand`` (see `ober.lab.sshd.proxy_command`): run inside a network namespace, it
+carries an SSH connection from the host to an address that exists only in there. Standard library only, and run
+as a script rather than a module, so it starts fast and never imports ober.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import selectors
+import select
 import socket
 import sys
-from collections.abc import Sequence
 
 CONNECT_TIMEOUT = 10.0
-CHUNK = 64 * 1024
+CHUNK = 65536
 
 
-def relay(host: str, port: int, stdin: int, stdout: int, *, timeout: float = CONNECT_TIMEOUT) -> None:
-    """Connect to ``host:port`` and copy ``stdin`` → socket and socket → ``stdout`` until the peer is done.
-
-    Half-closes are kept: the end of ``stdin`` shuts the socket's sending side, and the relay goes on delivering
-    what the peer still sends (an SSH server's last messages).
-
-    Raises:
-        OSError: the connection could not be made, or a read or write failed.
-    """
-    with socket.create_connection((host, port), timeout=timeout) as connection:
-        connection.settimeout(None)
-        selector = selectors.DefaultSelector()
-        selector.register(stdin, selectors.EVENT_READ, "in")
-        selector.register(connection, selectors.EVENT_READ, "net")
-        while True:
-            for key, _ in selector.select():
-                if key.data == "in":
-                    data = os.read(stdin, CHUNK)
-                    if data:
-                        connection.sendall(data)
-                    else:
-                        selector.unregister(stdin)
-                        connection.shutdown(socket.SHUT_WR)
-                    continue
-                data = connection.recv(CHUNK)
-                if not data:
-                    # The peer is done, so the conversation is over even if our stdin stays open.
-                    return
-                _write_all(stdout, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Relay stdin/stdout to ``HOST PORT``; return the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) not in (2, 3) or not args[1].isdigit():
-        sys.stderr.write("usage: python -m ober.lab.relay HOST PORT [TIMEOUT]\n")
-        return 2
-    timeout = float(args[2]) if len(args) == 3 else CONNECT_TIMEOUT
+def relay(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> int:
+    """Relay until either side ends; exit status 1 (with the reason on stderr) if the connection fails."""
     try:
-        relay(args[0], int(args[1]), sys.stdin.fileno(), sys.stdout.fileno(), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout)
     except OSError as exc:
-        sys.stderr.write(f"ober.lab.relay: {args[0]}:{args[1]}: {exc.strerror or exc}\n")
+        print(f"relay: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
         return 1
+    sock.settimeout(None)
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    sources = [stdin, sock.fileno()]
+    while sources:
+        ready, _, _ = select.select(sources, [], [])
+        if stdin in ready:
+            data = os.read(stdin, CHUNK)
+            if data:
+                sock.sendall(data)
+            else:
+                sources.remove(stdin)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+        if sock.fileno() in ready:
+            data = sock.recv(CHUNK)
+            if not data:
+                return 0
+            os.write(stdout, data)
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """``HOST PORT``."""
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: relay.py HOST PORT", file=sys.stderr)
+        return 2
+    return relay(argv[0], int(argv[1]))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

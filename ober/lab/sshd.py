@@ -10,7 +10,7 @@ Each sshd runs as PID 1 of its own PID namespace (``unshare --pid --kill-child``
 behind. The overlay itself is unmounted by the lab's cleanup.
 
 Accounts in the overlay: ``root`` and ``ober`` (password-less sudo) and ``plain`` (no sudo), all logging in with the
-farm's client key. ``python -m ober.lab.sshd relay HOST PORT`` is the ProxyCommand's relay (the host has no nc).
+farm's client key. `proxy_command` runs ``relay.py`` (next to this file) as the relay: the host has no nc.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import select
 import signal
 import socket
 import subprocess
@@ -34,6 +33,7 @@ from ober.lab.netns import Lab, run, spawn_in
 from ober.lab.nspawn import mount_overlay, unmount
 
 START_TIMEOUT = 10.0
+RELAY = Path(__file__).with_name("relay.py")
 STOP_TIMEOUT = 10.0
 POLL = 0.05
 USERS = ("root", "ober", "plain")
@@ -185,37 +185,11 @@ class SshdFarm:
 
 
 def proxy_command(ns: str) -> str:
-    """An ssh_config ``ProxyCommand`` that reaches ``%h:%p`` from inside the namespace ``ns``."""
-    return f"ip netns exec {ns} {sys.executable} -m ober.lab.sshd relay %h %p"
+    """An ssh_config ``ProxyCommand`` that reaches ``%h:%p`` from inside the namespace ``ns``.
 
-
-def relay(host: str, port: int, timeout: float = 10.0) -> int:
-    """Copy stdin to a TCP connection and the connection to stdout until either side ends (a minimal ``nc``)."""
-    try:
-        sock = socket.create_connection((host, port), timeout)
-    except OSError as exc:
-        print(f"relay: cannot connect to {host}:{port}: {exc}", file=sys.stderr)
-        return 1
-    sock.setblocking(True)
-    sock.settimeout(None)
-    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    sources = [stdin, sock.fileno()]
-    while sources:
-        ready, _, _ = select.select(sources, [], [])
-        if stdin in ready:
-            data = os.read(stdin, 65536)
-            if data:
-                sock.sendall(data)
-            else:
-                sources.remove(stdin)
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-        if sock.fileno() in ready:
-            data = sock.recv(65536)
-            if not data:
-                return 0
-            os.write(stdout, data)
-    return 0
+    The relay runs as a plain script (``-I``: no site packages, no ober import), so it starts in milliseconds.
+    """
+    return f"ip netns exec {ns} {sys.executable} -I {RELAY} %h %p"
 
 
 def freeze(server: SshServer) -> list[int]:
@@ -273,15 +247,3 @@ def _wait_listening(server: SshServer) -> None:
     server.stop()
     last = (server.log.read_text(errors="replace").strip() or "no output").splitlines()[-1]
     raise OberError(f"sshd {server.name} did not start on {server.address}:{server.port}: {last}")
-
-
-def main(argv: list[str]) -> int:
-    """``relay HOST PORT``: the ProxyCommand helper."""
-    if len(argv) == 3 and argv[0] == "relay":
-        return relay(argv[1], int(argv[2]))
-    print("usage: python -m ober.lab.sshd relay HOST PORT", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

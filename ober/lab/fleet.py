@@ -10,6 +10,8 @@ exactly that, by PID. The namespace prefix is recorded first, so ``down`` also f
 (``ssh -F DIR/ssh_config node01``), ``known_hosts`` (host keys pinned at creation) and the site certificate.
 The nodes are not bootstrapped: that is ``ober fleet bootstrap``'s job. Node addresses exist only inside the lab;
 the ssh_config reaches them through `ober.lab.relay`, run in the router's namespace.
+
+`ober.lab.labstate` keeps the state and stops processes by PID; `ober.lab.labfiles` writes the client files.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import secrets
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,31 +31,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ober.errors import OberError
 from ober.hostlists import collect
-from ober.inventory import load_inventory
-from ober.lab import labstate
-from ober.lab import relay as relay_module
+from ober.lab import labfiles, labstate
 from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
+from ober.lab.labfiles import LabPaths, write_client_files
 from ober.lab.labstate import Proc, State
 from ober.lab.netns import Lab, delete_netns, list_netns
 from ober.lab.nspawn import boot_node, sshd_answers
-from ober.lab.rgw import RGW_PORT, UNIX_PATH_MAX, http_get, missing_programs
+from ober.lab.rgw import UNIX_PATH_MAX, http_get, missing_programs
 from ober.lab.router import RouterView, start_router
-from ober.lab.site import CLIENT_SEGMENT, RGWS, VIPS, node_address, site_certificate, start_backends
+from ober.lab.site import CLIENT_SEGMENT, VIPS, node_address, site_certificate, start_backends
 
 DEFAULT_DIR = Path("/var/lib/ober/lab")
 DEFAULT_NODES = 4
 MAX_NODES = 16
-ROUTER_AS, NODE_AS = 65000, 65001
 VIP_PREFIX = "198.51.100.0/24"
-NODE_PEM = "/opt/ober/etc/certs/s3.pem"
 SSH_TIMEOUT = 30.0
 CERT_DAYS = 365
-# The secret's name, not its value.
-STATS_SECRET = "stats_password"  # noqa: S105
+# Re-exported: the fleet tests and tools know them from here.
+ROUTER_AS, NODE_AS, NODE_PEM = labfiles.ROUTER_AS, labfiles.NODE_AS, labfiles.NODE_PEM
 
 Progress = Callable[[str], None]
 
@@ -68,11 +64,11 @@ class LabNode:
     ns: str
 
 
-class LabFleet:
+class LabFleet(LabPaths):
     """A lab that is up, read from its state file (`up` returns one; `load` reads one)."""
 
     def __init__(self, directory: Path, state: State) -> None:
-        self.dir = directory
+        super().__init__(directory)
         self.state = state
         self.already_up = False
         """Set by `up` when it found this lab already up and started nothing."""
@@ -98,41 +94,6 @@ class LabFleet:
     def vips(self) -> dict[str, str]:
         """Backend group → its VIP."""
         return dict(self.state.data["vips"])
-
-    @property
-    def inventory_path(self) -> Path:
-        """The lab's inventory (``ober fleet … -i``)."""
-        return self.dir / "inventory.yaml"
-
-    @property
-    def secrets_path(self) -> Path:
-        """The secrets file the inventory refers to (``--secrets``)."""
-        return self.dir / "login"
-
-    @property
-    def ssh_config(self) -> Path:
-        """The OpenSSH client config reaching every node by name."""
-        return self.dir / "ssh_config"
-
-    @property
-    def known_hosts(self) -> Path:
-        """Every node's host keys, by name and address."""
-        return self.dir / "known_hosts"
-
-    @property
-    def key(self) -> Path:
-        """The private key that logs in as root on every node."""
-        return self.dir / "ssh" / "id_ed25519"
-
-    @property
-    def pem(self) -> Path:
-        """The site certificate with its key: push it to each node as ``/opt/ober/etc/certs/s3.pem``."""
-        return self.dir / "certs" / "s3.pem"
-
-    @property
-    def ca_pem(self) -> Path:
-        """The site certificate alone: what S3 clients trust."""
-        return self.dir / "certs" / "ca.pem"
 
     def s3_credentials(self, group: str) -> tuple[str, str]:
         """The S3 access and secret key of the lab user on a backend group's RGW cluster."""
@@ -422,7 +383,7 @@ def _bring_up(lab: Lab, state: State, size: int, image: Path, say: Progress) -> 
         record()
     fleet = LabFleet(directory, state)
     say("writing inventory.yaml, login, ssh_config, known_hosts")
-    _write_client_files(fleet, addresses)
+    write_client_files(fleet, router.ns, str(router.address.ip), addresses)
     for name in addresses:
         say(f"checking ssh -F ssh_config {name}")
         fleet.run_on(name, "true")
@@ -430,85 +391,6 @@ def _bring_up(lab: Lab, state: State, size: int, image: Path, say: Progress) -> 
     data["seconds"] = round(time.monotonic() - started, 1)
     state.save()
     return fleet
-
-
-def _write_client_files(fleet: LabFleet, addresses: dict[str, str]) -> None:
-    directory = fleet.dir
-    pinned = (directory / "ssh" / "known_hosts").read_text().splitlines()
-    lines = []
-    for name, address in addresses.items():
-        lines += [f"{name},{line}" for line in pinned if line.split()[:1] == [address]]
-    labstate.write_private(fleet.known_hosts, "\n".join(lines) + "\n")
-    # The relay run as a script, not ``-m ober.lab.relay``: it needs only the standard library, and importing the
-    # ober package would add about 0.2 s to every SSH connection.
-    program = " ".join(shlex.quote(part) for part in (sys.executable, "-I", relay_module.__file__ or ""))
-    relay = f"ip netns exec {fleet.router.ns} {program} %h %p"
-    entries = ["# Written by ober lab up: the lab's nodes, reachable only through its router's namespace.\n"]
-    for name, address in addresses.items():
-        # By name and by address: the fleet tools look a node up by its inventory address.
-        entries.append(
-            f"Host {name} {address}\n"
-            f"    HostName {address}\n"
-            "    User root\n"
-            f"    IdentityFile {fleet.key}\n"
-            "    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {fleet.known_hosts}\n"
-            "    GlobalKnownHostsFile /dev/null\n"
-            "    StrictHostKeyChecking yes\n"
-            "    BatchMode yes\n"
-            "    ConnectTimeout 10\n"
-            "    ServerAliveInterval 2\n"
-            "    ServerAliveCountMax 3\n"
-            "    LogLevel ERROR\n"
-            f"    ProxyCommand {relay}\n"
-        )
-    labstate.write_private(fleet.ssh_config, "\n".join(entries))
-    labstate.write_private(fleet.secrets_path, yaml.safe_dump({STATS_SECRET: secrets.token_urlsafe(18)}))
-    inventory = _inventory(fleet, addresses)
-    staged = directory / ".inventory.yaml.new"
-    staged.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    load_inventory(staged)  # a lab that writes an inventory ober refuses would be no use
-    staged.rename(fleet.inventory_path)
-
-
-def _inventory(fleet: LabFleet, addresses: dict[str, str]) -> dict[str, Any]:
-    names, ips = list(addresses), list(addresses.values())
-    network, first = ips[0].rsplit(".", 1)
-    last = ips[-1].rsplit(".", 1)[1]
-    return {
-        "site": "lab",
-        "ssh": {"user": "root", "config": str(fleet.ssh_config), "known_hosts": str(fleet.known_hosts)},
-        "fleet": {"min_available": 1, "max_unavailable": 1},
-        # `ober fleet bootstrap` copies the site certificate to every node.
-        "files": [{"source": str(fleet.pem), "dest": NODE_PEM, "mode": "0600"}],
-        "config": {
-            "bgp": {
-                "local_as": NODE_AS,
-                "peer_as": ROUTER_AS,
-                "hold_time": 3,
-                "neighbors": fleet.state.data["router"]["address"].split("/")[0],
-            },
-            "vips": [{"name": f"s3-{group[-1]}", "address": vip, "backend": group} for group, vip in VIPS.items()],
-            "backends": {
-                group: {"servers": list(rgws), "port": RGW_PORT, "check": {"method": "GET", "path": "/"}}
-                for group, rgws in RGWS.items()
-            },
-            "certificates": {"pem": NODE_PEM, "http": "redirect"},
-            "stats": {"auth": {"user": "admin", "password_secret": STATS_SECRET}},
-            # This kernel has no dummy driver: the VIPs go on lo, managed by networkd.
-            "network": {"manager": "networkd", "interface": "lo"},
-            "kernel_profile": "none",
-            # The sandbox caps file descriptors at 20000; HAProxy wants 2 per connection.
-            "haproxy": {"maxconn": 5000},
-        },
-        "groups": {
-            "lab": {
-                "nodes": collect(names),
-                # Zipped with the names: node01 gets the first address, and so on.
-                "address": ips[0] if len(ips) == 1 else f"{network}.[{first}-{last}]",
-            }
-        },
-    }
 
 
 # --- teardown -------------------------------------------------------------------------------------------------------
@@ -534,8 +416,6 @@ def _teardown(directory: Path, state: State, say: Progress | None = None) -> Non
     if nodes:
         say(f"powering off {len(nodes)} nodes")
         problems += labstate.stop_nodes([(_proc(n.get("nspawn")), _proc(n.get("init"))) for n in nodes])
-    say("unmounting node roots")
-    problems += labstate.unmount_under(directory, [Path(m) for m in data.get("mounts", [])])
     clusters = data.get("clusters", {}).values()
     if clusters:
         say("stopping the Ceph RGW groups")
@@ -550,6 +430,9 @@ def _teardown(directory: Path, state: State, say: Progress | None = None) -> Non
             delete_netns(name)
         except OberError as exc:
             problems.append(str(exc))
+    # Last: a container the steps above could not stop cleanly went with its namespace's processes.
+    say("unmounting node roots")
+    problems += labstate.unmount_under(directory, [Path(m) for m in data.get("mounts", [])])
     if problems:
         state.save()
         raise OberError(

@@ -140,8 +140,10 @@ def load(directory: Path = DEFAULT_DIR) -> LabFleet:
     """The lab recorded in ``directory``.
 
     Raises:
-        OberError: no lab there, or only a half-made one.
+        OberError: not root, no lab there, or only a half-made one.
     """
+    require_root()
+    directory = directory.absolute()
     state = labstate.read(directory)
     if state is None:
         raise OberError(f"no lab in {directory}", f"start one: ober lab up --dir {directory}")

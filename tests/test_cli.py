@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 
@@ -195,3 +198,24 @@ def test_quiet_silences_tables_but_not_errors(capsys: pytest.CaptureFixture[str]
     assert status == 0 and out == "" and err == ""
     status, out, err = run(capsys, "-q", "fleet", "inventory", "-i", str(EXAMPLE), "nodeXX")
     assert status == 1 and out == "" and "nodeXX" in err
+
+
+def test_every_command_is_found_under_its_name() -> None:
+    from ober.cli import COMMANDS, cli
+    from ober.cli.fleet import FLEET_COMMANDS, fleet
+
+    for group, names in ((cli, COMMANDS), (fleet, FLEET_COMMANDS)):
+        with click.Context(group) as ctx:
+            for name in names:
+                command = group.get_command(ctx, name)
+                assert command is not None and command.name == name
+
+
+def test_health_does_not_load_the_fleet_side() -> None:
+    # ExaBGP restarts `ober health`: it must not pay for Fabric/paramiko (seconds and tens of MiB on a busy node).
+    code = (
+        "import sys; from ober.cli import main; main(['health', '--help']); "
+        "print(sorted(m for m in sys.modules if m in ('paramiko', 'fabric', 'ober.remote')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -12,23 +12,8 @@ from enum import IntEnum
 
 import click
 
-from ober.cli.bootstrap import bootstrap, uninstall
-from ober.cli.certs import certs
-from ober.cli.config import config_cmd
-from ober.cli.doctor import doctor, node_test
-from ober.cli.drain import drain, undrain
-from ober.cli.fleet import fleet
-from ober.cli.fleet_bootstrap import bootstrap_cmd as fleet_bootstrap_cmd
-from ober.cli.fleet_ops import COMMANDS as FLEET_OPS
-from ober.cli.fleet_roll import lock_cmd, restart_cmd, upgrade_cmd
-from ober.cli.health import health
-from ober.cli.lab import lab
+from ober.cli.lazy import LazyGroup
 from ober.cli.output import Output
-from ober.cli.render import render
-from ober.cli.service import logs, reload, restart, start, stop
-from ober.cli.status import status
-from ober.cli.sync import sync
-from ober.cli.upgrade import upgrade
 from ober.cli.version import version_info
 from ober.errors import OberError
 
@@ -42,7 +27,37 @@ class ExitStatus(IntEnum):
     INTERRUPTED = 130
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS = {
+    "bootstrap": "ober.cli.bootstrap:bootstrap",
+    "certs": "ober.cli.certs:certs",
+    "config": "ober.cli.config:config_cmd",
+    "doctor": "ober.cli.doctor:doctor",
+    "drain": "ober.cli.drain:drain",
+    "fleet": "ober.cli.fleet:fleet",
+    "health": "ober.cli.health:health",
+    "lab": "ober.cli.lab:lab",
+    "logs": "ober.cli.service:logs",
+    "reload": "ober.cli.service:reload",
+    "render": "ober.cli.render:render",
+    "restart": "ober.cli.service:restart",
+    "start": "ober.cli.service:start",
+    "status": "ober.cli.status:status",
+    "stop": "ober.cli.service:stop",
+    "sync": "ober.cli.sync:sync",
+    "test": "ober.cli.doctor:node_test",
+    "undrain": "ober.cli.drain:undrain",
+    "uninstall": "ober.cli.bootstrap:uninstall",
+    "upgrade": "ober.cli.upgrade:upgrade",
+}
+"""Every ``ober`` command, imported only when used (see :mod:`ober.cli.lazy`)."""
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.option("--version", "show_version", is_flag=True, help="Show ober's, HAProxy's and ExaBGP's versions.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -61,30 +76,6 @@ def cli(ctx: click.Context, show_version: bool, as_json: bool, quiet: bool, verb
         ctx.exit(0)
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
-
-
-cli.add_command(render)
-cli.add_command(fleet)
-fleet.add_command(fleet_bootstrap_cmd)
-for command in (restart_cmd, upgrade_cmd, lock_cmd):
-    fleet.add_command(command)
-for command in FLEET_OPS:
-    fleet.add_command(command)
-cli.add_command(health)
-cli.add_command(drain)
-cli.add_command(undrain)
-cli.add_command(status)
-cli.add_command(config_cmd)
-cli.add_command(doctor)
-cli.add_command(node_test)
-cli.add_command(sync)
-cli.add_command(bootstrap)
-cli.add_command(uninstall)
-cli.add_command(upgrade)
-cli.add_command(lab)
-cli.add_command(certs)
-for command in (start, stop, restart, reload, logs):
-    cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

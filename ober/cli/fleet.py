@@ -9,6 +9,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ober.build import Built, build_node
+from ober.cli.lazy import LazyGroup
 from ober.cli.options import no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.config import config_to_dict
@@ -27,9 +28,24 @@ inventory_option = click.option(
 targets_argument = click.argument("targets", required=False, default=None)
 
 
-@click.group()
+FLEET_COMMANDS = {
+    "bootstrap": "ober.cli.fleet_bootstrap:bootstrap_cmd",
+    "diff": "ober.cli.fleet_ops:diff_cmd",
+    "drain": "ober.cli.fleet_ops:drain_cmd",
+    "lock": "ober.cli.fleet_roll:lock_cmd",
+    "push": "ober.cli.fleet_ops:push_cmd",
+    "restart": "ober.cli.fleet_roll:restart_cmd",
+    "router-config": "ober.cli.fleet_ops:router_config_cmd",
+    "status": "ober.cli.fleet_ops:status_cmd",
+    "sync": "ober.cli.fleet_ops:sync_cmd",
+    "undrain": "ober.cli.fleet_ops:undrain_cmd",
+    "upgrade": "ober.cli.fleet_roll:upgrade_cmd",
+}
+
+
+@click.group(cls=LazyGroup, lazy=FLEET_COMMANDS)
 def fleet() -> None:
-    """Manage many nodes from this workstation (inventory, render; SSH commands follow)."""
+    """Manage many nodes from this workstation over SSH: inventory, render, bootstrap, status, drain, rolling changes."""
 
 
 def _selected(inventory_path: Path | None, targets: str | None) -> tuple[Inventory, list[InventoryNode]]:

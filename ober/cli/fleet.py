@@ -45,7 +45,7 @@ FLEET_COMMANDS = {
 
 @click.group(cls=LazyGroup, lazy=FLEET_COMMANDS)
 def fleet() -> None:
-    """Manage many nodes from this workstation over SSH: inventory, render, bootstrap, status, drain, rolling changes."""
+    """Manage many nodes from this workstation over SSH: inventory, bootstrap, status, drain, rolling changes."""
 
 
 def _selected(inventory_path: Path | None, targets: str | None) -> tuple[Inventory, list[InventoryNode]]:

@@ -202,3 +202,44 @@ def test_an_unreachable_node_fails_preflight_and_json_still_reports_the_others(
     assert run.node("node01")["status"] == "unchanged"
     assert run.report["resume"].startswith("node09 failed at preflight")
     print(f"unreachable node: {gone['error']} ({run.seconds:.1f}s)")
+
+
+def test_dry_run_on_a_bootstrapped_node_plans_nothing(fleet_lab: FleetLab) -> None:
+    before = invocations(fleet_lab, "node02")
+    run = fleet_lab.bootstrap("--dry-run", "node02")
+    assert run.code == 0 and run.report["dry_run"], run.report
+    node = run.node("node02")
+    assert node["status"] == "unchanged" and {step["status"] for step in node["steps"]} == {"ok"}, node
+    assert invocations(fleet_lab, "node02") == before
+
+
+def test_activation_stops_at_the_first_node_not_verified_and_a_rerun_resumes(
+    fleet_lab: FleetLab, tmp_path: Path
+) -> None:
+    inventory = lab_copy(fleet_lab, tmp_path)
+    data: dict[str, Any] = yaml.safe_load(inventory.read_text())
+    # node03 gets a second BGP neighbor that never answers: its config is valid, its verification cannot pass.
+    router = data["config"]["bgp"]["neighbors"]
+    data["hosts"] = {"node03": {"config": {"bgp": {"neighbors": [router, "100.64.0.250"]}}}}
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        run = fleet_lab.bootstrap("--activate-timeout", "15", "node[03-04]", inventory=inventory)
+        assert run.code == 1
+        stuck = run.node("node03")
+        assert stuck["failed_step"] == "activate" and "100.64.0.250" in stuck["error"], stuck
+        assert "journalctl" in stuck["fix"]
+        waiting = run.node("node04")
+        assert waiting["steps"][-1] == {
+            "step": "activate",
+            "status": "skipped",
+            "detail": "not started: node03 failed to activate",
+            "seconds": 0.0,
+        }
+        assert run.report["resume"].startswith("node03 failed at activate: look at the node")
+        assert "rerun `ober fleet bootstrap node[03-04]`" in run.report["resume"]
+    finally:
+        # The rerun with the real inventory puts node03's config back and finds it verified again.
+        again = fleet_lab.bootstrap("node[03-04]")
+    assert again.code == 0, again.report
+    assert again.node("node03")["status"] == "changed" and again.node("node04")["status"] == "unchanged"
+    fleet_lab.wait_in_service()

@@ -49,3 +49,12 @@ bench-rolling: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .coverage
+
+# A local lab fleet (root): 4 systemd-nspawn nodes, a BIRD ECMP router, two real Ceph RGW groups. Not
+# bootstrapped; its inventory and ssh_config are in /var/lib/ober/lab. `make lab-down` removes all of it.
+.PHONY: lab-up lab-down
+lab-up: setup
+	$(BIN)/ober lab up
+
+lab-down: setup
+	$(BIN)/ober lab down

@@ -48,9 +48,11 @@ def up_cmd(out: Output, nodes: int | None, directory: Path) -> None:
         out.json(_summary(fleet))
         return
     if fleet.already_up:
-        out.print(f"a lab of {len(fleet.nodes)} nodes is already up in {fleet.dir}: nothing started")
+        out.print(f"a lab of {_nodes(len(fleet.nodes))} is already up in {fleet.dir}: nothing started")
     else:
-        out.print(f"[green]✓[/] lab of {len(fleet.nodes)} nodes up in {time.monotonic() - started:.0f}s ({fleet.dir})")
+        out.print(
+            f"[green]✓[/] lab of {_nodes(len(fleet.nodes))} up in {time.monotonic() - started:.0f}s ({fleet.dir})"
+        )
     out.print(f"  nodes: {', '.join(f'{name} {node.address}' for name, node in fleet.nodes.items())}")
     out.print(f"  VIPs: {', '.join(f'{vip} → {group}' for group, vip in fleet.vips.items())}")
     out.print(f"  try:  ssh -F {fleet.ssh_config} {next(iter(fleet.nodes))} systemctl is-system-running")
@@ -113,6 +115,10 @@ def _summary(fleet: lab_fleet.LabFleet) -> dict[str, Any]:
         "ca_pem": str(fleet.ca_pem),
         "client_ns": fleet.client_ns,
     }
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node{'s' if count != 1 else ''}"
 
 
 def _mark(ok: bool) -> str:

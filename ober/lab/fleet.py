@@ -302,7 +302,7 @@ def _existing(directory: Path, state: State, nodes: int | None) -> LabFleet:
         raise OberError(f"the lab recorded in {directory} is no longer running", f"ober lab down --dir {directory}")
     if nodes is not None and data["size"] != nodes:
         raise OberError(
-            f"a lab of {data['size']} nodes is already up in {directory}", f"ober lab down --dir {directory} first"
+            f"a lab of {data['size']} node(s) is already up in {directory}", f"ober lab down --dir {directory} first"
         )
     fleet = LabFleet(directory, state)
     fleet.already_up = True

@@ -6,6 +6,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,20 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
     assert "manual-eor true;" in render_node(config, SECRETS).file(exabgp_conf).content
     no_gr = make_config(bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1"})
     assert "manual-eor" not in render_node(no_gr, SECRETS).file(exabgp_conf).content
+
+
+def test_a_lock_left_by_a_dead_roll_of_this_workstation_is_taken_over(tmp_path: Path) -> None:
+    runners = fleet(2)
+    base = str(tmp_path)
+    # A PID above the kernel's pid_max: no process runs with it.
+    gone = Holder(Holder.me("restart").owner, 2**22 + 12345, time.time(), "restart", "old")
+    (tmp_path / "n2" / "lock").mkdir(parents=True)
+    (tmp_path / "n2" / "lock" / "owner").write_text(json.dumps(asdict(gone)))
+    with FleetLock(runners, Holder.me("restart"), base) as lock:
+        assert lock.held == ["n1", "n2"]
+    # Someone else's lock (another user or machine) is never taken over.
+    other = Holder("alice@elsewhere", 2**22 + 12345, time.time(), "restart", "t")
+    (tmp_path / "n2" / "lock").mkdir(parents=True)
+    (tmp_path / "n2" / "lock" / "owner").write_text(json.dumps(asdict(other)))
+    with pytest.raises(OberError, match="alice@elsewhere"):
+        FleetLock(runners, Holder.me("restart"), base).acquire()

@@ -6,7 +6,8 @@ what for) and a random token, so releasing removes only our own lock. The lock l
 workstation, because two operators roll from two workstations. Nodes are locked in name order, so two rolls
 starting at once collide on the first node and one of them backs off cleanly. A lock left by a roll that died
 stays until broken explicitly (``ober fleet lock --break``): guessing that a holder is dead is how two rolls end
-up running at once.
+up running at once. The one exception is provable: a lock held by this user on this workstation by a process that
+no longer runs (a roll that lost a node's SSH mid-roll could not release it there) is taken over.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 
 from ober.errors import OberError
@@ -90,6 +92,11 @@ class Holder:
         except (ValueError, KeyError, TypeError):
             return cls(owner="unknown (being taken, or unreadable)", pid=0, since=0.0, operation="", token="")
 
+    def gone_from_here(self) -> bool:
+        """Held by this user on this machine by a process that no longer runs (so nobody holds it any more)."""
+        me = Holder.me(self.operation)
+        return self.owner == me.owner and self.pid not in (0, me.pid) and not Path(f"/proc/{self.pid}").exists()
+
     def describe(self, now: float | None = None) -> str:
         """``alice@ws (pid 42, restart) since 05:12:01 UTC, 3m ago``."""
         if not self.since:
@@ -143,6 +150,14 @@ class FleetLock:
             if result.ok:
                 self.held.append(node)
                 continue
+            if result.returncode == HELD and Holder.parse(result.stdout).gone_from_here():
+                # Left by a roll of this workstation whose process has ended (it lost the node mid-roll, or was
+                # killed): provably stale, so take it over instead of asking for --break.
+                self.runners[node].run(_sh(_BREAK, self.base), timeout)
+                result = self.runners[node].run(_sh(_TAKE, self.base, record), timeout)
+                if result.ok:
+                    self.held.append(node)
+                    continue
             self.release(timeout)
             if result.returncode == HELD:
                 holder = Holder.parse(result.stdout)

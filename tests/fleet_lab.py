@@ -14,11 +14,15 @@ Use it from any test module::
 Every module that imports the fixture shares ONE lab: the fixture is session-scoped and reference-counted, so the
 lab comes up once and goes down when the last module's session teardown runs. A test that drains, stops or breaks
 a node must put it back in service before it returns (`FleetLab.wait_in_service` checks).
+
+While developing, ``OBER_FLEET_LAB=DIR`` keeps the lab between runs: it is brought up in DIR if it is not up there
+yet (else reused), bootstrapped (a no-op the second time) and left running; ``ober lab down --dir DIR`` ends it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -198,9 +202,13 @@ def _bring_up() -> FleetLab:
     except OberError as exc:
         require(False, f"cannot build the wheelhouse: {exc}")
         raise
-    # Under /var/tmp: overlayfs refuses paths with ',' or ':', which pytest's tmp_path may hold.
-    directory = Path(tempfile.mkdtemp(prefix="ober-fleet-lab-", dir="/var/tmp"))
-    _Shared.directory = directory
+    kept = os.environ.get("OBER_FLEET_LAB")
+    if kept:
+        directory = Path(kept).absolute()
+    else:
+        # Under /var/tmp: overlayfs refuses paths with ',' or ':', which pytest's tmp_path may hold.
+        directory = Path(tempfile.mkdtemp(prefix="ober-fleet-lab-", dir="/var/tmp"))
+        _Shared.directory = directory  # ours to take down at the end
     started = time.monotonic()
     fleet = lab_fleet.up(NODES, directory)
     print(f"fleet lab: {NODES} nodes up in {time.monotonic() - started:.1f}s ({directory})")
@@ -208,6 +216,9 @@ def _bring_up() -> FleetLab:
     run = lab.bootstrap(watch=True)
     lab.first = run
     print(f"fleet lab: ober fleet bootstrap took {run.seconds:.1f}s (exit {run.code}); next-hops: {run.hops}")
+    for node in run.report.get("nodes", []):
+        steps = ", ".join(f"{step['step']} {step['seconds']:.0f}s" for step in node["steps"])
+        print(f"fleet lab: {node['name']} {node['status']}: {steps}")
     if run.code != 0:
         failed = [f"{n['name']} at {n['failed_step']}: {n['error']}" for n in run.report.get("nodes", []) if n["error"]]
         raise AssertionError(f"ober fleet bootstrap failed: {failed or run.report}\n{lab.diagnose()}")

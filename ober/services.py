@@ -58,6 +58,9 @@ def command(argv: list[str]) -> None:
         raise OberError(f"{' '.join(argv)}: {last}")
 
 
+CERTS_WATCH = "restart ober-certs.path"
+
+
 def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
     """The actions (as systemctl argument strings) the changed paths need, in order; HAProxy is reloaded hitlessly."""
     changed = set(changed)
@@ -74,6 +77,10 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
     http_inputs = {p["haproxy_cfg"], p["secrets_env"], "/etc/systemd/system/ober-http.service"}
     if changed & http_inputs or any(path.startswith(p["whitelist_dir"]) for path in changed):
         actions.append("reload ober-http")
+    if changed & {f"/etc/systemd/system/ober-certs.{kind}" for kind in ("path", "service")}:
+        # The certificate watcher starts with ober-http (Wants=); on a node already serving, start it (or take its
+        # new settings) now, or a renewed certificate would wait for the next HAProxy restart.
+        actions.append(CERTS_WATCH)
     if changed & {p["exabgp_conf"], "/etc/systemd/system/ober-bgp.service"}:
         # ExaBGP re-reads its configuration on reload (SIGUSR1) without dropping the sessions it keeps.
         actions.append("reload ober-bgp")
@@ -86,6 +93,8 @@ def run_actions(actions: list[str]) -> list[str]:
     for action in actions:
         verb, _, unit = action.partition(" ")
         if verb == "reload" and unit_state(unit) != "active":
+            continue
+        if action == CERTS_WATCH and unit_state("ober-http") != "active":
             continue
         if action in NETWORK_APPLY.values():
             command(action.split())

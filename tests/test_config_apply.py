@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ import yaml
 
 from ober.apply import Change, apply, diff, plan
 from ober.cli import main
-from ober.config import load_config
+from ober.config import NodeConfig, load_config
 from ober.configure import edited, parse_assignment
 from ober.errors import ConfigError, OberError
 from ober.render import render_node
+from ober.services import CERTS_WATCH, reload_for
 from tests.conftest import DATA, SECRETS, require
 
 CONFIG = "/opt/ober/etc/ober.yaml"
@@ -165,3 +167,9 @@ def test_edits() -> None:
     assert data == {"health": {"rise": 2, "fall": 5}, "stats": {"auth": {"user": "ops"}}}
     with pytest.raises(ConfigError):
         edited({"health": 3}, None, ["health.rise=1"])
+
+
+def test_a_changed_certificate_watcher_is_started_on_a_serving_node(make_config: Callable[..., NodeConfig]) -> None:
+    config = make_config()
+    assert reload_for(config, ["/etc/systemd/system/ober-certs.path"]) == ["daemon-reload", CERTS_WATCH]
+    assert CERTS_WATCH not in reload_for(config, ["/etc/systemd/system/ober-bgp.service"])

@@ -6,6 +6,7 @@ OpenSSH through the written ssh_config, and check that ``down`` leaves no namesp
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -408,3 +409,15 @@ def poll_until(condition: Callable[[], bool], timeout: float, *, hops: RouterVie
             return time.monotonic() - started
         time.sleep(0.05)
     return None
+
+
+def test_inotify_instances_counts_the_machines_open_instances() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(0)
+    assert fd >= 0
+    try:
+        used, limit = labstate.inotify_instances()
+        assert limit == int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+        assert used >= 1  # at least ours
+    finally:
+        os.close(fd)

@@ -153,3 +153,9 @@ def _show(out: Output, report: dict[str, Any]) -> None:
             f"{sum(endpoints.values())}/{len(endpoints)}",
         )
     out.table(groups)
+    inotify = report["inotify"]
+    if inotify["used"] >= 0.9 * inotify["limit"]:
+        out.warn(
+            f"{inotify['used']} of {inotify['limit']} inotify instances in use on this machine: "
+            "systemd inside the nodes may fail to start units (fs.inotify.max_user_instances)"
+        )

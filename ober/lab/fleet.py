@@ -49,6 +49,7 @@ MAX_NODES = 16
 VIP_PREFIX = "198.51.100.0/24"
 SSH_TIMEOUT = 30.0
 CERT_DAYS = 365
+INOTIFY_PER_NODE = 10
 # Re-exported: the fleet tests and tools know them from here.
 ROUTER_AS, NODE_AS, NODE_PEM = labfiles.ROUTER_AS, labfiles.NODE_AS, labfiles.NODE_PEM
 
@@ -187,6 +188,12 @@ def up(
         leftovers = sorted(p.name for p in directory.iterdir() if p.name != labstate.LOCK)
         if leftovers:
             raise OberError(f"{directory} is not empty ({', '.join(leftovers[:3])})", "give an empty or new --dir")
+        used, limit = labstate.inotify_instances()
+        if used + INOTIFY_PER_NODE * nodes > limit:
+            say(
+                f"warning: {used} of {limit} inotify instances are in use on this machine and each node needs about "
+                f"{INOTIFY_PER_NODE}: systemd units inside the nodes may fail (fs.inotify.max_user_instances)"
+            )
         state = State(directory, _initial(directory, nodes, created))
         state.save()
         lab = Lab(state.data["prefix"], keep_files=True, workdir=directory)
@@ -258,6 +265,8 @@ def status(directory: Path = DEFAULT_DIR) -> dict[str, Any]:
         endpoints = {url: _answers(cluster["ns"], url) for url in cluster["endpoints"]}
         report["backends"][group] = {"vip": data["vips"][group], "daemons": daemons, "endpoints": endpoints}
     report["client_ns"] = data.get("client_ns")
+    used, limit = labstate.inotify_instances()
+    report["inotify"] = {"used": used, "limit": limit}
     report["healthy"] = (
         report["complete"]
         and all(node["running"] and node["sshd"] for node in report["nodes"])

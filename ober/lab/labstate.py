@@ -218,3 +218,25 @@ def remove(directory: Path, *, created: bool) -> None:
         (directory / LOCK).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             directory.rmdir()
+
+
+def inotify_instances() -> tuple[int, int]:
+    """(inotify instances open on this machine, the per-user limit).
+
+    Containers without user namespaces run as the host's root, so every node's systemd, dbus and agetty (about 7
+    to 10 instances a node) count against root's one limit, shared with every other lab on the machine. Past it,
+    systemd inside a node fails to start path units ("Failed to allocate inotify fd: Too many open files").
+    """
+    limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    used = 0
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            used += sum(1 for fd in fd_dir.iterdir() if _readlink(fd) == "anon_inode:inotify")
+    return used, limit
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return ""

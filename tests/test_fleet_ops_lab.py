@@ -186,7 +186,8 @@ def test_status_of_a_healthy_fleet(fleet: LabFleet, capsys: pytest.CaptureFixtur
         assert node["versions"]["haproxy"] and node["versions"]["exabgp"]
         # What fleet push deployed is what the inventory renders, secret files included.
         assert node["drift"] == {"drifted": False, "changed": [], "removed": [], "unknown": []}
-    print(f"fleet status of 4 nodes over SSH: {took:.2f}s")
+    with capsys.disabled():
+        print(f"\nfleet status of 4 nodes over SSH: {took:.2f}s")
     status, text, _ = ober(capsys, "fleet", "status", "-i", inventory, "--secrets", secrets)
     assert status == 0 and "4 of 4 nodes live" in text and "in sync" in text
 
@@ -226,7 +227,8 @@ def test_drain_then_undrain_moves_the_routers_next_hops(fleet: LabFleet, capsys:
     assert status == 0, (out, err)
     assert out["nodes"][0]["live"]
     took = wait_until(lambda: node.address in fleet.router.next_hops(vip), "node04 back", 30)
-    print(f"undrain: node04 back in the router's ECMP set {took:.2f}s after ober fleet undrain returned")
+    with capsys.disabled():
+        print(f"\nundrain: node04 back in the router's ECMP set {took:.2f}s after ober fleet undrain returned")
 
 
 def test_guard_refuses_a_third_drain_and_changes_nothing(
@@ -283,6 +285,7 @@ def test_diff_and_push_change_a_node_without_leaving_ecmp(
         # A config change is a hitless reload: node01 never left the router's ECMP set.
         assert watch.missing == set() and watch.fewest == 4
         status, out, _ = ober(capsys, "fleet", "status", "-i", changed, "--secrets", secrets, "--json")
+        assert all(n["drift"] for n in out["nodes"]), json.dumps(out["nodes"], indent=1)[:3000]
         config_drift = {n["name"]: CONFIG_FILES & set(n["drift"]["changed"]) for n in out["nodes"]}
         assert config_drift == {"node01": set(), **{name: CONFIG_FILES for name in ("node02", "node03", "node04")}}
         assert fleet.run_on("node01", "grep -c 'timeout client 420s' /opt/ober/etc/haproxy.cfg").stdout.strip() == "1"

@@ -32,7 +32,7 @@ from ober.remote.facts import STATUS_TIMEOUT, NodeView, config_file, node_view, 
 from ober.render import Rendered
 from ober.runner import Result, Runner
 
-FACTS_TIMEOUT = 30.0
+FACTS_TIMEOUT = 60.0
 APPLY_TIMEOUT = 300.0
 """``ober config`` on a node: haproxy -c, ExaBGP's check, reloads and verification."""
 SETTLE_TIMEOUT = 30.0

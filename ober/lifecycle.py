@@ -1,23 +1,37 @@
 """Starting and stopping the node's services, the graceful way.
 
-``stop`` never just kills a serving node: it withdraws first (through the health process), lets the routers
-converge, waits for HAProxy's client sessions to end (or the drain timeout), and only then stops the units.
+``stop`` never just kills a serving node: it withdraws first (through the health process) and lets the routers
+converge; only then does HAProxy begin its soft stop (the unit's stop signal is SIGUSR1): its listeners close so new
+connections are refused, idle keep-alive connections are closed (clients reconnect to another node) and requests
+in flight finish. Whatever is still open at the drain timeout is cut, and the report says how many sessions that was.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ober.config import NodeConfig
-from ober.drain import clear_drain, read_drain, set_drain, wait_idle
+from ober.drain import clear_drain, read_drain, s3_sessions, set_drain
+from ober.errors import OberError
+from ober.haproxy_runtime import snapshot
 from ober.healthd import state_file
+from ober.render import paths, stop_timeout
+from ober.status import unit_state
 
 # After the withdraw leaves the node, routers need a moment to install the new ECMP set (measured ~10 ms here;
 # real routers take longer): keep serving what still arrives meanwhile.
 CONVERGE_SECONDS = 2.0
+# How long a hard-stopped HAProxy may take to be gone before ober stop gives up waiting for it.
+HARD_STOP_SECONDS = 10.0
+# The unit states in which HAProxy still runs (a soft stop is "deactivating" until its last request ends).
+RUNNING = ("active", "activating", "deactivating", "reloading")
+POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -26,7 +40,10 @@ class StopReport:
 
     withdrawn: bool
     sessions_left: int
+    """Client sessions still open at the drain timeout, cut by the hard stop (0: every request finished)."""
     waited: float
+    in_flight: int = 0
+    """Client sessions open when HAProxy began its soft stop."""
 
 
 def withdrawn(config: NodeConfig) -> bool:
@@ -38,6 +55,45 @@ def withdrawn(config: NodeConfig) -> bool:
     return all(v.get("announced") is None for v in vips.values())
 
 
+def client_connections(config: NodeConfig) -> int:
+    """Established TCP connections to this node's VIPs, from the kernel.
+
+    During a soft stop HAProxy's runtime socket is closed with its other listeners, but the connections it still
+    serves are the kernel's established sockets on the VIP addresses (HAProxy's own connections to RGW leave from
+    the node's address, so they are not counted). 0 when ``ss`` is missing.
+    """
+    ss = shutil.which("ss")
+    if ss is None:
+        return 0
+    try:
+        done = subprocess.run(
+            [ss, "-Htn", "state", "established"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return 0
+    vips = {ipaddress.ip_address(vip.address) for vip in config.vips}
+    count = 0
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        local = fields[2].rpartition(":")[0].strip("[]")
+        try:
+            if ipaddress.ip_address(local) in vips:
+                count += 1
+        except ValueError:
+            continue
+    return count
+
+
+def _haproxy_sessions(config: NodeConfig) -> int:
+    """Client sessions HAProxy reports on the S3 frontends; 0 when it does not answer."""
+    try:
+        return s3_sessions(config, snapshot(paths(config)["admin_socket"], config.health.timeout))
+    except OberError:
+        return 0
+
+
 def graceful_stop(
     config: NodeConfig,
     systemctl: Callable[..., None],
@@ -46,14 +102,28 @@ def graceful_stop(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     log: Callable[[str], None] = lambda _: None,
+    state: Callable[[str], str] = unit_state,
+    sessions: Callable[[], int] | None = None,
 ) -> StopReport:
-    """Withdraw, converge, drain connections, then stop ober-bgp and ober-http.
+    """Withdraw, converge, soft-stop HAProxy so requests in flight finish; cut what is left at the timeout.
 
     A drain the operator set before stays set; one made here is cleared after the units stop, so the next start
     announces again.
+
+    Args:
+        config: the node's configuration.
+        systemctl: runs ``systemctl ARGS`` (raises OberError on failure).
+        timeout: seconds from the start for requests to finish [health.drain_timeout]; at most the unit's stop
+            timeout (drain timeout plus a margin), after which systemd kills HAProxy itself.
+        sleep: waits (injected by tests).
+        clock: monotonic seconds (injected by tests).
+        log: one line per step, for the operator.
+        state: ``systemctl is-active`` of a unit.
+        sessions: open client connections while HAProxy soft-stops [established TCP connections on the VIPs].
     """
     started = clock()
-    limit = config.health.drain_timeout if timeout is None else timeout
+    limit = min(config.health.drain_timeout if timeout is None else timeout, stop_timeout(config))
+    count = sessions or (lambda: client_connections(config))
     ours = read_drain(config) is None
     set_drain(config, "ober stop")
     deadline = (
@@ -66,9 +136,24 @@ def graceful_stop(
     is_withdrawn = withdrawn(config)
     log("withdrawn" if is_withdrawn else "the health process did not confirm the withdraw; stopping anyway")
     sleep(CONVERGE_SECONDS)
-    left = wait_idle(config, max(0.0, limit - (clock() - started)), sleep=sleep, clock=clock)
-    log(f"{left} client sessions left" if left else "no client sessions left")
-    systemctl("stop", "ober-bgp", "ober-http")
+    in_flight = _haproxy_sessions(config)
+    log(f"soft stop: new connections refused, {in_flight} client sessions may finish (up to {limit:g}s)")
+    # --no-block: the stop job runs while we watch; ExaBGP stops first (ober-bgp is ordered after ober-http).
+    systemctl("stop", "--no-block", "ober-bgp", "ober-http")
+    stop_deadline = started + limit
+    while state("ober-http") in RUNNING and clock() < stop_deadline:
+        sleep(min(POLL, max(0.0, stop_deadline - clock())))
+    cut = 0
+    if state("ober-http") in RUNNING:
+        cut = count()
+        log(f"drain timeout ({limit:g}s) reached: hard stop cuts {cut} client sessions")
+        # SIGTERM to the master is HAProxy's hard stop; the stop job already running keeps systemd from restarting.
+        systemctl("kill", "--kill-whom=main", "--signal=SIGTERM", "ober-http")
+        hard_deadline = clock() + HARD_STOP_SECONDS
+        while state("ober-http") in RUNNING and clock() < hard_deadline:
+            sleep(POLL)
+    else:
+        log("every client session finished")
     if ours:
         clear_drain(config)
-    return StopReport(is_withdrawn, left, clock() - started)
+    return StopReport(is_withdrawn, cut, clock() - started, in_flight)

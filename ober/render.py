@@ -89,6 +89,16 @@ def seconds(value: float) -> str:
     return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
+# systemd kills HAProxy only this long after the drain timeout: `ober stop` hard-stops it at the drain timeout
+# itself (and says how many sessions it cut), so systemd's SIGKILL is the last resort for a plain `systemctl stop`.
+STOP_MARGIN = 30.0
+
+
+def stop_timeout(config: NodeConfig) -> float:
+    """Seconds systemd lets HAProxy's soft stop run before it kills what is left (the unit's TimeoutStopSec)."""
+    return config.health.drain_timeout + STOP_MARGIN
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -139,6 +149,7 @@ def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: W
         "whitelist_file": {name: f"{p['whitelist_dir']}/{name.replace('_', '-')}.lst" for name in whitelists},
         "tls_ca": tls_ca,
         "seconds": seconds,
+        "stop_timeout": seconds(stop_timeout(config)),
         # HAProxy 2.8 added ssl-default-bind-curves; older versions take the OpenSSL default groups.
         "haproxy_has_curves": version >= (2, 8),
         "groups_in_use": sorted({vip.backend for vip in config.vips}),

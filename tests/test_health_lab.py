@@ -209,7 +209,7 @@ def test_graceful_stop_withdraws_before_the_services_stop(health_lab: HealthLab)
 
     def systemctl(*args: str) -> None:
         # What systemd would do to the units; first record what the router sees at that moment.
-        assert args == ("stop", "ober-bgp", "ober-http")
+        assert args == ("stop", "--no-block", "ober-bgp", "ober-http")
         seen_at_stop.append(health_lab.hops(VIP_A))
         stop_process(node.exabgp)
         stop_process(node.haproxy)

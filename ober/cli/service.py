@@ -46,12 +46,16 @@ def stop(out: Output, config_path: Path, timeout: float | None) -> None:
             {
                 "stopped": True,
                 "withdrawn": report.withdrawn,
+                "in_flight": report.in_flight,
                 "sessions_left": report.sessions_left,
                 "waited": round(report.waited, 2),
             }
         )
         return
-    out.print(f"[green]✓[/] stopped after {report.waited:.1f}s")
+    if report.sessions_left:
+        out.print(f"[yellow]![/] stopped after {report.waited:.1f}s, cutting {report.sessions_left} client sessions")
+        return
+    out.print(f"[green]✓[/] stopped after {report.waited:.1f}s; every request in flight finished")
 
 
 @click.command()

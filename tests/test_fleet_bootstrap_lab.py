@@ -243,3 +243,35 @@ def test_activation_stops_at_the_first_node_not_verified_and_a_rerun_resumes(
     assert again.code == 0, again.report
     assert again.node("node03")["status"] == "changed" and again.node("node04")["status"] == "unchanged"
     fleet_lab.wait_in_service()
+
+
+def test_a_sudo_login_works_and_one_without_passwordless_sudo_is_refused(fleet_lab: FleetLab, tmp_path: Path) -> None:
+    inventory = lab_copy(fleet_lab, tmp_path)
+    data: dict[str, Any] = yaml.safe_load(inventory.read_text())
+    setup = (
+        "set -e; for u in deploy nosudo; do id $u >/dev/null 2>&1 || useradd -m -s /bin/sh $u; "
+        "install -d -m 700 -o $u -g $u /home/$u/.ssh; "
+        "install -m 600 -o $u -g $u /root/.ssh/authorized_keys /home/$u/.ssh/authorized_keys; done; "
+        "echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy; chmod 440 /etc/sudoers.d/deploy"
+    )
+    fleet_lab.run_on("node02", setup)
+    try:
+        data["ssh"]["user"] = "deploy"
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        run = fleet_lab.bootstrap("node02", inventory=inventory)
+        assert run.code == 0, run.report
+        node = run.node("node02")
+        assert node["status"] == "unchanged", node
+        checks = {check["name"]: check["detail"] for check in node["preflight"]["checks"]}
+        assert checks["root"] == "deploy has passwordless sudo"
+
+        data["ssh"]["user"] = "nosudo"
+        inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        run = fleet_lab.bootstrap("node02", inventory=inventory)
+        assert run.code == 1
+        refused = run.node("node02")
+        assert refused["failed_step"] == "preflight", refused
+        assert "nosudo cannot run commands as root without a password" in refused["error"], refused
+        assert "NOPASSWD" in refused["fix"]
+    finally:
+        fleet_lab.run_on("node02", "rm -f /etc/sudoers.d/deploy; userdel -r deploy; userdel -r nosudo", check=False)

@@ -35,6 +35,8 @@ SMALL = 64 * 1024
 BIG = 16 * 1024 * 1024
 PART = 8 * 1024 * 1024
 STOP_TIMEOUT = 120.0
+FINISH_TIMEOUT = 30.0
+"""After SIGTERM, how long the worker lets the operations in hand finish before it writes its counts."""
 
 
 @dataclass
@@ -49,6 +51,8 @@ class LoadResult:
     failed: int = 0
     """Requests that failed after botocore's retries."""
     multipart_uploads: int = 0
+    unfinished: int = 0
+    """Operations still waiting for an answer when the client was stopped (neither sent nor failed)."""
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
     """The first failures, one line each (kind and message)."""
@@ -58,6 +62,7 @@ class LoadResult:
         return (
             f"{self.sent} requests, {self.retried_requests} retried ({self.retries} retries), {self.failed} failed "
             f"after retries, {self.multipart_uploads} multipart uploads of 16 MiB, in {self.seconds:.1f}s"
+            + (f", {self.unfinished} still waiting at the end" if self.unfinished else "")
         )
 
 
@@ -343,8 +348,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         if not ready.exists() and counts.result.sent > counts.result.failed:
             ready.touch()  # the first request went through: the caller may start what it measures
         stop.wait(0.1)
+    # Bounded: a request in hand may wait on botocore's timeouts; what it would add is not worth a lost result.
+    deadline = time.monotonic() + FINISH_TIMEOUT
     for thread in threads:
-        thread.join(STOP_TIMEOUT / 2)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    counts.result.unfinished = sum(thread.is_alive() for thread in threads)
     counts.result.seconds = round(time.monotonic() - started, 2)
     result = Path(config.result)
     temp = result.with_name(result.name + ".tmp")

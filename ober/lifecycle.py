@@ -71,18 +71,26 @@ def client_connections(config: NodeConfig) -> int:
         )
     except subprocess.TimeoutExpired:
         return 0
-    vips = {ipaddress.ip_address(vip.address) for vip in config.vips}
+    return count_vip_connections(done.stdout, [vip.address for vip in config.vips])
+
+
+def count_vip_connections(ss_output: str, vips: list[str]) -> int:
+    """The lines of ``ss -Htn state established`` whose local address is one of ``vips``."""
+    wanted = {ipaddress.ip_address(vip) for vip in vips}
     count = 0
-    for line in done.stdout.splitlines():
+    for line in ss_output.splitlines():
         fields = line.split()
         if len(fields) < 4:
             continue
         local = fields[2].rpartition(":")[0].strip("[]")
         try:
-            if ipaddress.ip_address(local) in vips:
-                count += 1
+            address = ipaddress.ip_address(local)
         except ValueError:
             continue
+        # A socket bound on :: shows an IPv4 client as ::ffff:a.b.c.d.
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        if (mapped or address) in wanted:
+            count += 1
     return count
 
 

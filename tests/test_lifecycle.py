@@ -1,0 +1,98 @@
+"""`graceful_stop` step by step, with systemd and the clock faked (the real units: tests/test_node_inflight.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ober.config import NodeConfig
+from ober.lifecycle import count_vip_connections, graceful_stop
+
+SS = """\
+0      0      198.51.100.10:443   100.64.9.2:51234
+0      0      198.51.100.10:443   100.64.9.2:51236
+0      0      100.64.0.11:22      100.64.0.1:40000
+0      0      100.64.0.11:41000   100.64.1.11:7480
+0      0      [::ffff:198.51.100.11]:80   [::ffff:100.64.9.2]:5000
+"""
+
+
+class FakeNode:
+    """systemd and a clock: HAProxy's soft stop ends after ``finishes_after`` seconds (None: never)."""
+
+    def __init__(self, finishes_after: float | None) -> None:
+        self.now = 0.0
+        self.calls: list[tuple[str, ...]] = []
+        self.finishes_after = finishes_after
+        self.stop_at: float | None = None
+        self.killed = False
+
+    def systemctl(self, *args: str) -> None:
+        self.calls.append(args)
+        if args[0] == "stop":
+            self.stop_at = self.now
+
+    def state(self, unit: str) -> str:
+        assert unit == "ober-http"
+        if self.stop_at is None:
+            return "active"
+        if self.killed or (self.finishes_after is not None and self.now >= self.stop_at + self.finishes_after):
+            return "inactive"
+        return "deactivating"
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.01)
+        if self.calls and self.calls[-1][0] == "kill":
+            self.killed = True
+
+
+def stop(config: NodeConfig, node: FakeNode, timeout: float, sessions: Callable[[], int]) -> tuple[int, float]:
+    report = graceful_stop(
+        config,
+        node.systemctl,
+        timeout=timeout,
+        sleep=node.sleep,
+        clock=lambda: node.now,
+        state=node.state,
+        sessions=sessions,
+    )
+    assert report.withdrawn  # no health process in a unit test: nothing can be announced
+    return report.sessions_left, report.waited
+
+
+def config_in(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> NodeConfig:
+    health = {"interval": "1s", "rise": 2, "fall": 3, "drain_timeout": "5m", "maintenance_file": str(tmp_path / "m")}
+    return make_config(install_path=str(tmp_path), health=health)
+
+
+def test_requests_that_finish_in_time_are_not_cut(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    node = FakeNode(finishes_after=7.0)
+    left, waited = stop(config_in(tmp_path, make_config), node, 60, sessions=lambda: 99)
+    # One soft stop of both units (ExaBGP first by their ordering), after the routers converged; no kill.
+    assert node.calls == [("stop", "--no-block", "ober-bgp", "ober-http")]
+    assert node.stop_at is not None and node.stop_at >= 2.0
+    assert left == 0 and 9.0 <= waited < 10.0  # returned once HAProxy was gone, not at the timeout
+    assert not (tmp_path / "m").exists()  # the drain made for the stop is lifted for the next start
+
+
+def test_the_timeout_hard_stops_and_counts_what_it_cut(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    node = FakeNode(finishes_after=None)
+    left, waited = stop(config_in(tmp_path, make_config), node, 6, sessions=lambda: 2)
+    assert node.calls == [
+        ("stop", "--no-block", "ober-bgp", "ober-http"),
+        ("kill", "--kill-whom=main", "--signal=SIGTERM", "ober-http"),
+    ]
+    assert left == 2 and 6.0 <= waited < 7.0
+
+
+def test_an_operators_drain_stays(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    config = config_in(tmp_path, make_config)
+    (tmp_path / "m").write_text('{"by": "ops", "since": 1, "reason": "disk"}\n')
+    stop(config, FakeNode(finishes_after=0.0), 60, sessions=lambda: 0)
+    assert (tmp_path / "m").exists()
+
+
+def test_connections_counted_are_those_on_the_vips() -> None:
+    assert count_vip_connections(SS, ["198.51.100.10"]) == 2
+    assert count_vip_connections(SS, ["198.51.100.10", "198.51.100.11"]) == 3
+    assert count_vip_connections("", ["198.51.100.10"]) == 0

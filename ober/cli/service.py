@@ -60,12 +60,13 @@ def stop(out: Output, config_path: Path, timeout: float | None) -> None:
 
 @click.command()
 @config_option
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for connections [health.drain_timeout].")
 @json_option
 @click.pass_obj
-def restart(out: Output, config_path: Path) -> None:
+def restart(out: Output, config_path: Path, timeout: float | None) -> None:
     """Graceful stop, then start (for a config change, `ober reload` keeps the node serving)."""
     config = load_config(config_path)
-    graceful_stop(config, systemctl, log=out.print)
+    graceful_stop(config, systemctl, timeout=timeout, log=out.print)
     systemctl("start", "ober-http", "ober-bgp")
     verify_haproxy(config)
     out.print("[green]✓[/] restarted")

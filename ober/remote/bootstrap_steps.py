@@ -274,7 +274,8 @@ class NodeJob:
         if problem is None:
             return "ok", f"in service: {_serving(view)}"
         if self.options.dry_run:
-            return "planned", f"would start ober-http and ober-bgp ({problem})"
+            now = "ober not installed yet" if view.error and "not found" in view.error else problem
+            return "planned", f"would start ober-http and ober-bgp and wait until verified (now: {now})"
         _need(self.conn.run(["systemctl", "enable", "ober-http", "ober-bgp"], QUICK), "systemctl enable")
         _need(self.conn.run([self.ober, "start", "-c", f"{self.install}/etc/ober.yaml"], QUICK * 2), "ober start")
         started = time.monotonic()

@@ -58,10 +58,10 @@ def load_client(fleet: LabFleet, workdir: Path, group: str = "ceph-a") -> S3Load
     return S3Load(fleet.client_ns, config, workdir)
 
 
-def roll_under_load(fleet: LabFleet, workdir: Path, *args: str) -> RollUnderLoad:
-    """``ober --json fleet ARGS -i INVENTORY`` while the load runs and the router's next-hops are polled."""
+def roll_under_load(fleet: LabFleet, workdir: Path, *args: str, group: str = "ceph-a") -> RollUnderLoad:
+    """``ober --json fleet ARGS -i INVENTORY`` while the load runs (on ``group``'s VIP) and the router is polled."""
     with (
-        load_client(fleet, workdir) as load,
+        load_client(fleet, workdir, group) as load,
         HopWatch(fleet.router.next_hops, list(fleet.vips.values())) as watch,
     ):
         time.sleep(WARMUP)

@@ -15,6 +15,7 @@ fewest next-hops seen and every change.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -76,7 +77,9 @@ class LoadConfig:
     secret_key: str
     bucket: str = "ober-load"
     workers: int = 4
-    big_every: int = 10
+    big_every: int = 40
+    """Every so many small PUT/GET pairs, a worker uploads 16 MiB (the lab's RGW keeps objects in 1 GiB of RAM and
+    reclaims overwritten ones after its garbage-collection delay: a higher rate fills it)."""
     result: str = ""
 
 
@@ -282,6 +285,16 @@ def _worker(index: int, config: LoadConfig, counts: _Counts, stop: threading.Eve
             counts.failure("get", exc)
         if config.big_every and n % config.big_every == 0:
             _multipart(s3, config, f"w{index}/big", big, big_sum, counts)
+    _clean(s3, config, index)
+
+
+def _clean(s3: Any, config: LoadConfig, index: int) -> None:
+    """Remove what this worker wrote, so repeated runs do not fill the backend (not counted: the load is over)."""
+    with contextlib.suppress(Exception):
+        listed = s3.list_objects_v2(Bucket=config.bucket, Prefix=f"w{index}/")
+        keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=config.bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 def _multipart(s3: Any, config: LoadConfig, key: str, big: bytes, digest: str, counts: _Counts) -> None:
@@ -308,6 +321,10 @@ def _multipart(s3: Any, config: LoadConfig, key: str, big: bytes, digest: str, c
             counts.result.multipart_uploads += 1
     except Exception as exc:
         counts.failure("multipart", exc)
+        if "started" in locals():
+            # Parts of an upload never completed stay in RGW (RAM, in the lab's memstore) until aborted.
+            with contextlib.suppress(Exception):
+                s3.abort_multipart_upload(Bucket=config.bucket, Key=key, UploadId=started["UploadId"])
         return
     try:
         got = s3.get_object(Bucket=config.bucket, Key=key)

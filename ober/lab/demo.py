@@ -120,9 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"    {error}")
     hops = ", ".join(f"{vip}: {count}" for vip, count in rolled.fewest.items())
     print(f"  fewest router next-hops during the roll: {hops} (of {len(fleet.nodes)})")
-    print(
-        f"\nThe lab stays up: try `ober fleet status -i {fleet.inventory_path}`; stop it: ober lab down --dir {args.dir}"
-    )
+    print(f"\nThe lab stays up: try `ober fleet status -i {fleet.inventory_path}`")
+    print(f"Stop it with: ober lab down --dir {args.dir}")
     return rolled.code
 
 

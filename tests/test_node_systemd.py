@@ -6,6 +6,8 @@ the router's kernel route is the truth about what the node announces.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from ober.certs import write_pem
+from ober.lab.labstate import inotify_instances
 from ober.lab.netns import Lab, add_address, run_in
 from ober.lab.nspawn import NspawnNode, boot_node, install_ober
 from ober.lab.rgw import RgwCluster, missing_programs, start_cluster
@@ -27,6 +30,9 @@ VIP = "198.51.100.10"
 NODE = "100.64.0.11"
 RGW = ("100.64.1.11", "100.64.1.12")
 OBER = "/opt/ober/venv/bin/ober"
+MAINTENANCE = "/opt/ober/etc/maintenance"
+EXABGP_CONF = "/opt/ober/etc/exabgp.conf"
+HOLD_TIME = 3.0  # bgp.hold_time's default: a session ExaBGP stopped keeping alive would expire within it
 
 
 @dataclass
@@ -35,6 +41,7 @@ class SystemdLab:
     router: Router
     node: NspawnNode
     rgw: RgwCluster
+    announced_after: float = 0.0
 
     def hops(self) -> list[str]:
         return self.router.next_hops(VIP)
@@ -48,10 +55,76 @@ class SystemdLab:
         raise AssertionError(f"next-hops {self.hops()}, expected {expected}\n{self.journal()}")
 
     def journal(self, lines: int = 40) -> str:
-        return self.node.run(f"journalctl -u ober-http -u ober-bgp -n {lines} --no-pager", check=False).stdout
+        used, limit = inotify_instances()
+        return (
+            self.node.run(f"journalctl -u ober-http -u ober-bgp -n {lines} --no-pager", check=False).stdout
+            + self.node.run("systemctl --failed --no-legend --no-pager", check=False).stdout
+            # What is left in each unit's cgroup (a unit stuck "deactivating" waits for it).
+            + self.node.run("systemctl status -n 0 --no-pager ober-http ober-bgp", check=False).stdout
+            + self.node.run("journalctl -b --no-pager | grep -i inotify | tail -n 5", check=False).stdout
+            # Every container's systemd shares the host root's inotify instances: past the limit, units inside the
+            # node fail with "Failed to allocate inotify fd" for reasons that have nothing to do with ober.
+            + f"(inotify instances in use on this machine: {used} of {limit})"
+        )
 
     def active(self, unit: str) -> str:
         return self.node.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+    def main_pid(self, unit: str) -> str:
+        return self.node.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+
+    def in_service(self, timeout: float = 60.0) -> None:
+        """Wait (bounded) until the node serves as after the fixture: both units active, no drain, announced."""
+        deadline = time.monotonic() + timeout
+        while True:
+            units = [self.active("ober-http"), self.active("ober-bgp")]
+            drained = self.node.run(f"test -e {MAINTENANCE}", check=False).returncode == 0
+            if units == ["active", "active"] and not drained and self.hops() == [NODE]:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the node is not in service: units {units}, maintenance file {drained}, "
+                    f"next-hops {self.hops()}\n{self.journal()}"
+                )
+            time.sleep(0.2)
+
+    def bird_session(self) -> str:
+        """BIRD's line for the node's session: its state and since when (a re-established session has a new time)."""
+        lines = self.router.birdc("show", "protocols").splitlines()
+        names = [name for name, peer in self.router.peers.items() if peer == NODE]
+        return next(line for line in lines if line.split()[:1] == names)
+
+
+class RoutePoll:
+    """The router's kernel route for the VIP, read every 10 ms in a thread while a block runs."""
+
+    def __init__(self, lab: SystemdLab) -> None:
+        self.lab = lab
+        self.samples: list[tuple[float, list[str]]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.monotonic(), self.lab.hops()))
+            time.sleep(0.01)
+
+    def __enter__(self) -> RoutePoll:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def lost(self) -> list[tuple[float, list[str]]]:
+        """The samples in which the node was not the route's only next-hop."""
+        return [sample for sample in self.samples if sample[1] != [NODE]]
+
+    def widest_gap(self) -> float:
+        """The longest time between two samples (what the poll could have missed)."""
+        times = [at for at, _ in self.samples]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 def config_data() -> dict[str, Any]:
@@ -97,11 +170,20 @@ def systemd_lab() -> Iterator[SystemdLab]:
         started = node.run("systemctl enable --now ober-http ober-bgp", timeout=60, check=False)
         if started.returncode != 0:
             pytest.fail(f"the units did not start: {started.stderr.strip()}\n{systemd_lab.journal()}")
+        systemd_lab.announced_after = systemd_lab.wait_hops([NODE], timeout=60)
         yield systemd_lab
 
 
+@pytest.fixture(autouse=True)
+def node_in_service(systemd_lab: SystemdLab) -> Iterator[None]:
+    """Each test starts with the node in service and must leave it so (checked, bounded, with the journal)."""
+    systemd_lab.in_service()
+    yield
+    systemd_lab.in_service()
+
+
 def test_units_start_and_the_node_announces(systemd_lab: SystemdLab) -> None:
-    took = systemd_lab.wait_hops([NODE])
+    took = systemd_lab.announced_after
     assert systemd_lab.active("ober-http") == "active" and systemd_lab.active("ober-bgp") == "active"
     status = yaml.safe_load(systemd_lab.node.run(f"{OBER} status --json").stdout)
     assert status["bgp"]["sessions"] == {"100.64.0.1": "established"}
@@ -111,7 +193,6 @@ def test_units_start_and_the_node_announces(systemd_lab: SystemdLab) -> None:
 
 
 def test_vip_is_on_the_node_and_serves_s3(systemd_lab: SystemdLab) -> None:
-    systemd_lab.wait_hops([NODE])
     addresses = systemd_lab.node.run("ip -4 -o addr show dev lo").stdout
     assert f"{VIP}/32" in addresses and "127.0.0.1/8" in addresses  # networkd applied `ober config`'s file
     # From the router: through the ECMP route, TLS on the VIP, answered by RGW behind HAProxy.
@@ -121,7 +202,6 @@ def test_vip_is_on_the_node_and_serves_s3(systemd_lab: SystemdLab) -> None:
 
 def test_reload_with_a_broken_config_keeps_the_running_haproxy(systemd_lab: SystemdLab) -> None:
     node = systemd_lab.node
-    systemd_lab.wait_hops([NODE])
     node.run("cp -a /opt/ober/etc/haproxy.cfg /root/haproxy.cfg.good")
     node.run("echo '    no-such-keyword 1' >> /opt/ober/etc/haproxy.cfg")
     failed = node.run("systemctl reload ober-http", check=False)
@@ -141,38 +221,77 @@ def test_config_set_invalid_leaves_the_node_untouched(systemd_lab: SystemdLab) -
 
 def test_config_change_is_a_hitless_reload(systemd_lab: SystemdLab) -> None:
     node = systemd_lab.node
-    systemd_lab.wait_hops([NODE])
-    main_pid = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
-    done = node.run(f"{OBER} --json config --set haproxy.timeouts.client=20m", timeout=120)
-    assert "reload ober-http" in yaml.safe_load(done.stdout)["actions"]
-    assert node.run("systemctl show -p MainPID --value ober-http").stdout.strip() == main_pid  # reloaded, not restarted
-    assert "timeout client 1200s" in node.run("cat /opt/ober/etc/haproxy.cfg").stdout
-    assert systemd_lab.hops() == [NODE]
+    main_pid = systemd_lab.main_pid("ober-http")
+    try:
+        done = node.run(f"{OBER} --json config --set haproxy.timeouts.client=20m", timeout=120)
+        assert "reload ober-http" in yaml.safe_load(done.stdout)["actions"]
+        assert systemd_lab.main_pid("ober-http") == main_pid  # reloaded, not restarted
+        assert "timeout client 1200s" in node.run("cat /opt/ober/etc/haproxy.cfg").stdout
+        assert systemd_lab.hops() == [NODE]
+    finally:
+        node.run(f"{OBER} config --set haproxy.timeouts.client=900s", timeout=120)  # the default, as before
 
 
-def test_ober_reload_is_hitless_and_logs_show_the_services(systemd_lab: SystemdLab) -> None:
+def test_ober_reload_keeps_the_node_announced(systemd_lab: SystemdLab) -> None:
     node = systemd_lab.node
-    systemd_lab.wait_hops([NODE])
-    main_pid = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
-    node.run(f"{OBER} reload", timeout=60)
-    assert node.run("systemctl show -p MainPID --value ober-http").stdout.strip() == main_pid
-    assert systemd_lab.hops() == [NODE]
-    logs = node.run(f"{OBER} logs -n 50 --service bgp").stdout
-    assert "[ober]" in logs  # ober health's lines reach the journal through ExaBGP
+    pids = {unit: systemd_lab.main_pid(unit) for unit in ("ober-http", "ober-bgp")}
+    health_pid = node.run("pgrep -f 'bin/ober health'").stdout.split()
+    session = systemd_lab.bird_session()
+    reloads = "journalctl -u ober-bgp -o cat --no-pager | grep -c 'loaded new configuration successfully'"
+    before = int(node.run(reloads, check=False).stdout.strip() or 0)
+    with RoutePoll(systemd_lab) as poll:
+        node.run(f"{OBER} reload", timeout=60)
+        deadline = time.monotonic() + 30
+        while int(node.run(reloads, check=False).stdout.strip() or 0) == before:  # ExaBGP reloads asynchronously
+            assert time.monotonic() < deadline, f"ExaBGP did not reload\n{systemd_lab.journal()}"
+            time.sleep(0.1)
+        time.sleep(HOLD_TIME)  # a reload that stalled keepalives would show as a lost session within the hold time
+    assert poll.lost() == [], f"the node left the route during the reload: {poll.lost()[:3]}"
+    assert len(poll.samples) > 100 and poll.widest_gap() < 0.5
+    # Nothing restarted: not HAProxy, not ExaBGP, not ober health (whose rise/fall state would start over), and the
+    # router's BGP session is the same one (a re-established session shows a new "since" time).
+    assert {unit: systemd_lab.main_pid(unit) for unit in pids} == pids
+    assert node.run("pgrep -f 'bin/ober health'").stdout.split() == health_pid
+    assert systemd_lab.bird_session() == session
+    status = yaml.safe_load(node.run(f"{OBER} status --json").stdout)  # ExaBGP's CLI still answers after it
+    assert status["bgp"]["announced"] == {"100.64.0.1": [f"{VIP}/32"]}
+    gap = poll.widest_gap() * 1000
+    print(f"ober reload: route polled {len(poll.samples)} times (widest gap {gap:.0f} ms), never lost")
+
+
+def test_bgp_reload_with_a_broken_config_is_refused(systemd_lab: SystemdLab) -> None:
+    node = systemd_lab.node
+    session = systemd_lab.bird_session()
+    node.run(f"cp -a {EXABGP_CONF} /root/exabgp.conf.good && echo 'no-such-section {{' >> {EXABGP_CONF}")
+    try:
+        failed = node.run(f"{OBER} reload", timeout=60, check=False)
+    finally:
+        node.run(f"cp -a /root/exabgp.conf.good {EXABGP_CONF}")
+    assert failed.returncode == 1 and "ober-bgp" in failed.stderr  # the check refused it before signalling ExaBGP
+    assert systemd_lab.active("ober-bgp") == "active"
+    assert systemd_lab.bird_session() == session and systemd_lab.hops() == [NODE]
+
+
+def test_logs_show_ober_health_not_exabgp_counters(systemd_lab: SystemdLab) -> None:
+    # Every line the unit wrote since the node booted, however chatty ExaBGP is.
+    logs = systemd_lab.node.run(f"{OBER} logs -n 100000 --service bgp").stdout
+    health = [line for line in logs.splitlines() if "[ober]" in line]
+    assert any("health: watching" in line for line in health), logs[-2000:]
+    assert any(f"{VIP}:" in line and "-> up" in line for line in health), logs[-2000:]  # the announce decision
+    # Keepalive counters (two lines a second) are off, so the last lines show what ober health decided.
+    assert "statistics for" not in logs
 
 
 def test_haproxy_crash_stops_bgp_at_once_and_both_come_back(systemd_lab: SystemdLab) -> None:
-    systemd_lab.wait_hops([NODE])
     systemd_lab.node.run("systemctl kill -s KILL ober-http")
     gone = systemd_lab.wait_hops([])  # BindsTo: ExaBGP stops with HAProxy, its session closes, the route goes
-    back = systemd_lab.wait_hops([NODE])  # Restart=always brings HAProxy back, Upholds brings ExaBGP back
+    back = systemd_lab.wait_hops([NODE], timeout=60)  # Restart=always brings HAProxy back, Upholds brings ExaBGP back
     assert systemd_lab.active("ober-bgp") == "active"
     print(f"HAProxy killed -> route gone in {gone:.2f}s; both back and announcing {back:.2f}s later")
 
 
 def test_ober_stop_withdraws_before_the_units_stop(systemd_lab: SystemdLab) -> None:
     node = systemd_lab.node
-    systemd_lab.wait_hops([NODE])
     done = node.run(f"{OBER} --json stop --timeout 5", timeout=60)
     assert yaml.safe_load(done.stdout)["withdrawn"] is True
     assert systemd_lab.hops() == []

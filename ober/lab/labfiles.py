@@ -134,6 +134,9 @@ def lab_inventory(paths: LabPaths, router_ip: str, addresses: dict[str, str]) ->
                 "local_as": NODE_AS,
                 "peer_as": ROUTER_AS,
                 "hold_time": 3,
+                # The router holds a node's routes while its ExaBGP restarts (BIRD: graceful restart on), so
+                # `ober fleet restart` keeps the ECMP set unchanged.
+                "graceful_restart": 120,
                 "neighbors": router_ip,
             },
             "vips": [{"name": f"s3-{group[-1]}", "address": vip, "backend": group} for group, vip in VIPS.items()],

@@ -27,7 +27,7 @@ from ober.lab.image import DEFAULT_IMAGE, ensure_image
 from ober.lab.netns import Lab, add_address, add_veth, run
 from ober.lab.sshd import SshdFarm, SshServer, freeze, proxy_command, thaw
 from ober.remote import hostkeys
-from ober.remote.connection import SshTarget, connect, targets
+from ober.remote.connection import SshTarget, _ProxyCommand, connect, targets
 from ober.remote.pool import Outcome, for_each
 from ober.runner import Runner
 from tests.conftest import REPO, require
@@ -541,3 +541,16 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
+
+
+def test_closing_a_proxy_command_that_already_ended_is_quiet() -> None:
+    # paramiko's transport thread closes the ProxyCommand as it ends; a relay already gone and reaped made that
+    # thread print a ProcessLookupError traceback on the user's terminal.
+    plain = paramiko.ProxyCommand("true")
+    plain.process.wait()
+    with pytest.raises(ProcessLookupError):
+        plain.close()
+    ours = paramiko.ProxyCommand("true")
+    ours.__class__ = _ProxyCommand
+    ours.process.wait()
+    ours.close()

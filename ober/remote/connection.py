@@ -460,7 +460,22 @@ class _Fabric(fabric.Connection):  # type: ignore[misc]  # fabric is untyped
                 src_addr=("", 0),
                 timeout=self.connect_timeout,
             )
-        return super().open_gateway()
+        proxy = super().open_gateway()
+        if isinstance(proxy, paramiko.ProxyCommand):
+            proxy.__class__ = _ProxyCommand
+        return proxy
+
+
+class _ProxyCommand(paramiko.ProxyCommand):  # type: ignore[misc]  # paramiko is untyped
+    """paramiko's ProxyCommand, whose close() does not raise when the command has already ended and been reaped.
+
+    paramiko's transport thread calls close() as it ends; a relay that exited first made that thread print a
+    ``ProcessLookupError`` traceback on the user's terminal, once per node.
+    """
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            super().close()
 
 
 def _close(hop: Any) -> None:

@@ -62,6 +62,7 @@ class SystemdLab:
             # What is left in each unit's cgroup (a unit stuck "deactivating" waits for it).
             + self.node.run("systemctl status -n 0 --no-pager ober-http ober-bgp", check=False).stdout
             + self.node.run("journalctl -b --no-pager | grep -i inotify | tail -n 5", check=False).stdout
+            + self.stuck()
             # Every container's systemd shares the host root's inotify instances: past the limit, units inside the
             # node fail with "Failed to allocate inotify fd" for reasons that have nothing to do with ober.
             + f"(inotify instances in use on this machine: {used} of {limit})"
@@ -69,6 +70,18 @@ class SystemdLab:
 
     def active(self, unit: str) -> str:
         return self.node.run(["systemctl", "is-active", unit], check=False).stdout.strip()
+
+    def stuck(self) -> str:
+        """Say so when systemd missed a unit's cgroup-empty event: "deactivating" with no process left in it."""
+        notes = []
+        for unit in ("ober-http", "ober-bgp"):
+            procs = f"cat /sys/fs/cgroup/system.slice/{unit}.service/cgroup.procs"
+            if self.active(unit) == "deactivating" and not self.node.run(procs, check=False).stdout.strip():
+                notes.append(
+                    f"{unit} is deactivating with no process left: systemd missed its cgroup-empty event and waits "
+                    "out TimeoutStopSec (seen here with KillMode=mixed after the main process died, not otherwise)\n"
+                )
+        return "".join(notes)
 
     def main_pid(self, unit: str) -> str:
         return self.node.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
@@ -283,7 +296,11 @@ def test_logs_show_ober_health_not_exabgp_counters(systemd_lab: SystemdLab) -> N
 
 
 def test_haproxy_crash_stops_bgp_at_once_and_both_come_back(systemd_lab: SystemdLab) -> None:
-    systemd_lab.node.run("systemctl kill -s KILL ober-http")
+    # HAProxy's master crashing (systemd then kills its workers). With ober-http's KillMode=mixed, systemd in these
+    # nodes (257) misses the cgroup-empty event after about half of such crashes: the unit stays "deactivating
+    # (stop-sigkill)" with no process left for TimeoutStopSec (drain_timeout + 30 s) before it restarts. Measured:
+    # 3 stuck of 6 crashes with mixed, 0 of 5 with KillMode=control-group (`journal` names the state when it happens).
+    systemd_lab.node.run("systemctl kill -s KILL --kill-whom=main ober-http")
     gone = systemd_lab.wait_hops([])  # BindsTo: ExaBGP stops with HAProxy, its session closes, the route goes
     back = systemd_lab.wait_hops([NODE], timeout=60)  # Restart=always brings HAProxy back, Upholds brings ExaBGP back
     assert systemd_lab.active("ober-bgp") == "active"

@@ -164,7 +164,7 @@ def test_a_node_failing_verify_stops_the_roll_withdrawn_and_a_rerun_resumes(lab:
         assert results[names[0]]["status"] == "done"
         assert results[bad]["status"] == "failed" and results[bad]["left_withdrawn"]
         assert {results[n]["status"] for n in names[2:]} == {"not reached"}
-        assert "run `ober fleet restart` again" in report["summary"]
+        assert "run `ober fleet restart --reload` again" in report["summary"]
         assert "left withdrawn" in report["summary"]
         others = {lab.addresses[n] for n in names if n != bad}
         for vip in lab.vips.values():

@@ -107,7 +107,8 @@ def _roll(
 ) -> None:
     inventory = load_inventory(inventory_path)
     nodes = inventory.select(targets)
-    command = f"ober fleet {request.operation.value}" + (f" {targets}" if targets else "")
+    flags = [flag for flag, on in (("--full", request.full), ("--reload", request.reload_only)) if on]
+    command = " ".join(["ober fleet", request.operation.value, *flags, *([targets] if targets else [])])
     connections, failed = open_connections(inventory, accept_new_host_keys=accept_new_host_keys, parallel=parallel)
     try:
         for name, why in failed.items():

@@ -101,8 +101,19 @@ class NodeOps:
         """Run ``argv``; a non-zero exit is a StepFailed naming ``what`` and the command's last line."""
         result = self.conn.run(argv, timeout or self.options.command_timeout)
         if not result.ok:
-            raise StepFailed(f"{what}: {result.last_line()}", f"see: ober fleet status {self.node.name}")
+            detail = result.last_line()
+            if argv[0] == "systemctl" and "journalctl" in detail:
+                # systemctl only points at the journal: quote the unit's own last words instead.
+                detail = self._journal(argv[-1]) or detail
+            raise StepFailed(f"{what}: {detail}", f"see: ober fleet status {self.node.name}")
         return result
+
+    def _journal(self, unit: str) -> str:
+        found = self.conn.run(["journalctl", "-u", unit, "-n", "30", "-o", "cat", "--no-pager"], 30.0)
+        lines = [line.strip() for line in found.stdout.splitlines() if line.strip()]
+        # HAProxy's own complaint first (its config check prints [ALERT] lines), then any error, then the last line.
+        wanted = [line for line in lines if "ALERT" in line] or [line for line in lines if "rror" in line] or lines
+        return wanted[-1][:300] if wanted else ""
 
     def view(self) -> NodeView:
         """The node's status now."""
@@ -223,12 +234,18 @@ class Roll:
         """Upgrade: installs a step's ``changes`` on its node (before the reload/restart that activates them)."""
 
     def views(self) -> list[NodeView]:
-        """Every node of the inventory, asked now (one that has no connection is unreachable)."""
-        found: list[NodeView] = []
-        for node in self.inventory.nodes:
+        """Every node of the inventory, asked now, in parallel (one that has no connection is unreachable)."""
+
+        def ask(node: InventoryNode) -> NodeView:
             conn = self.runners.get(node.name)
-            found.append(node_view(conn, node) if conn else unreachable(node, "no SSH connection"))
-        return found
+            return node_view(conn, node) if conn else unreachable(node, "no SSH connection")
+
+        nodes = list(self.inventory.nodes)
+        outcomes = for_each(nodes, ask, parallel=self.inventory.ssh.parallel, name=lambda node: node.name)
+        return [
+            o.value if o.value is not None else unreachable(node, o.error or "failed")
+            for node, o in zip(nodes, outcomes, strict=True)
+        ]
 
     def prepare(self) -> tuple[Plan, dict[str, NodeView]]:
         """Read the fleet and plan (no change anywhere)."""

@@ -59,6 +59,7 @@ def command(argv: list[str]) -> None:
 
 
 CERTS_WATCH = "restart ober-certs.path"
+BGP_RESTART = "restart ober-bgp"
 
 
 def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
@@ -82,18 +83,21 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         # new settings) now, or a renewed certificate would wait for the next HAProxy restart.
         actions.append(CERTS_WATCH)
     if changed & {p["exabgp_conf"], "/etc/systemd/system/ober-bgp.service"}:
-        # ExaBGP re-reads its configuration on reload (SIGUSR1) without dropping the sessions it keeps.
-        actions.append("reload ober-bgp")
+        # Restart, not reload: exabgp.conf holds only the neighbors, and ExaBGP 5.0's reload (SIGUSR1) gives a new
+        # or renamed neighbor (router-id, ASNs, addresses) an empty RIB while `ober health`, which is not restarted,
+        # announces only on state changes: that router would never get the VIPs (seen in the lab: router-id changed,
+        # session back, no route). A restart withdraws, reconnects and re-announces after `rise` checks.
+        actions.append(BGP_RESTART)
     return actions
 
 
 def run_actions(actions: list[str]) -> list[str]:
-    """Carry out ``reload_for``'s actions, skipping reloads of units that are not running; returns those done."""
+    """Do ``reload_for``'s actions, skipping reloads (and ExaBGP's restart) of units not running; returns those done."""
     done: list[str] = []
     for action in actions:
         verb, _, unit = action.partition(" ")
-        if verb == "reload" and unit_state(unit) != "active":
-            continue
+        if (verb == "reload" or action == BGP_RESTART) and unit_state(unit) != "active":
+            continue  # a stopped node stays stopped: it reads the new files when it starts
         if action == CERTS_WATCH and unit_state("ober-http") != "active":
             continue
         if action in NETWORK_APPLY.values():

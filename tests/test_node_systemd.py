@@ -295,6 +295,18 @@ def test_logs_show_ober_health_not_exabgp_counters(systemd_lab: SystemdLab) -> N
     assert "statistics for" not in logs
 
 
+def test_bgp_config_change_reaches_the_router(systemd_lab: SystemdLab) -> None:
+    # A changed router-id renames ExaBGP's neighbor: a reload would bring the session back with no route (seen).
+    node = systemd_lab.node
+    try:
+        done = node.run(f"{OBER} --json config --set bgp.router_id=100.64.0.99", timeout=120)
+        assert "restart ober-bgp" in yaml.safe_load(done.stdout)["actions"]
+        back = systemd_lab.wait_hops([NODE], timeout=60)
+    finally:
+        node.run(f"{OBER} config --set bgp.router_id={NODE}", timeout=120)
+    print(f"bgp.router_id changed: announced again {back:.2f}s after ober config returned")
+
+
 def test_haproxy_crash_stops_bgp_at_once_and_both_come_back(systemd_lab: SystemdLab) -> None:
     # HAProxy's master crashing (systemd then kills its workers). With ober-http's KillMode=mixed, systemd in these
     # nodes (257) misses the cgroup-empty event after about half of such crashes: the unit stays "deactivating

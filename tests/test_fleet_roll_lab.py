@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
+from ober.lab.demo import load_client
+from ober.lab.s3load import HopWatch, LoadResult
 from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (registers the fixture fleet_lab)
 
 pytestmark = pytest.mark.lab
@@ -70,19 +71,13 @@ def lab(fleet_lab: FleetLab) -> Iterator[FleetLab]:
     fleet_lab.wait_in_service()
 
 
-def _load(lab: FleetLab, workdir: Path) -> S3Load:
-    fleet = lab.fleet
-    access, secret = fleet.s3_credentials("ceph-a")
-    config = LoadConfig(
-        endpoint=f"https://{fleet.vips['ceph-a']}", ca=str(fleet.ca_pem), access_key=access, secret_key=secret
-    )
-    return S3Load(fleet.client_ns, config, workdir)
-
-
 def roll(lab: FleetLab, workdir: Path, *args: str) -> Rolled:
     """``ober --json fleet ARGS -i INVENTORY`` while the S3 load runs and the router is watched."""
     inventory = str(lab.fleet.inventory_path)
-    with _load(lab, workdir) as load, HopWatch(lab.fleet.router.next_hops, list(lab.vips.values())) as watch:
+    with (
+        load_client(lab.fleet, workdir) as load,
+        HopWatch(lab.fleet.router.next_hops, list(lab.vips.values())) as watch,
+    ):
         time.sleep(2)  # the load is established on every node before the roll starts
         done = _ober("--json", "fleet", *args, "-i", inventory, *FAST)
         time.sleep(2)

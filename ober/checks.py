@@ -330,7 +330,12 @@ def check_bgp_state(config: NodeConfig, status: Mapping[str, Any] | None = None)
             checks.append(Check(name, "ok", "established"))
         elif state is None:
             checks.append(
-                Check(name, "fail", "ExaBGP has no such neighbor", "systemctl reload ober-bgp (its config is older)")
+                Check(
+                    name,
+                    "fail",
+                    "ExaBGP has no such neighbor",
+                    "systemctl restart ober-bgp (its config is older; a reload leaves a new neighbor without routes)",
+                )
             )
         else:
             checks.append(

@@ -1,5 +1,5 @@
-# Two commands for a newcomer: `make example` (ober's main job on the example site; the lab fleet demo comes
-# with the fleet controller) and `make test`. Both set themselves up: system packages, a virtualenv in .venv, ober in it.
+# Two commands for a newcomer: `make demo` (ober's main job on a local lab fleet) and `make test`. Both set
+# themselves up: system packages, a virtualenv in .venv, ober in it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,7 +26,7 @@ test: setup
 unit: setup
 	$(BIN)/pytest -m "not lab" -q
 
-# ober's main job until the lab fleet arrives: render and check every node of the example site.
+# Render and check every node of the example site (no lab, no root needed for the files themselves).
 example: setup
 	install -m 600 tests/data/login.example $(VENV)/login.example
 	$(BIN)/ober fleet render -i inventory/example.yaml --secrets $(VENV)/login.example -o out/example

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _step("ober fleet restart --dry-run (each node's class of step)")
         _show(["fleet", "restart", *inventory, "--dry-run"])
         _step("ober fleet restart, while an S3 client works through the VIP")
-        rolled = roll_under_load(fleet, args.dir / "demo")
+        rolled = roll_under_load(fleet, args.dir / "demo", "restart")
     except OberError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

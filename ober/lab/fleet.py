@@ -38,7 +38,7 @@ from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
 from ober.lab.labfiles import LabPaths, write_client_files
 from ober.lab.labstate import Proc, State
 from ober.lab.netns import Lab, delete_netns, list_netns
-from ober.lab.nspawn import boot_node, sshd_answers
+from ober.lab.nspawn import boot_node, node_cgroups, remove_cgroups, sshd_answers
 from ober.lab.rgw import UNIX_PATH_MAX, http_get, missing_programs
 from ober.lab.router import RouterView, start_router
 from ober.lab.site import CLIENT_SEGMENT, VIPS, node_address, site_certificate, start_backends
@@ -441,6 +441,9 @@ def _teardown(directory: Path, state: State, say: Progress | None = None) -> Non
             delete_netns(name)
         except OberError as exc:
             problems.append(str(exc))
+    for node in nodes:
+        if node.get("ns"):
+            remove_cgroups(node_cgroups(node["ns"]))
     # Last: a container the steps above could not stop cleanly went with its namespace's processes.
     say("unmounting node roots")
     problems += labstate.unmount_under(directory, [Path(m) for m in data.get("mounts", [])])

@@ -51,6 +51,7 @@ VENV = "/opt/ober/venv"
 WHEELHOUSE = "/opt/ober/wheelhouse"
 # The systemd states of a finished boot; "degraded" means some unit failed, which the caller may inspect.
 BOOTED = ("running", "degraded")
+CGROUP_PARENT = "ober-lab"
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,9 @@ def boot_node(
         f"--network-namespace-path={NETNS_DIR / ns}",
         "--capability=CAP_NET_ADMIN",  # for `ip addr add` of the VIPs inside
     ]
-    process = _spawn(argv, console)
+    groups = node_cgroups(ns)
+    lab.cleanups.append(partial(remove_cgroups, groups))
+    process = _spawn(argv, console, groups)
     lab.processes.append(process)
     node = NspawnNode(name, ns, address, router.ns, key, root, home / "upper", process, console)
     lab.cleanups.append(node.stop)
@@ -419,7 +422,32 @@ def _wait_booted(node: NspawnNode, deadline: float) -> None:
     node.init_pid = next(iter(_children(node.process.pid)), None)
 
 
-def _spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+def node_cgroups(ns: str) -> list[Path]:
+    """The cgroups a node's nspawn runs in, one per mounted hierarchy that systemd uses.
+
+    With ``--keep-unit`` and no systemd on the host, nspawn puts the container's cgroups below its own cgroup.
+    Started from the host's root cgroup, every node shares one ``system.slice/UNIT`` per unit name: a unit's cgroup
+    then does not look empty while another node runs the same unit, and a stop can wait out the unit's whole stop
+    timeout. One cgroup per node keeps their units apart.
+    """
+    roots = [Path("/sys/fs/cgroup")] if (Path("/sys/fs/cgroup") / "cgroup.procs").exists() else []
+    roots += [Path("/sys/fs/cgroup") / name for name in ("systemd", "unified")]
+    return [root / CGROUP_PARENT / ns for root in roots if (root / "cgroup.procs").exists()]
+
+
+def remove_cgroups(groups: Sequence[Path]) -> None:
+    """Remove a stopped node's cgroups (deepest first; one still in use stays, to the kernel)."""
+    for group in groups:
+        if not group.is_dir():
+            continue
+        for directory, _, _ in os.walk(group, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # noqa: PTH106 - cgroupfs: rmdir of a directory that still lists control files
+        with contextlib.suppress(OSError):
+            os.rmdir(group.parent)  # noqa: PTH106 - the shared parent, once no node uses it
+
+
+def _spawn(argv: Sequence[str], log: Path, groups: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
     """Start systemd-nspawn in the background from the host's namespaces, its console appended to ``log``.
 
     Not through `Lab.spawn`: ``ip netns exec`` mounts a fresh /sys without the host's cgroup mounts, where nspawn
@@ -428,10 +456,23 @@ def _spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     """
     # This makes /proc/sys/net writable inside, which CAP_NET_ADMIN alone does not.
     env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
+    for group in groups:
+        group.mkdir(parents=True, exist_ok=True)
+
+    def enter_cgroups() -> None:
+        for group in groups:
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
     with log.open("ab") as out:
         # Its own session, like every lab daemon (see `ober.lab.netns.spawn_in`): stopped by PID only.
         return subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=enter_cgroups,
         )
 
 

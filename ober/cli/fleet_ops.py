@@ -421,5 +421,3 @@ def router_config_cmd(
         return
     click.echo(text, nl=False)
 
-
-COMMANDS = (status_cmd, drain_cmd, undrain_cmd, diff_cmd, push_cmd, sync_cmd, router_config_cmd)

@@ -420,4 +420,3 @@ def router_config_cmd(
         out.json({"flavor": flavor, "config": text})
         return
     click.echo(text, nl=False)
-

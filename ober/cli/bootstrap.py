@@ -9,7 +9,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import click
@@ -17,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from ober import bootstrap as core
-from ober.cli.output import Output, json_option
+from ober.cli.output import LiveProgress, Output, json_option
 from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
 from ober.runner import LocalRunner, Runner
@@ -55,7 +54,7 @@ def read_uninstall_facts(install_path: str, runner: Runner) -> core.UninstallFac
     return core.gather_uninstall_facts(install_path, runner)
 
 
-class Reporter:
+class Reporter(LiveProgress):
     """Prints each step's outcome as it ends; on a terminal, a spinner and a bar while steps run."""
 
     def __init__(self, out: Output, total: int) -> None:
@@ -67,15 +66,6 @@ class Reporter:
             columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
             self.progress = Progress(*columns, TimeElapsedColumn(), console=out.console, transient=True)
             self.task = self.progress.add_task("", total=total)
-
-    def __enter__(self) -> Reporter:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.progress:
-            self.progress.stop()
 
     def start(self, step: core.Step) -> None:
         """Show which step runs."""

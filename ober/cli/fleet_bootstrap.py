@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import TracebackType
 
 import click
 from rich.markup import escape
@@ -13,7 +12,7 @@ from rich.table import Table
 
 from ober.cli.fleet import inventory_option, targets_argument
 from ober.cli.options import secrets_option, ssh_options
-from ober.cli.output import Output, json_option
+from ober.cli.output import LiveProgress, Output, json_option
 from ober.inventory import InventoryNode, load_inventory
 from ober.remote.bootstrap import ACTIVATE_TIMEOUT, STEPS, FleetReport, Options, Remote, StepResult, bootstrap_fleet
 from ober.remote.connection import connect
@@ -24,7 +23,7 @@ MARKS = {"changed": "[green]✓[/]", "ok": "[dim]·[/]", "planned": "[cyan]→[/
 COLOURS = {"changed": "green", "unchanged": "dim", "planned": "cyan", "failed": "red"}
 
 
-class NodeProgress:
+class NodeProgress(LiveProgress):
     """One spinner line per node showing its current step (on a terminal), and one line per finished step."""
 
     def __init__(self, out: Output, names: list[str]) -> None:
@@ -36,15 +35,6 @@ class NodeProgress:
             columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
             self.progress = Progress(*columns, console=out.errors, transient=True)
             self.tasks = {name: self.progress.add_task(f"{name}: waiting") for name in names}
-
-    def __enter__(self) -> NodeProgress:
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.progress:
-            self.progress.stop()
 
     def start(self, node: str, step: str) -> None:
         """Show the step a node is in."""

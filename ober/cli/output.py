@@ -6,11 +6,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
 
@@ -80,3 +82,18 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 json_option = click.option(
     "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable output on stdout."
 )
+
+
+class LiveProgress:
+    """A context that shows ``self.progress`` (when a subclass made one: terminals only) while it is open."""
+
+    progress: Progress | None = None
+
+    def __enter__(self) -> Self:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.progress:
+            self.progress.stop()

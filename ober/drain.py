@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from pathlib import Path
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.haproxy_runtime import Snapshot, snapshot
+from ober.healthd import state_file
 from ober.render import paths
 
 
@@ -76,6 +79,69 @@ def clear_drain(config: NodeConfig) -> bool:
 def s3_sessions(config: NodeConfig, seen: Snapshot) -> int:
     """Current client sessions on the S3 frontends (not the stats listener)."""
     return sum(seen.sessions.get(f"fe_{vip.name}", 0) for vip in config.vips)
+
+
+def in_flight(config: NodeConfig, seen: Snapshot) -> int:
+    """Requests being served now by this node's S3 backends (idle keep-alive connections do not count)."""
+    groups = {vip.backend for vip in config.vips}
+    return sum(state.in_flight for name, state in seen.backends.items() if name.removeprefix("be_") in groups)
+
+
+@dataclass(frozen=True)
+class Quiet:
+    """How the quiesce went: requests in flight at the moment it ended, and how long it waited."""
+
+    in_flight: int
+    waited: float
+
+
+QUIESCE_POLL = 0.005
+"""Seconds between looks at HAProxy: a gap between two requests on a busy node lasts milliseconds."""
+
+
+def quiesce(
+    config: NodeConfig,
+    timeout: float,
+    *,
+    read: Callable[[], Snapshot] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Quiet:
+    """Wait (at most ``timeout``) for a moment with no request in flight on this node; return at once then.
+
+    A withdraw moves this node's open client connections to other nodes (the router re-hashes them): a request in
+    flight on one of them is cut, an idle one is only reconnected. Withdrawing at a quiet moment cuts nothing.
+    Past ``timeout`` it returns with the requests in flight at the last look.
+    """
+    reader = read or (lambda: snapshot(paths(config)["admin_socket"], config.health.timeout))
+    started = clock()
+    while True:
+        try:
+            busy = in_flight(config, reader())
+        except OberError:
+            busy = 0  # HAProxy not answering serves nothing
+        if busy == 0 or clock() - started >= timeout:
+            return Quiet(busy, clock() - started)
+        sleep(QUIESCE_POLL)
+
+
+def wake_health(config: NodeConfig) -> bool:
+    """Ask the running ``ober health`` to look now (SIGUSR1) instead of at its next interval; True if it was asked.
+
+    The pid comes from the health state file; it is only signalled if that process is still ``ober health``.
+    """
+    try:
+        pid = int(json.loads(state_file(config).read_text())["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if b"health" not in cmdline:
+        return False
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return False
+    return True
 
 
 def wait_idle(

@@ -12,10 +12,15 @@ from ober.errors import OberError
 
 @dataclass(frozen=True)
 class BackendState:
-    """A backend's servers: how many there are and how many HAProxy considers up."""
+    """A backend's servers: how many there are, how many HAProxy considers up, and its requests in flight.
+
+    ``in_flight`` is the backend's ``scur``: streams using it now. An idle keep-alive client connection has no
+    stream (it counts on the frontend only), so this is the number of requests being served right now.
+    """
 
     servers: int
     up: int
+    in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,13 @@ def _server_up(status: str) -> bool:
     return status.startswith("UP") or status == "no check"
 
 
+def _count(row: dict[str, str]) -> int:
+    try:
+        return int(row.get("scur") or 0)
+    except ValueError:
+        raise OberError(f"HAProxy's runtime API answered 'show stat' with a bad scur: {row.get('scur')!r}") from None
+
+
 def parse_show_stat(text: str) -> Snapshot:
     """Parse the CSV of ``show stat``.
 
@@ -47,15 +59,20 @@ def parse_show_stat(text: str) -> Snapshot:
     rows = csv.DictReader(io.StringIO(text[2:]))
     servers: dict[str, list[bool]] = {}
     sessions: dict[str, int] = {}
+    in_flight: dict[str, int] = {}
     for row in rows:
         proxy, name = row.get("pxname") or "", row.get("svname") or ""
         if name == "FRONTEND":
-            sessions[proxy] = int(row.get("scur") or 0)
+            sessions[proxy] = _count(row)
         elif name == "BACKEND":
             servers.setdefault(proxy, [])
+            in_flight[proxy] = _count(row)
         elif proxy:
             servers.setdefault(proxy, []).append(_server_up(row.get("status") or ""))
-    backends = {proxy: BackendState(servers=len(states), up=sum(states)) for proxy, states in servers.items()}
+    backends = {
+        proxy: BackendState(servers=len(states), up=sum(states), in_flight=in_flight.get(proxy, 0))
+        for proxy, states in servers.items()
+    }
     return Snapshot(backends=backends, sessions=sessions)
 
 

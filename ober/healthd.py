@@ -189,12 +189,17 @@ def run(
     pipe = Pipe(out or sys.stdout, inp or sys.stdin)
     loop = HealthLoop(config, vips, pipe, observe_haproxy(config))
     stop = threading.Event()
+    # SIGUSR1 (sent by `ober drain`): look now, not at the next interval, so a drain withdraws within milliseconds
+    # of the quiet moment it waited for.
+    wake = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: wake.set())
     pipe.start()
     log(
         f"health: watching {', '.join(v.address for v in vips)} every {config.health.interval:g}s "
@@ -208,7 +213,8 @@ def run(
             write_state(target, loop.report())
         except Exception as exc:  # a transient failure must never kill the helper
             log(f"health: check failed, will retry: {exc.__class__.__name__}: {exc}")
-        stop.wait(max(0.0, config.health.interval - (time.monotonic() - started)))
+        wake.wait(max(0.0, config.health.interval - (time.monotonic() - started)))
+        wake.clear()
     if pipe.gone.is_set():
         log("health: ExaBGP went away; exiting")
     else:

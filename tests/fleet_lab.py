@@ -108,6 +108,24 @@ class FleetLab:
         for vip in self.vips.values():
             self.wait_hops(vip, set(self.addresses.values()), timeout)
 
+    def restore(self) -> None:
+        """Put every node back in service after a test that may have stopped halfway (a failed assertion).
+
+        Through the node's init (nsenter), not SSH: the test may have cut SSH. Without this, one failed roll test
+        leaves a node drained, a roll record or a lock behind, and every later test fails for that reason instead
+        of its own.
+        """
+        script = (
+            "systemctl start ssh.service; rm -rf /var/lib/ober/fleet/roll.json /var/lib/ober/fleet/lock; "
+            "/opt/ober/venv/bin/ober undrain >/dev/null 2>&1; systemctl start ober-http.service ober-bgp.service"
+        )
+        for node in self.fleet.state.data["nodes"]:
+            init = str(node["init"]["pid"])
+            subprocess.run(
+                ["nsenter", "-t", init, "-a", "sh", "-c", script], capture_output=True, timeout=120, check=False
+            )
+        self.wait_in_service()
+
     def ober(self, *args: str, timeout: float = BOOTSTRAP_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """The real CLI in its own process, as a user runs it."""
         return subprocess.run(

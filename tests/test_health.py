@@ -101,7 +101,7 @@ SHOW_STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp
 fe_s3-a,FRONTEND,,,7,9,100,20,0,0,0,0,0,,,,,OPEN
 be_ceph-a,100_64_1_11-7480,0,0,0,1,,5,0,0,,0,,0,0,0,0,UP
 be_ceph-a,100_64_1_12-7480,0,0,0,1,,5,0,0,,0,,0,0,0,0,DOWN
-be_ceph-a,BACKEND,0,0,0,1,,5,0,0,0,0,,0,0,0,0,UP
+be_ceph-a,BACKEND,0,0,3,4,,5,0,0,0,0,,0,0,0,0,UP
 be_ceph-b,rgw-b1-8080,0,0,0,1,,5,0,0,,0,,0,0,0,0,MAINT
 be_ceph-b,rgw-b2-8080,0,0,0,1,,5,0,0,,0,,0,0,0,0,UP 1/3
 be_ceph-c,s1,0,0,0,1,,5,0,0,,0,,0,0,0,0,DOWN 1/2
@@ -111,7 +111,7 @@ stats,FRONTEND,,,1,1,100,1,0,0,0,0,0,,,,,OPEN
 
 def test_parse_show_stat() -> None:
     snap = parse_show_stat(SHOW_STAT)
-    assert snap.backends["be_ceph-a"] == BackendState(servers=2, up=1)
+    assert snap.backends["be_ceph-a"] == BackendState(servers=2, up=1, in_flight=3)  # its scur: requests in flight
     assert snap.live_servers("be_ceph-b") == 1  # "UP 1/3" is still up
     assert snap.live_servers("be_ceph-c") == 0
     assert snap.live_servers("be_missing") == 0

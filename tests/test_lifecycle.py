@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from ober.config import NodeConfig
+from ober.drain import QUIESCE_POLL, quiesce
+from ober.haproxy_runtime import BackendState, Snapshot
 from ober.lifecycle import count_vip_connections, graceful_stop
 
 SS = """\
@@ -96,3 +100,28 @@ def test_connections_counted_are_those_on_the_vips() -> None:
     assert count_vip_connections(SS, ["198.51.100.10"]) == 2
     assert count_vip_connections(SS, ["198.51.100.10", "198.51.100.11"]) == 3
     assert count_vip_connections("", ["198.51.100.10"]) == 0
+
+
+def test_quiesce_returns_at_the_first_moment_with_no_request_in_flight(
+    tmp_path: Path, make_config: Callable[..., NodeConfig]
+) -> None:
+    config = config_in(tmp_path, make_config)
+    group = f"be_{config.vips[0].backend}"
+    clock = [0.0]
+    # Requests in flight on the S3 backend, look by look; other backends (not behind a VIP) do not count.
+    seen = iter([3, 1, 2, 0, 5])
+
+    def read() -> Snapshot:
+        return Snapshot({group: BackendState(2, 2, next(seen)), "be_other": BackendState(1, 1, 9)}, {"fe_x": 40})
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    quiet = quiesce(config, 10.0, read=read, sleep=sleep, clock=lambda: clock[0])
+    assert quiet.in_flight == 0 and quiet.waited == pytest.approx(3 * QUIESCE_POLL)
+
+    # Never quiet: it gives up at the timeout and says how many were in flight then.
+    quiet = quiesce(
+        config, 0.02, read=lambda: Snapshot({group: BackendState(2, 2, 1)}, {}), sleep=sleep, clock=lambda: clock[0]
+    )
+    assert quiet.in_flight == 1 and quiet.waited >= 0.02

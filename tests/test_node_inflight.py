@@ -323,6 +323,48 @@ def test_plain_systemctl_stop_is_a_soft_stop_too(client: Client) -> None:
     systemd.wait_hops([NODE])
 
 
+def test_drain_quiesce_withdraws_at_the_first_moment_no_request_is_in_flight(client: Client) -> None:
+    # What `ober fleet restart --full` does before it withdraws a node: a withdraw moves the node's open
+    # connections elsewhere (the router re-hashes them), cutting any request in flight on them.
+    systemd = client.systemd
+    systemd.wait_hops([NODE])
+    idle = keep_alive_connection(client)  # an SDK's pooled connection: not a request in flight, must not hold it up
+    download, _ = start_transfers(client, "quiesce")
+    route = RoutePoll(systemd)
+    started = time.time()
+    done, returned = ober(client, "--json drain --quiesce 60 --reason quiesce-test")
+    systemd.wait_hops([])
+    gone = route.close()
+    code, status = download.result()
+    print(
+        f"download done {download.ended - started:.2f}s after `ober drain --quiesce` began, route gone "
+        f"{gone - started:.2f}s ({gone - download.ended:+.3f}s after the download), drain returned "
+        f"{returned - started:.2f}s: {done.stdout.strip()}"
+    )
+    assert done.returncode == 0, done.stderr
+    quiet = json.loads(done.stdout)["quiesce"]
+    assert quiet["in_flight"] == 0
+    # It waited for the download (which had seconds to go), with an idle keep-alive connection open all along,
+    # and the route stayed until the download had ended.
+    assert quiet["waited"] >= download.ended - started - 1.0 > 2.0
+    assert gone >= download.ended - 0.5
+    assert (code, status) == (0, "200")
+    idle.close()
+    ober(client, "undrain")
+    systemd.wait_hops([NODE])
+
+    # No quiet moment within --quiesce: it withdraws anyway and says how many requests were in flight.
+    download, _ = start_transfers(client, "busy")
+    done, _ = ober(client, "--json drain --quiesce 1 --reason quiesce-test")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["quiesce"]["in_flight"] == 1
+    systemd.wait_hops([])
+    assert download.process.poll() is None  # withdrawn while it ran (this client's path does not follow BGP)
+    assert download.result() == (0, "200")
+    ober(client, "undrain")
+    systemd.wait_hops([NODE])
+
+
 def test_stop_past_the_drain_timeout_cuts_and_says_how_many(client: Client) -> None:
     systemd = client.systemd
     systemd.wait_hops([NODE])

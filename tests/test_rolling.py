@@ -197,10 +197,16 @@ def test_a_rerun_resumes_only_an_unfinished_roll_of_the_same_operation() -> None
         "n2": {"id": "a", "operation": "restart", "done": False},
         "n3": None,
     }
-    assert resumable(unfinished, Operation.RESTART) == "a"
-    assert resumable(unfinished, Operation.UPGRADE) is None
+    assert resumable(unfinished, Request(Operation.RESTART).kind) == "a"
+    assert resumable(unfinished, Request(Operation.UPGRADE).kind) is None
+    # A failed --full roll is not resumed by a --reload one (nor a plain restart): different work per node.
+    assert resumable(unfinished, Request(Operation.RESTART, reload_only=True).kind) is None
+    assert resumable(unfinished, Request(Operation.RESTART, full=True).kind) is None
+    full = {"n1": {"id": "f", "operation": "restart --full", "done": False}}
+    assert resumable(full, Request(Operation.RESTART, full=True).kind) == "f"
     finished = {"n1": {"id": "a", "operation": "restart", "done": True}, "n2": None}
-    assert resumable(finished, Operation.RESTART) is None  # a record left by a finished roll starts a new one
+    # A record left by a finished roll starts a new one.
+    assert resumable(finished, Request(Operation.RESTART).kind) is None
 
 
 def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_vip(

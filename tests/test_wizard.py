@@ -361,7 +361,8 @@ class Terminal:
         self.process = subprocess.Popen(
             argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, close_fds=True
         )
-        os.close(slave)
+        # Kept open to see whether the program has read what was typed (TIOCINQ on the slave side).
+        self.slave = slave
         self.screen = ""
         self.seen = 0
         self.log = log
@@ -405,6 +406,19 @@ class Terminal:
         for key in keys:
             self._wait_reading()
             os.write(self.master, key.encode())
+            self._wait_consumed()
+
+    def _wait_consumed(self, timeout: float = 20.0) -> None:
+        # A woken reader still shows read(0, ...) in /proc until it runs: the next key must wait until this one
+        # has left the terminal's input queue, or readchar's TCSAFLUSH may throw it away (seen on a loaded machine).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            queued = struct.unpack("i", fcntl.ioctl(self.slave, termios.TIOCINQ, b"\0\0\0\0"))[0]
+            if queued == 0:
+                return
+            self._read(0.001)
+        if self.process.poll() is None:
+            raise AssertionError(f"the program did not read a key; the screen ends with:\n{self.screen[-1500:]}")
 
     def _wait_reading(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -434,6 +448,7 @@ class Terminal:
             self.process.wait(5)
         self._read(0.2)
         os.close(self.master)
+        os.close(self.slave)
         return int(self.process.returncode)
 
 

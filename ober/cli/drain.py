@@ -10,7 +10,8 @@ import click
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
 from ober.config import load_config
-from ober.drain import clear_drain, read_drain, set_drain, wait_idle
+from ober.drain import clear_drain, read_drain, set_drain, wait_idle, wake_health
+from ober.drain import quiesce as quiesce_now
 from ober.errors import OberError
 from ober.lifecycle import withdrawn
 
@@ -20,12 +21,30 @@ from ober.lifecycle import withdrawn
 @click.option("--reason", default="", help="Why, shown by status.")
 @click.option("--wait", is_flag=True, help="Return when the VIPs are withdrawn and connections reached 0.")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait [default: health.drain_timeout].")
+@click.option(
+    "--quiesce",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="First wait up to SECONDS for a moment with no request in flight, and withdraw right then.",
+)
 @json_option
 @click.pass_obj
-def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: float | None) -> None:
-    """Withdraw this node's VIPs (the maintenance file tells ober health), optionally waiting until idle."""
+def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: float | None, quiesce: float) -> None:
+    """Withdraw this node's VIPs (the maintenance file tells ober health), optionally waiting until idle.
+
+    A withdraw moves this node's open connections to other nodes: a request in flight on one is cut. --quiesce
+    picks a moment when none is.
+    """
     config = load_config(config_path)
+    quiet = quiesce_now(config, quiesce) if quiesce and read_drain(config) is None else None
     info = set_drain(config, reason)
+    # Withdraw now, not at ober health's next interval: the quiet moment lasts milliseconds.
+    wake_health(config)
+    if quiet is not None:
+        state = "none" if quiet.in_flight == 0 else f"{quiet.in_flight} (none came)"
+        out.print(f"quiesced {quiet.waited:.2f}s: requests in flight at the withdraw: {state}")
     out.print(f"drained by {info.by}: ober health withdraws the VIPs")
     left = None
     if wait:
@@ -39,6 +58,8 @@ def drain(out: Output, config_path: Path, reason: str, wait: bool, timeout: floa
     problem = f"{left} connections still open after {limit:g}s" if left else None
     if out.as_json:
         doc: dict[str, object] = {"drained": True, "by": info.by, "since": info.since, "sessions_left": left}
+        if quiet is not None:
+            doc["quiesce"] = {"in_flight": quiet.in_flight, "waited": round(quiet.waited, 3)}
         if problem:
             doc.update(error=problem, fix="wait longer (--timeout) or stop anyway")
         out.json(doc)

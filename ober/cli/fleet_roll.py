@@ -107,8 +107,7 @@ def _roll(
 ) -> None:
     inventory = load_inventory(inventory_path)
     nodes = inventory.select(targets)
-    flags = [flag for flag, on in (("--full", request.full), ("--reload", request.reload_only)) if on]
-    command = " ".join(["ober fleet", request.operation.value, *flags, *([targets] if targets else [])])
+    command = " ".join(["ober fleet", request.kind, *([targets] if targets else [])])
     connections, failed = open_connections(inventory, accept_new_host_keys=accept_new_host_keys, parallel=parallel)
     try:
         for name, why in failed.items():

@@ -27,7 +27,6 @@ from ober.remote.rolling import (
     ROLL_REASON,
     NodeFacts,
     NodeResult,
-    Operation,
     Plan,
     Request,
     Step,
@@ -185,9 +184,12 @@ def read_record(conn: Runner, state_dir: str, timeout: float = 30.0) -> dict[str
     return data if isinstance(data, dict) else None
 
 
-def resumable(records: Mapping[str, dict[str, object] | None], operation: Operation) -> str | None:
-    """The id of an unfinished roll of the same operation found on the targets (a node not done yet), if any."""
-    same = [r for r in records.values() if r and r.get("operation") == operation.value]
+def resumable(records: Mapping[str, dict[str, object] | None], kind: str) -> str | None:
+    """The id of an unfinished roll of the same kind (``Request.kind``) found on the targets, if any.
+
+    Only the same kind: a ``restart --reload`` after a failed ``restart --full`` is a new roll, not a resumed one.
+    """
+    same = [r for r in records.values() if r and r.get("operation") == kind]
     unfinished = {str(r.get("id")) for r in same if not r.get("done")}
     ids = [str(r.get("id")) for r in same if str(r.get("id")) in unfinished]
     return max(set(ids), key=ids.count) if ids else None
@@ -258,7 +260,7 @@ class Roll:
         if down:
             raise OberError(f"cannot reach {', '.join(down)}", "fix SSH to them (ober fleet status), then re-run")
         records = {n.name: read_record(self.runners[n.name], self.options.state_dir) for n in self.targets}
-        roll_id = resumable(records, self.request.operation)
+        roll_id = resumable(records, self.request.kind)
         facts = [facts_for(n, views[n.name], records[n.name], roll_id) for n in self.targets]
         for name in bad:
             self.log(f"{name}: {views[name].error} (rolled first: it is out of service)")
@@ -281,7 +283,7 @@ class Roll:
 
     def _roll(self, report: RollReport) -> None:
         by_name = {node.name: node for node in self.targets}
-        operation = self.request.operation.value
+        operation = self.request.kind
         for step in report.plan.acting():
             NodeOps(by_name[step.node], self.runners[step.node], self.options).record(report.roll_id, operation, False)
         failed = False
@@ -337,7 +339,7 @@ class Roll:
                 withdrawn = False
                 waited(lambda: ops.verify(announced=True))
             waited(lambda: time.sleep(self.options.settle))
-            ops.record(roll_id, self.request.operation.value, True)
+            ops.record(roll_id, self.request.kind, True)
         except OberError as exc:
             left = self._withdraw_failed(ops, step, withdrawn, roll_id)
             detail = exc.message

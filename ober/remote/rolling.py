@@ -97,6 +97,12 @@ class Request:
     wanted: Mapping[str, str | None] = field(default_factory=dict)
     reinstall: bool = False
 
+    @property
+    def kind(self) -> str:
+        """The operation with its mode flags (``restart --full``): only a roll of the same kind is resumed."""
+        flags = [flag for flag, on in (("--full", self.full), ("--reload", self.reload_only)) if on]
+        return " ".join([self.operation.value, *flags])
+
 
 @dataclass(frozen=True)
 class Step:

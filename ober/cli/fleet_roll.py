@@ -16,7 +16,7 @@ from ober.cli.output import Output, json_option
 from ober.errors import OberError
 from ober.inventory import load_inventory
 from ober.remote.lock import break_lock, holders
-from ober.remote.roll import Options, Roll, RollReport, close_all, open_connections
+from ober.remote.roll import QUIESCE, Options, Roll, RollReport, close_all, open_connections
 from ober.remote.rolling import Operation, Plan, Request, summary
 from ober.remote.upgrade import Installer
 
@@ -26,6 +26,14 @@ roll_options = [
     click.option("--settle", type=float, default=2.0, show_default=True, help="Seconds between nodes."),
     click.option(
         "--drain-timeout", type=float, default=30.0, show_default=True, help="Wait for a withdrawn node's connections."
+    ),
+    click.option(
+        "--quiesce",
+        type=click.FloatRange(min=0),
+        default=QUIESCE,
+        show_default=True,
+        metavar="SECONDS",
+        help="Before withdrawing a node, wait up to SECONDS for a moment with no request in flight on it (0: no).",
     ),
 ]
 
@@ -52,6 +60,7 @@ def restart_cmd(
     full: bool,
     settle: float,
     drain_timeout: float,
+    quiesce: float,
     reload_only: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
@@ -60,7 +69,7 @@ def restart_cmd(
     if full and reload_only:
         raise OberError("--full and --reload contradict each other", "choose one")
     request = Request(Operation.RESTART, full=full, reload_only=reload_only)
-    options = Options(settle=settle, drain_timeout=drain_timeout, dry_run=dry_run)
+    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, dry_run=dry_run)
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=True)
 
 
@@ -81,6 +90,7 @@ def upgrade_cmd(
     full: bool,
     settle: float,
     drain_timeout: float,
+    quiesce: float,
     reinstall: bool,
     yes: bool,
     accept_new_host_keys: bool,
@@ -89,7 +99,7 @@ def upgrade_cmd(
     """Install this workstation's ober (and its ExaBGP) on the nodes, one node at a time, then restart them."""
     installer = Installer.build(progress=None if out.as_json or out.quiet else out.print)
     request = Request(Operation.UPGRADE, full=full, wanted=installer.wanted, reinstall=reinstall)
-    options = Options(settle=settle, drain_timeout=drain_timeout, dry_run=dry_run)
+    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, dry_run=dry_run)
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=yes, installer=installer)
 
 

@@ -38,6 +38,7 @@ from ober.runner import Result, Runner
 COMMAND_TIMEOUT = 120.0
 VERIFY_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 30.0
+QUIESCE = 10.0
 POLL = 0.5
 
 _WRITE_RECORD = """set -u
@@ -59,6 +60,8 @@ class Options:
     """A withdrawn node's open connections may take this long to end; after it the roll goes on anyway."""
     verify_timeout: float = VERIFY_TIMEOUT
     command_timeout: float = COMMAND_TIMEOUT
+    quiesce: float = QUIESCE
+    """Before a withdraw, wait up to this long for a moment with no request in flight on the node."""
     state_dir: str = STATE_DIR
     dry_run: bool = False
 
@@ -118,11 +121,23 @@ class NodeOps:
         """The node's status now."""
         return node_view(self.conn, self.node)
 
-    def drain(self, reason: str) -> None:
-        """Withdraw and wait (bounded) until the node's connections end; a timeout still counts as withdrawn."""
+    def drain(self, reason: str, *, quiesce: bool = False) -> None:
+        """Withdraw and wait (bounded) until the node's connections end; a timeout still counts as withdrawn.
+
+        With ``quiesce``, the node withdraws at a moment with no request in flight (``ober drain --quiesce``).
+        """
         argv = [self.ober, "--json", "drain", "--config", self.config, "--reason", reason, "--wait"]
         argv += ["--timeout", f"{self.options.drain_timeout:g}"]
-        result = self.conn.run(argv, self.options.drain_timeout + self.options.command_timeout)
+        limit = self.options.drain_timeout + self.options.command_timeout
+        if quiesce and self.options.quiesce > 0:
+            result = self.conn.run([*argv, "--quiesce", f"{self.options.quiesce:g}"], limit + self.options.quiesce)
+            if "No such option: --quiesce" not in result.stderr:
+                self._drained(result)
+                return
+            # An older ober on the node (one an upgrade is about to replace) has no --quiesce: drain without it.
+        self._drained(self.conn.run(argv, limit))
+
+    def _drained(self, result: Result) -> None:
         # Exit 1 with sessions_left: withdrawn, some connections still open (clients keep idle keep-alives open).
         if not result.ok and '"sessions_left"' not in result.stdout:
             raise StepFailed(f"drain: {result.last_line()}")
@@ -322,7 +337,7 @@ class Roll:
                 self._guard(step.node)
                 # Withdrawn from here on, even if the drain's answer is lost: its first act is the maintenance file.
                 withdrawn = True
-                waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}"))
+                waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}", quiesce=True))
             elif before.drained is not None:
                 withdrawn = True
             self._act(ops, step)

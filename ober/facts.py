@@ -38,6 +38,33 @@ def haproxy_version() -> str | None:
     return parse_haproxy_version(done.stdout)
 
 
+def haproxy_package_version() -> str | None:
+    """The installed ``haproxy`` package's full version (``3.0.11-1``, ``3.0.5-1.el10``), or None.
+
+    Not ``haproxy -v``: a distribution's point release may rebuild the same upstream version, and only the
+    package version tells an upgrade from a no-op.
+    """
+    queries = (
+        ["dpkg-query", "-W", "-f", "${Status}|${Version}", "haproxy"],
+        ["rpm", "-q", "--qf", "install ok installed|%{VERSION}-%{RELEASE}", "haproxy"],
+    )
+    for argv in queries:
+        if shutil.which(argv[0]) is None:
+            continue
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return parse_package_query(done.stdout) if done.returncode == 0 else None
+    return None
+
+
+def parse_package_query(output: str) -> str | None:
+    """The version in ``STATUS|VERSION`` when the package is installed (dpkg keeps removed packages' records)."""
+    status, _, version = output.strip().partition("|")
+    return version if status == "install ok installed" and version and " " not in version else None
+
+
 def exabgp_version() -> str | None:
     """The ExaBGP version installed with ober, or None."""
     try:

@@ -15,7 +15,7 @@ from ober.config import NodeConfig
 from ober.drain import read_drain, s3_sessions
 from ober.errors import OberError
 from ober.exabgp_cli import bgp_facts
-from ober.facts import exabgp_version, haproxy_version
+from ober.facts import exabgp_version, haproxy_package_version, haproxy_version
 from ober.haproxy_runtime import snapshot
 from ober.healthd import state_file
 from ober.render import paths
@@ -50,7 +50,12 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
     """Everything ``ober status`` shows, as plain data (the ``--json`` form)."""
     status: dict[str, Any] = {
         "node": config.name,
-        "versions": {"ober": __version__, "haproxy": haproxy_version(), "exabgp": exabgp_version()},
+        "versions": {
+            "ober": __version__,
+            "haproxy": haproxy_version(),
+            "haproxy_package": haproxy_package_version(),
+            "exabgp": exabgp_version(),
+        },
         "units": {unit: unit_state(unit) for unit in UNITS},
     }
     drain = read_drain(config)

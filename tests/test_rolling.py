@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -63,6 +65,19 @@ CASES = [
     (Request(Operation.UPGRADE, wanted={"haproxy": "3.0.11"}, reinstall=True), node("n1"), StepClass.RELOAD, "haproxy"),
     (Request(Operation.UPGRADE, wanted={**V1, "ober": "0.2.0"}, full=True), node("n1"), StepClass.FULL, "--full"),
     (Request(Operation.UPGRADE, wanted={"ober": None}), node("n1"), StepClass.SKIP, "up to date"),
+    # An HAProxy package file (--haproxy-package): the package version decides, and a reload applies it.
+    (
+        Request(Operation.UPGRADE, wanted={**V1, "haproxy_package": "3.0.11-1+ober1"}),
+        node("n1", versions={**V1, "haproxy_package": "3.0.11-1"}),
+        StepClass.RELOAD,
+        "haproxy_package",
+    ),
+    (
+        Request(Operation.UPGRADE, wanted={**V1, "haproxy_package": "3.0.11-1"}),
+        node("n1", versions={**V1, "haproxy_package": "3.0.11-1"}),
+        StepClass.SKIP,
+        "up to date",
+    ),
 ]
 
 
@@ -256,3 +271,35 @@ def test_a_lock_left_by_a_dead_roll_of_this_workstation_is_taken_over(tmp_path: 
     (tmp_path / "n2" / "lock" / "owner").write_text(json.dumps(asdict(other)))
     with pytest.raises(OberError, match="alice@elsewhere"):
         FleetLock(runners, Holder.me("restart"), base).acquire()
+
+
+def _deb(tmp_path: Path, package: str, version: str) -> Path:
+    """A real (tiny) Debian package built with dpkg-deb."""
+    tree = tmp_path / f"{package}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@example.test>\n"
+        "Description: test\n"
+    )
+    out = tmp_path / f"{package}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "-b", str(tree), str(out)], check=True, capture_output=True, timeout=60)
+    return out
+
+
+def test_an_haproxy_package_file_is_read_for_its_version_and_anything_else_refused(tmp_path: Path) -> None:
+    from ober.remote.upgrade import Installer, PackageFile
+
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    package = PackageFile.read(_deb(tmp_path, "haproxy", "3.0.11-1+ober1"))
+    assert (package.kind, package.version) == ("deb", "3.0.11-1+ober1")
+    assert Installer.build(package=package).wanted["haproxy_package"] == "3.0.11-1+ober1"
+    with pytest.raises(OberError, match="is the 'nginx' package, not haproxy"):
+        PackageFile.read(_deb(tmp_path, "nginx", "1.0"))
+    (tmp_path / "junk.deb").write_text("not a package")
+    with pytest.raises(OberError, match=r"junk\.deb: not a readable deb package"):
+        PackageFile.read(tmp_path / "junk.deb")
+    with pytest.raises(OberError, match=r"not a \.deb or \.rpm"):
+        PackageFile.read(tmp_path / "haproxy-tree/DEBIAN/control")
+    with pytest.raises(OberError, match="no such package file"):
+        PackageFile.read(tmp_path / "missing.deb")

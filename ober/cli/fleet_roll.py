@@ -18,7 +18,7 @@ from ober.inventory import load_inventory
 from ober.remote.lock import break_lock, holders
 from ober.remote.roll import QUIESCE, Options, Roll, RollReport, close_all, open_connections
 from ober.remote.rolling import Operation, Plan, Request, summary
-from ober.remote.upgrade import Installer
+from ober.remote.upgrade import Installer, PackageFile
 
 roll_options = [
     click.option("--dry-run", is_flag=True, help="Print the plan (each node's class of step) and change nothing."),
@@ -78,6 +78,13 @@ def restart_cmd(
 @targets_argument
 @_roll_options
 @click.option("--reinstall", is_flag=True, help="Reinstall ober and ExaBGP even where the versions already match.")
+@click.option(
+    "--haproxy-package",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="Also install this haproxy .deb/.rpm on each node whose package differs (a hitless reload).",
+)
 @click.option("-y", "--yes", is_flag=True, help="Do not ask before starting.")
 @ssh_options
 @json_option
@@ -92,12 +99,14 @@ def upgrade_cmd(
     drain_timeout: float,
     quiesce: float,
     reinstall: bool,
+    haproxy_package: Path | None,
     yes: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
     """Install this workstation's ober (and its ExaBGP) on the nodes, one node at a time, then restart them."""
-    installer = Installer.build(progress=None if out.as_json or out.quiet else out.print)
+    package = PackageFile.read(haproxy_package) if haproxy_package else None
+    installer = Installer.build(progress=None if out.as_json or out.quiet else out.print, package=package)
     request = Request(Operation.UPGRADE, full=full, wanted=installer.wanted, reinstall=reinstall)
     options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, dry_run=dry_run)
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=yes, installer=installer)

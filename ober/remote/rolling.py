@@ -139,7 +139,7 @@ class Plan:
 
 # Components whose new code only runs after ExaBGP / ober health restart; HAProxy's only needs a reload.
 RESTART_COMPONENTS = ("ober", "exabgp")
-RELOAD_COMPONENTS = ("haproxy",)
+RELOAD_COMPONENTS = ("haproxy", "haproxy_package")
 
 
 def changes_for(request: Request, node: NodeFacts) -> dict[str, tuple[str | None, str | None]]:

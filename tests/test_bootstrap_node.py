@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from ober.lab.netns import Lab, run_in
 from ober.lab.nspawn import NspawnNode, boot_node
 from ober.lab.router import Router, start_router
 from tests.conftest import REPO, require
+from tests.debs import newer_haproxy_deb
 from tests.test_lab_nspawn import nspawn_prerequisites, wheelhouse_for_nodes
 
 pytestmark = pytest.mark.lab
@@ -291,21 +291,8 @@ def test_upgrade_ober_from_a_wheelhouse_restarts_bgp_and_announces_again(node_la
 
 
 def newer_haproxy(lab: Lab, mirror: Path) -> str:
-    """The image's HAProxy package again with a higher version, added to the mirror: a stand-in for a point release.
-
-    Returns the new version. The binary is the same, but dpkg replaces the file, so the running master's
-    executable is a deleted file until it re-executes /usr/sbin/haproxy.
-    """
-    deb = next((DEFAULT_IMAGE / "var/cache/apt/archives").glob("haproxy_*.deb"))
-    work = lab.path("haproxy-deb")
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(work / "tree")], check=True, timeout=60)
-    control = work / "tree/DEBIAN/control"
-    old = re.search(r"^Version: (\S+)$", control.read_text(), re.MULTILINE)
-    assert old is not None
-    version = f"{old.group(1)}+ober1"
-    control.write_text(control.read_text().replace(f"Version: {old.group(1)}", f"Version: {version}"))
-    built = mirror / f"haproxy_{version}_amd64.deb"
-    subprocess.run(["dpkg-deb", "-b", str(work / "tree"), str(built)], check=True, capture_output=True, timeout=120)
+    """A newer HAProxy package (`tests.debs.newer_haproxy_deb`) added to the mirror; returns its version."""
+    _, version = newer_haproxy_deb(lab.path("haproxy-deb"), mirror)
     index = subprocess.run(
         ["dpkg-scanpackages", "-m", "."], cwd=mirror, capture_output=True, text=True, check=True, timeout=120
     )

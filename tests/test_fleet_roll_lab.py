@@ -19,6 +19,7 @@ import pytest
 
 from ober.lab.demo import load_client
 from ober.lab.s3load import HopWatch, LoadResult
+from tests.debs import newer_haproxy_deb
 from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (registers the fixture fleet_lab)
 
 pytestmark = pytest.mark.lab
@@ -145,6 +146,45 @@ def test_rolling_upgrade_under_load(lab: FleetLab, tmp_path: Path) -> None:
     assert rolled.load.failed == 0, (line, rolled.load.errors)
     assert rolled.watch.lowest() >= 3, (line, rolled.watch.changes)
     lab.wait_in_service()
+
+
+def test_an_haproxy_package_upgrade_is_a_hitless_reload_that_keeps_every_next_hop(
+    lab: FleetLab, tmp_path: Path
+) -> None:
+    # A new HAProxy package shipped from the workstation (the nodes have no mirror), installed from the file, then
+    # taken into service by a reload: the master re-executes the new binary and the node never leaves ECMP.
+    names = sorted(lab.addresses)
+    deb, version = newer_haproxy_deb(tmp_path / "work", tmp_path, f"+ober{int(time.time())}")
+    masters = {n: lab.run_on(n, "systemctl show -p MainPID --value ober-http").strip() for n in names}
+    rolled = roll(lab, tmp_path, "upgrade", "--yes", "--haproxy-package", str(deb))
+    line = rolled.show("rolling HAProxy package upgrade")
+    assert rolled.code == 0, rolled.why()
+    steps = {s["node"]: s for s in rolled.report["steps"]}
+    assert {s["class"] for s in steps.values()} == {"reload"}, steps
+    assert all("haproxy_package" in s["changes"] for s in steps.values()), steps
+    assert rolled.load.failed == 0, (line, rolled.load.errors)
+    assert rolled.watch.fewest == dict.fromkeys(lab.vips.values(), 4), (line, rolled.watch.changes)
+    for name in names:
+        assert lab.run_on(name, "dpkg-query -W -f '${Version}' haproxy") == version
+        master = lab.run_on(name, "systemctl show -p MainPID --value ober-http").strip()
+        assert master == masters[name]  # the same master: reloaded, not restarted
+        # ...running the new file (dpkg replaced the old one: a master that did not re-execute shows it deleted).
+        assert "(deleted)" not in lab.run_on(name, f"readlink /proc/{master}/exe")
+    # Run again: every node already has that package, nothing to do.
+    again = _json(
+        _ober(
+            "--json",
+            "fleet",
+            "upgrade",
+            "--yes",
+            "--haproxy-package",
+            str(deb),
+            "-i",
+            str(lab.fleet.inventory_path),
+            *FAST,
+        )
+    )
+    assert {s["class"] for s in again["steps"]} == {"skip"}, again["steps"]
 
 
 def test_full_roll_withdraws_one_node_at_a_time(lab: FleetLab, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -159,6 +160,30 @@ def read_os_release() -> str | None:
 
 
 # --- configuration and rendered files -------------------------------------------------------------------------
+
+
+SLOW_NAME_LOOKUP = 1.0
+"""Seconds for this host's own name lookup beyond which doctor warns."""
+
+
+def check_own_name(lookup: Callable[[], str] = socket.getfqdn, clock: Callable[[], float] = time.monotonic) -> Check:
+    """This host's own name resolves quickly: ExaBGP looks it up (``socket.getfqdn``) each time it starts.
+
+    That is every ExaBGP start, ``exabgp validate`` and ``exabgp cli`` (so every ``ober status``): with the name
+    only in a DNS server the node cannot reach, each waits for the resolver's timeout (5 s).
+    """
+    started = clock()
+    name = lookup()
+    took = clock() - started
+    if took <= SLOW_NAME_LOOKUP:
+        return Check("own name", "ok", f"{name} resolves in {took * 1000:.0f} ms")
+    host = socket.gethostname()
+    return Check(
+        "own name",
+        "warn",
+        f"looking up this host's own name took {took:.1f}s: ExaBGP does it at every start and ober status twice",
+        f"add '127.0.1.1 {host}' to /etc/hosts (or 'myhostname' to the hosts line of /etc/nsswitch.conf)",
+    )
 
 
 def check_config(path: str | Path) -> tuple[Check, NodeConfig | None]:
@@ -762,6 +787,7 @@ def run_doctor(
         check_python(),
         check_root(os.geteuid() if euid is None else euid),
         check_os(os_release if os_release is not None else read_os_release()),
+        check_own_name(),
     ]
     if not Path(config_path).exists():
         checks.append(

@@ -29,6 +29,7 @@ from ober.checks import (
     check_config,
     check_haproxy_state,
     check_os,
+    check_own_name,
     check_python,
     check_rendered,
     check_rgw,
@@ -597,7 +598,7 @@ def test_run_test_unusable_secrets_file(node: Callable[..., NodeConfig], tmp_pat
 
 def test_doctor_before_bootstrap(tmp_path: Path) -> None:
     checks = run_doctor(tmp_path / "opt/etc/ober.yaml", euid=0, os_release=OS_RELEASES["debian 12"][0])
-    assert statuses(checks) == {"python": "ok", "root": "ok", "os": "ok", "bootstrap": "warn"}
+    assert statuses(checks) == {"python": "ok", "root": "ok", "os": "ok", "own name": "ok", "bootstrap": "warn"}
     assert checks[-1].detail.startswith("not bootstrapped") and checks[-1].fix == "run ober bootstrap"
     checks = run_doctor(tmp_path / "absent.yaml", euid=1000, os_release=OS_RELEASES["alpine"][0])
     assert statuses(checks)["root"] == "fail" and statuses(checks)["os"] == "fail"
@@ -637,7 +638,7 @@ def test_cli_doctor_before_bootstrap(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "not bootstrapped" in out and "run ober bootstrap" in out and "Traceback" not in out + err
     status, out, _ = run(capsys, "doctor", "--json", "-c", str(tmp_path / "ober.yaml"))
     doc = json.loads(out)["checks"]
-    assert status == expected and [check["name"] for check in doc] == ["python", "root", "os", "bootstrap"]
+    assert status == expected and [check["name"] for check in doc] == ["python", "root", "os", "own name", "bootstrap"]
 
 
 def test_cli_test_bad_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -711,3 +712,12 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2 and "Traceback" not in err
     status, out, _ = run(capsys, "doctor", "--help")
     assert status == 0 and "--secrets" in out and "--json" in out
+
+
+def test_a_slow_own_name_lookup_is_a_warning_with_the_fix() -> None:
+    ticks = iter([0.0, 5.02])
+    slow = check_own_name(lambda: "node01", clock=lambda: next(ticks))
+    assert slow.status == "warn" and "took 5.0s" in slow.detail
+    assert slow.fix is not None and "/etc/hosts" in slow.fix
+    ticks = iter([0.0, 0.003])
+    assert check_own_name(lambda: "node01.example", clock=lambda: next(ticks)).status == "ok"

@@ -1,19 +1,24 @@
 """``ober fleet router-config``: the upstream router's BGP configuration for an inventory.
 
-BIRD's output is proven for real: loaded into a real BIRD 2 in a namespace, peering (with MD5) with a real ExaBGP
-node driven by ober health, and the kernel route for the VIP gets the node as next-hop. FRR is not installed on
-this machine, so FRR's output is checked as text (every statement the router needs, in FRR's syntax).
+Both flavours are proven for real, each in a router namespace peering (with MD5) with real ExaBGP nodes driven by
+ober health: BIRD 2's output gets the node as the kernel's next-hop for the VIP; FRR's (zebra + bgpd, started with
+their own files, never the system's FRR) gets both nodes as ECMP next-hops, refuses a prefix that is no VIP, and
+keeps the other node when one withdraws. The text checks say which statements each flavour must have.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,12 @@ from ober.config import config_to_dict
 from ober.errors import ConfigError
 from ober.facts import find_program
 from ober.inventory import load_inventory, resolve_inventory
-from ober.lab.netns import Lab, add_address, add_bridge, set_sysctl
-from ober.lab.procnode import start_node
+from ober.lab.netns import Lab, add_address, add_bridge, list_netns, run, set_sysctl, stop_process
+from ober.lab.procnode import PIPENAME, ProcessNode, start_node
 from ober.lab.router import BRIDGE, Router
 from ober.lab.site import site_certificate
 from ober.remote.routerconfig import plan_routers, router_config
+from ober.render import paths
 from tests.conftest import DATA, REPO, SECRETS, require
 
 EXAMPLE = REPO / "inventory" / "example.yaml"
@@ -232,3 +238,223 @@ def test_bird_config_routes_the_vip_to_a_real_exabgp_node(tmp_path: Path) -> Non
         # Only /32s of the VIPs are accepted: the route BIRD holds is exactly the VIP's.
         routes = router.birdc("show", "route", "protocol", "ober_node01")
         assert f"{VIP}/32" in routes
+
+
+# --- for real: FRR with this config, two real ExaBGP nodes ---------------------------------------------------------
+
+FRR_LIB = "/usr/lib/frr"
+"""Where Debian installs FRR's daemons (not on PATH)."""
+FRR_NODES = {"node01": "100.64.0.11", "node02": "100.64.0.12"}
+OUTSIDE = "100.65.0.10/32"
+"""A host route that is no VIP of the inventory: a node announcing it must not steer the router's traffic."""
+FRR_DEADLINE = 30.0
+
+
+def frr_inventory(cert: Path) -> dict[str, Any]:
+    """The BIRD lab's inventory with two nodes: the router config gets one neighbor each and maximum-paths 2."""
+    data = lab_inventory(cert)
+    data["groups"]["lab"] = {"nodes": "node[01-02]", "address": "100.64.0.[11-12]"}
+    return data
+
+
+@dataclass
+class Frr:
+    """zebra and bgpd in the router namespace, queried with vtysh on their private vty sockets."""
+
+    rundir: Path
+    zebra: subprocess.Popen[bytes]
+    bgpd: subprocess.Popen[bytes]
+
+    def vtysh(self, command: str) -> str:
+        """One vtysh command on this router's daemons; its output, errors included (they explain a failure)."""
+        done = subprocess.run(
+            ["vtysh", "--vty_socket", str(self.rundir), "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return done.stdout + done.stderr
+
+    def vtysh_json(self, command: str) -> dict[str, Any]:
+        """A ``show … json`` command's answer; {} while bgpd does not answer yet."""
+        try:
+            data: dict[str, Any] = json.loads(self.vtysh(f"{command} json"))
+        except ValueError:
+            return {}
+        return data
+
+    def sessions(self) -> dict[str, str]:
+        """Each neighbor's BGP state (``Established``, ``Active``…) from ``show bgp summary json``."""
+        peers = self.vtysh_json("show bgp summary").get("ipv4Unicast", {}).get("peers", {})
+        return {address: str(peer.get("state")) for address, peer in peers.items()}
+
+    def log(self) -> str:
+        """bgpd's output so far (its log goes to stdout)."""
+        return (self.rundir.parent / "bgpd.log").read_text(errors="replace")
+
+    def denied(self, neighbor: str, prefix: str) -> bool:
+        """Whether bgpd logged refusing ``prefix`` from ``neighbor`` by route-map (needs debug bgp updates in).
+
+        The line reads ``100.64.0.11(Unknown) rcvd UPDATE about 100.65.0.10/32 IPv4 unicast -- DENIED due to:
+        route-map;`` (``Unknown``: the peer sent no hostname).
+        """
+        pattern = rf" {re.escape(neighbor)}\(\S*\) rcvd UPDATE about {re.escape(prefix)} .*DENIED due to: route-map"
+        return re.search(pattern, self.log()) is not None
+
+    def diagnosis(self) -> str:
+        """What to read when an assertion fails: the sessions and bgpd's last log lines."""
+        log = self.log().strip().splitlines()[-15:]
+        summary = self.vtysh_json("show bgp summary") or self.vtysh("show bgp summary json")
+        return f"\nshow bgp summary json: {json.dumps(summary)}\nbgpd log:\n" + "\n".join(log)
+
+
+def start_frr(lab: Lab, config: str) -> tuple[Router, Frr]:
+    """The router namespace, zebra and bgpd in it with ``config`` as bgpd's configuration.
+
+    Each daemon gets its own config, pid file, zserv socket and vty socket directory under the lab, so the
+    system's FRR (/etc/frr, /run/frr) is neither read nor touched. The daemons drop to user frr, who must reach
+    and own that directory.
+    """
+    ns = lab.netns("router")
+    add_bridge(ns, BRIDGE)
+    add_address(ns, BRIDGE, f"{ROUTER}/24")
+    set_sysctl(ns, "net.ipv4.ip_forward", "1")
+    set_sysctl(ns, "net.ipv4.fib_multipath_hash_policy", "1")
+    lab.workdir.chmod(0o711)
+    logs = lab.path("router")
+    rundir = lab.path("router", "frr")
+    (rundir / "zebra.conf").write_text("! zebra needs nothing but the kernel; bgpd's config is the rendered one\n")
+    (rundir / "bgpd.conf").write_text(config)
+    for path in (rundir, rundir / "zebra.conf", rundir / "bgpd.conf"):
+        shutil.chown(path, "frr", "frr")
+    zserv = rundir / "zserv.api"
+    common = ["--vty_socket", str(rundir), "-z", str(zserv), "-P", "0", "--log", "stdout", "--log-level", "debug"]
+    zebra = lab.spawn(
+        ns,
+        [f"{FRR_LIB}/zebra", "-f", str(rundir / "zebra.conf"), "-i", str(rundir / "zebra.pid"), *common],
+        log=logs / "zebra.log",
+    )
+    wait_for(lambda: zserv.exists() or zebra.poll() is not None, "zebra's zserv socket")
+    assert zebra.poll() is None, (logs / "zebra.log").read_text()
+    bgpd = lab.spawn(
+        ns,
+        [f"{FRR_LIB}/bgpd", "-f", str(rundir / "bgpd.conf"), "-i", str(rundir / "bgpd.pid"), *common],
+        log=logs / "bgpd.log",
+    )
+    frr = Frr(rundir, zebra, bgpd)
+    wait_for(lambda: "ipv4Unicast" in frr.vtysh_json("show bgp summary") or bgpd.poll() is not None, "bgpd's vty")
+    assert bgpd.poll() is None, (logs / "bgpd.log").read_text()
+    router = Router(ns=ns, address=ipaddress.IPv4Interface(f"{ROUTER}/24"), rundir=logs, peers={}, process=bgpd)
+    return router, frr
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = FRR_DEADLINE, why: Callable[[], str] = lambda: ""
+) -> None:
+    """Poll every 20 ms until ``check`` holds; fail after ``timeout`` with ``why()`` appended."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g}s: {what}{why()}")
+        time.sleep(0.02)
+
+
+def kernel_routes(router: Router, prefix: str) -> list[dict[str, Any]]:
+    """The router's kernel routes for exactly ``prefix`` (``ip -j route show exact``)."""
+    done = run(["ip", "-n", router.ns, "-j", "route", "show", "exact", prefix])
+    routes: list[dict[str, Any]] = json.loads(done.stdout or "[]")
+    return routes
+
+
+def exabgp_announce(node: ProcessNode, route: str) -> None:
+    """Have the node's ExaBGP announce ``route`` itself, through its CLI pipe (ober health never would)."""
+    exabgp = find_program("exabgp")
+    assert exabgp is not None
+    done = subprocess.run(
+        [exabgp, "cli", "--pipename", PIPENAME, "announce", "route", route, "next-hop", "self"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={**os.environ, "EXABGP_ROOT": node.env["EXABGP_ROOT"]},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.lab
+def test_frr_config_routes_the_vip_to_real_exabgp_nodes_by_ecmp(tmp_path: Path) -> None:
+    require(os.geteuid() == 0, "network namespaces need root")
+    require(os.access(f"{FRR_LIB}/bgpd", os.X_OK) and shutil.which("vtysh") is not None, "frr is not installed")
+    require(shutil.which("haproxy") is not None, "haproxy is not installed")
+    require(find_program("exabgp") is not None, "exabgp is not installed in this environment")
+    pem, _public = site_certificate(tmp_path / "certs")
+    inventory = resolve_inventory(frr_inventory(pem))
+    text = router_config(inventory, "frr", secrets=SECRETS)
+    # FRR's own parser, every daemon's commands: a line FRR does not know fails here, with its line number.
+    checked = subprocess.run(
+        ["vtysh", "-C", "-f", "/dev/stdin"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with Lab() as lab:
+        router, frr = start_frr(lab, text)
+        assert "debugging is on" in frr.vtysh("debug bgp updates in")
+        # bgpd logs each line it refused while loading (vtysh -C cannot know what bgpd itself rejects).
+        refused = [line for line in (router.rundir / "bgpd.log").read_text().splitlines() if " on config line " in line]
+        assert refused == []
+        backend_ns = router.segment(lab, "rgwa", 1)
+        lab.spawn(
+            backend_ns,
+            [sys.executable, str(DATA / "serving_backend.py"), "100.64.1.2", "7480"],
+            log=lab.path("rgwa") / "backend.log",
+        )
+        nodes = [
+            start_node(lab, router, node.name, FRR_NODES[node.name], config_to_dict(node.config), SECRETS)
+            for node in inventory.nodes
+        ]
+        both = sorted(FRR_NODES.values())
+        wait_for(lambda: sorted(router.next_hops(VIP)) == both, f"{VIP} via both nodes", why=frr.diagnosis)
+        assert [route["protocol"] for route in kernel_routes(router, f"{VIP}/32")] == ["bgp"]
+        assert frr.sessions() == dict.fromkeys(both, "Established"), frr.diagnosis()
+
+        # A node that announces a prefix outside the VIPs: bgpd receives it, and the import filter drops it. The
+        # debug line (switched on at run time, the config is the rendered one) proves the route reached bgpd.
+        node01, node02 = FRR_NODES["node01"], FRR_NODES["node02"]
+        exabgp_announce(nodes[0], OUTSIDE)
+        wait_for(
+            lambda: frr.denied(node01, OUTSIDE) or kernel_routes(router, OUTSIDE) != [],
+            f"bgpd to receive {OUTSIDE} from {node01}",
+            why=frr.diagnosis,
+        )
+        assert kernel_routes(router, OUTSIDE) == [], (
+            f"the router installed {OUTSIDE}: no import filter{frr.diagnosis()}"
+        )
+        assert OUTSIDE not in frr.vtysh_json("show bgp ipv4 unicast").get("routes", {}), frr.diagnosis()
+        assert sorted(router.next_hops(VIP)) == both
+
+        # node02 withdraws (ober drain's maintenance file): the VIP keeps node01 as its only next-hop, and the
+        # session stays up; when the drain ends, node02 is back.
+        nodes[1].maintenance(True)
+        wait_for(lambda: router.next_hops(VIP) == [node01], f"{VIP} via {node01} only", why=frr.diagnosis)
+        assert frr.sessions() == dict.fromkeys(both, "Established"), frr.diagnosis()
+        nodes[1].maintenance(False)
+        wait_for(lambda: sorted(router.next_hops(VIP)) == both, f"{VIP} via both nodes again", why=frr.diagnosis)
+
+        # node02's ExaBGP restarts: the router takes its new session at once (BIRD needed an error wait time for
+        # that), so the node is back in the ECMP set as soon as its health check rises.
+        stop_process(nodes[1].exabgp)
+        wait_for(lambda: router.next_hops(VIP) == [node01], f"{VIP} via {node01} only", why=frr.diagnosis)
+        p = paths(nodes[1].config)
+        started = time.monotonic()
+        exabgp = lab.spawn(
+            nodes[1].ns,
+            [f"{p['venv']}/bin/exabgp", "server", p["exabgp_conf"]],
+            log=nodes[1].logdir / "exabgp.log",
+            env=nodes[1].env,
+        )
+        wait_for(lambda: sorted(router.next_hops(VIP)) == both, f"{node02} back", timeout=10, why=frr.diagnosis)
+        print(f"{node02} back in the ECMP set {time.monotonic() - started:.2f}s after its ExaBGP restarted")
+        processes = [frr.zebra, frr.bgpd, exabgp, *(daemon for node in nodes for daemon in (node.haproxy, node.exabgp))]
+
+    assert all(process.poll() is not None for process in processes)
+    assert not [name for name in list_netns() if name.startswith(lab.prefix)]

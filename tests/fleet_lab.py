@@ -119,8 +119,9 @@ class FleetLab:
             "systemctl start ssh.service; rm -rf /var/lib/ober/fleet/roll.json /var/lib/ober/fleet/lock; "
             "/opt/ober/venv/bin/ober undrain >/dev/null 2>&1; systemctl start ober-http.service ober-bgp.service"
         )
-        for node in self.fleet.state.data["nodes"]:
-            init = str(node["init"]["pid"])
+        for name in self.fleet.nodes:
+            # Looked up now: a node's init has another PID after each reboot.
+            init = str(self.fleet.init_pid(name))
             subprocess.run(
                 ["nsenter", "-t", init, "-a", "sh", "-c", script], capture_output=True, timeout=120, check=False
             )

@@ -232,8 +232,7 @@ def test_ssh_lost_mid_roll_stops_it_with_that_node_withdrawn_and_a_rerun_finishe
     inventory = str(lab.fleet.inventory_path)
     names = sorted(lab.addresses)
     victim = names[1]
-    init = lab.fleet.state.data["nodes"][names.index(victim)]["init"]["pid"]
-    nsenter = ["nsenter", "-t", str(init), "-a"]
+    nsenter = ["nsenter", "-t", str(lab.fleet.init_pid(victim)), "-a"]
     # Two targets keep it short: the first is rolled, the second loses SSH while it is withdrawn.
     targets = f"{names[0]},{victim}"
     argv = [sys.executable, "-m", "ober", "--json", "fleet", "restart", targets, "--full", "-i", inventory, *FAST]

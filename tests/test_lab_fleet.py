@@ -6,6 +6,7 @@ OpenSSH through the written ssh_config, and check that ``down`` leaves no namesp
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -62,11 +63,24 @@ def state_of(directory: Path) -> dict[str, Any]:
 
 
 def recorded_procs(data: dict[str, Any]) -> list[Proc]:
-    """Every process the state lists."""
+    """Every process the state lists (a node's supervisor; its nspawn and init change at each reboot)."""
     records = [data["router"].get("bird")]
-    records += [n[key] for n in data["nodes"] for key in ("nspawn", "init")]
+    records += [n["supervisor"] for n in data["nodes"]]
     records += [d for cluster in data["clusters"].values() for d in cluster["daemons"]]
     return [Proc.load(record) for record in records if record]
+
+
+def nspawn_processes(directory: Path) -> list[str]:
+    """systemd-nspawn processes (and their supervisors) running a root below ``directory``, from /proc."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(word.endswith("systemd-nspawn") for word in words) and any(str(directory) in w for w in words):
+            found.append(f"{cmdline.parent.name}: {' '.join(words)[:200]}")
+    return found
 
 
 def mounted_under(directory: Path) -> list[str]:
@@ -77,6 +91,7 @@ def assert_all_gone(directory: Path, data: dict[str, Any]) -> None:
     """Nothing the lab made is left: its namespaces, processes, mounts and directory."""
     assert [name for name in list_netns() if name.startswith(data["prefix"])] == []
     assert [p for p in recorded_procs(data) if p.alive()] == []
+    assert nspawn_processes(directory) == []
     assert mounted_under(directory) == []
     assert not directory.exists()
 
@@ -171,6 +186,72 @@ def test_up_outlives_the_command_ssh_status_inventory_then_down_removes_everythi
     assert_all_gone(lab_dir, data)
     idle = ober("lab", "down", "--dir", str(lab_dir))
     assert (idle.returncode, idle.stdout.strip()) == (0, f"no lab in {lab_dir}: nothing to do")
+
+
+PROBE = "ober-reboot-probe.service"
+REBOOT_TIMEOUT = 120.0
+
+
+def pid1_started(fleet: lab_fleet.LabFleet, node: str) -> str:
+    """When the node's PID 1 started (``/proc/1/stat`` field 22): new after a reboot (nspawn shares the host's
+    boot_id, so that one does not change)."""
+    return fleet.run_on(node, "cut -d' ' -f22 /proc/1/stat").stdout.strip()
+
+
+@pytest.mark.lab
+def test_a_node_rebooted_from_inside_comes_back_and_down_still_removes_everything(lab_dir: Path) -> None:
+    lab_prerequisites()
+    done = ober("lab", "up", "1", "--dir", str(lab_dir))
+    assert done.returncode == 0, done.stderr
+    data = state_of(lab_dir)
+    fleet = lab_fleet.load(lab_dir)
+    # A unit enabled on the node (in its own overlay, as ober's units are after bootstrap) starts again at boot.
+    unit = "[Unit]\\nDescription=probe\\n[Service]\\nType=oneshot\\nRemainAfterExit=yes\\nExecStart=/bin/true\\n"
+    unit += "[Install]\\nWantedBy=multi-user.target\\n"
+    fleet.run_on("node01", f"printf '{unit}' > /etc/systemd/system/{PROBE} && systemctl enable --now {PROBE}")
+    before, init_before = pid1_started(fleet, "node01"), fleet.init_pid("node01")
+    supervisor = Proc.load(data["nodes"][0]["supervisor"])
+
+    # The SSH session may end with the node's sshd before the command does: its status says nothing.
+    fleet.run_on("node01", "systemctl reboot", check=False)
+    started = time.monotonic()
+    while True:
+        with contextlib.suppress(OberError):
+            seen = fleet.run_on("node01", "cut -d' ' -f22 /proc/1/stat", timeout=10, check=False)
+            if seen.returncode == 0 and seen.stdout.strip() != before:
+                break
+        assert time.monotonic() - started < REBOOT_TIMEOUT, "node01 did not answer SSH again after its reboot"
+        time.sleep(0.2)
+    back = time.monotonic() - started
+    state = fleet.run_on("node01", "systemctl is-system-running --wait", check=False).stdout.strip()
+    booted = time.monotonic() - started
+    print(f"node01 rebooted: SSH with a new PID 1 after {back:.1f}s, systemd {state} after {booted:.1f}s")
+
+    assert state == "running"
+    assert fleet.run_on("node01", f"systemctl is-active ssh {PROBE}").stdout.split() == ["active", "active"]
+    assert supervisor.alive()  # the same supervisor started nspawn again
+    assert "exited 133 (reboot): starting it again" in (lab_dir / "node01" / "console.log").read_text()
+    # nsenter users get the init of now, not the one recorded before the reboot.
+    init = fleet.init_pid("node01")
+    assert init != init_before and not Path(f"/proc/{init_before}").exists()
+    inside = subprocess.run(
+        ["nsenter", "-t", str(init), "-a", "sh", "-c", "hostname; cut -d' ' -f22 /proc/1/stat"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert inside.stdout.split() == ["node01", pid1_started(fleet, "node01")]
+    shown = json.loads(ober("--json", "lab", "status", "--dir", str(lab_dir), timeout=60).stdout)
+    assert shown["healthy"] and [(n["running"], n["sshd"], n["system"]) for n in shown["nodes"]] == [
+        (True, True, "running")
+    ]
+    again = ober("lab", "up", "--dir", str(lab_dir))
+    assert again.returncode == 0 and "already up" in again.stdout
+
+    stopped = ober("lab", "down", "--dir", str(lab_dir), timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert_all_gone(lab_dir, data)
 
 
 @pytest.mark.lab

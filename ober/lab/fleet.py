@@ -4,7 +4,9 @@ Unlike a test's `Lab`, which lives as long as the process that made it, this lab
 daemon runs in its own session, and everything made is recorded in ``DIR/state.json`` as it is made (namespaces,
 PIDs with their start times, mounts), so ``ober lab down`` (another process, maybe after a crash of ``up``) stops
 exactly that, by PID. The namespace prefix is recorded first, so ``down`` also finds whatever an interrupted
-``up`` made before it could write it down.
+``up`` made before it could write it down. A node survives ``systemctl reboot`` (its supervisor starts nspawn
+again): its nspawn and init PIDs change then, so they are looked up when needed (`LabFleet.init_pid`), never
+read from the state.
 
 ``up`` also writes what the fleet tools need: ``inventory.yaml``, the secrets file ``login``, ``ssh_config``
 (``ssh -F DIR/ssh_config node01``), ``known_hosts`` (host keys pinned at creation) and the site certificate.
@@ -36,7 +38,7 @@ from ober.hostlists import collect
 from ober.lab import labfiles, labstate
 from ober.lab.image import DEFAULT_IMAGE, ensure_image, image_ready
 from ober.lab.labfiles import LabPaths, write_client_files
-from ober.lab.labstate import Proc, State
+from ober.lab.labstate import NodeProcs, Proc, State
 from ober.lab.netns import Lab, delete_netns, list_netns
 from ober.lab.nspawn import boot_node, node_cgroups, remove_cgroups, sshd_answers
 from ober.lab.rgw import UNIX_PATH_MAX, http_get, missing_programs
@@ -95,6 +97,20 @@ class LabFleet(LabPaths):
     def vips(self) -> dict[str, str]:
         """Backend group → its VIP."""
         return dict(self.state.data["vips"])
+
+    def init_pid(self, node: str) -> int:
+        """The PID (on this host) of a node's init now, e.g. for ``nsenter -t PID -a``; another after each reboot.
+
+        Raises:
+            OberError: no such node, or it is not running now (down, or between the two halves of a reboot).
+        """
+        records = {n["name"]: n for n in self.state.data["nodes"]}
+        if node not in records:
+            raise OberError(f"no lab node {node}", f"choose from {collect(self.nodes)}")
+        init = NodeProcs.load(records[node]).init()
+        if init is None:
+            raise OberError(f"lab node {node} is not running", f"ober lab status --dir {self.dir}")
+        return init.pid
 
     def s3_credentials(self, group: str) -> tuple[str, str]:
         """The S3 access and secret key of the lab user on a backend group's RGW cluster."""
@@ -244,7 +260,7 @@ def status(directory: Path = DEFAULT_DIR) -> dict[str, Any]:
     report: dict[str, Any] = {"dir": str(directory), "complete": bool(data.get("complete")), "nodes": []}
     fleet = LabFleet(directory, state)
     for node in data["nodes"]:
-        running = _proc(node.get("nspawn")).alive() and _proc(node.get("init")).alive()
+        running = NodeProcs.load(node).init() is not None
         answers = running and sshd_answers(data["router"]["ns"], node["address"])
         system = ""
         if answers and fleet.ssh_config.exists():
@@ -305,8 +321,8 @@ def _existing(directory: Path, state: State, nodes: int | None) -> LabFleet:
             f"a half-made lab is recorded in {directory} (by ober lab up, PID {owner})",
             f"ober lab down --dir {directory}",
         )
-    recorded = [data["router"]["bird"], *(p for n in data["nodes"] for p in (n["nspawn"], n["init"]))]
-    if not all(_proc(record).alive() for record in recorded):
+    running = [NodeProcs.load(node).init() is not None for node in data["nodes"]]
+    if not _proc(data["router"]["bird"]).alive() or not all(running):
         # After a reboot, or someone killed a part of it: it cannot be used as it is.
         raise OberError(f"the lab recorded in {directory} is no longer running", f"ober lab down --dir {directory}")
     if nodes is not None and data["size"] != nodes:
@@ -386,8 +402,8 @@ def _bring_up(lab: Lab, state: State, size: int, image: Path, say: Progress) -> 
                 "address": address,
                 "ns": node.ns,
                 "root": str(node.root),
-                "nspawn": Proc.of(node.process.pid, f"nspawn {name}").record(),
-                "init": Proc.of(node.init_pid, f"init {name}").record() if node.init_pid else None,
+                # Not nspawn nor the init: they change at each reboot of the node (`NodeProcs` finds them).
+                "supervisor": Proc.of(node.process.pid, f"supervisor {name}").record(),
             }
         )
         data["mounts"].append(str(node.root))
@@ -426,7 +442,7 @@ def _teardown(directory: Path, state: State, say: Progress | None = None) -> Non
     nodes = data.get("nodes", [])
     if nodes:
         say(f"powering off {len(nodes)} nodes")
-        problems += labstate.stop_nodes([(_proc(n.get("nspawn")), _proc(n.get("init"))) for n in nodes])
+        problems += labstate.stop_nodes([NodeProcs.load(n) for n in nodes])
     clusters = data.get("clusters", {}).values()
     if clusters:
         say("stopping the Ceph RGW groups")

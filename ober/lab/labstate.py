@@ -3,6 +3,9 @@
 A PID alone can be reused once its process is gone, so each is recorded with its start time (``/proc/PID/stat``
 field 22): a process is ours only while both match, and nothing else is ever signalled. A process that has exited
 but was not yet reaped (a zombie, whose parent was the process that ran ``up``) counts as gone.
+
+A node's systemd-nspawn and the container's init change at every reboot of the node, so only the supervisor that
+runs nspawn (`ober.lab.supervise`) is recorded; the others are looked up below it when needed (`NodeProcs`).
 """
 
 from __future__ import annotations
@@ -72,6 +75,50 @@ class Proc:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, number)
+
+    def child(self, what: str) -> Proc | None:
+        """Its first child now, while this very process runs (a child is never a reused PID: it is found now)."""
+        if not self.alive():
+            return None
+        for task in sorted(Path(f"/proc/{self.pid}/task").glob("*")):
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (task / "children").read_text().split():
+                    found = Proc.of(int(pid), what)
+                    if found.alive() and found.parent() == self.pid:
+                        return found
+        return None
+
+
+@dataclass(frozen=True)
+class NodeProcs:
+    """A lab node's processes: the one the lab started (recorded), and the nspawn and init running below it now.
+
+    ``top`` is the supervisor, which runs systemd-nspawn again after each reboot; nspawn's child is the container's
+    init. A lab made before supervisors recorded its nspawn itself as ``top`` (that node did not survive a reboot).
+    """
+
+    name: str
+    top: Proc
+    supervised: bool
+
+    @classmethod
+    def load(cls, node: dict[str, Any]) -> NodeProcs:
+        """A node of the state file."""
+        name = str(node.get("name", "?"))
+        if node.get("supervisor"):
+            return cls(name, Proc.load(node["supervisor"]), supervised=True)
+        return cls(name, Proc.load(node.get("nspawn")), supervised=False)
+
+    def nspawn(self) -> Proc | None:
+        """The systemd-nspawn running the node now; None while it is down (or between two runs of a reboot)."""
+        if not self.supervised:
+            return self.top if self.top.alive() else None
+        return self.top.child(f"nspawn {self.name}")
+
+    def init(self) -> Proc | None:
+        """The container's init (its systemd) now: what ``nsenter -t`` needs; None while the node is down."""
+        nspawn = self.nspawn()
+        return nspawn.child(f"init {self.name}") if nspawn else None
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -157,21 +204,30 @@ def stop_all(processes: Sequence[Proc], timeout: float = TERM_TIMEOUT) -> list[s
     return [f"{p.what} (PID {p.pid}) survived SIGKILL" for p in wait_gone(processes, KILL_TIMEOUT)]
 
 
-def stop_nodes(nodes: Sequence[tuple[Proc, Proc]], timeout: float = POWEROFF_TIMEOUT) -> list[str]:
-    """Power the containers off (nspawn, its init): ask each systemd at once, then kill inits past ``timeout``.
+def stop_nodes(nodes: Sequence[NodeProcs], timeout: float = POWEROFF_TIMEOUT) -> list[str]:
+    """Shut the containers down cleanly, all at once; past ``timeout``, kill the inits of those still running.
 
-    Killing nspawn alone would leave its container running (its init is reparented), so the init is signalled,
-    and only while it still is that nspawn's child.
+    A supervised node gets SIGTERM at its supervisor: no more restarts, and nspawn, told the same, asks its
+    container to shut down. An older node's systemd is asked directly (what ``machinectl poweroff`` sends). Killing
+    nspawn alone would leave its container running (its init is reparented), so a stuck container's init is
+    killed, found now as the current nspawn's child.
     """
-    inits = [init for nspawn, init in nodes if init.parent() == nspawn.pid]
-    for init in inits:
-        init.signal(POWEROFF_SIGNAL)
-    spawns = [nspawn for nspawn, _ in nodes]
-    if wait_gone(spawns, timeout):
-        for init in inits:
-            init.signal(signal.SIGKILL)
-    # An nspawn whose container is gone exits by itself; one that never got as far as a container is killed.
-    return stop_all(wait_gone(spawns, KILL_TIMEOUT), KILL_TIMEOUT)
+    for node in nodes:
+        if node.supervised:
+            node.top.signal(signal.SIGTERM)
+        else:
+            init = node.init()
+            if init is not None:
+                init.signal(POWEROFF_SIGNAL)
+    tops = [node.top for node in nodes]
+    if wait_gone(tops, timeout):
+        for node in nodes:
+            init = node.init()
+            if init is not None:
+                init.signal(signal.SIGKILL)
+    # An nspawn whose container is gone exits by itself (and its supervisor with it); the rest are killed.
+    left = list(dict.fromkeys(p for n in nodes if n.top.alive() for p in (n.nspawn(), n.top) if p is not None))
+    return stop_all(wait_gone(left, KILL_TIMEOUT), KILL_TIMEOUT)
 
 
 def mounts_under(directory: Path) -> list[Path]:

@@ -8,6 +8,11 @@ logs in as root; the nodes' host keys are pinned in the lab's known_hosts, so ev
 SSH runs from the router's namespace (the node addresses exist only inside the lab), with a connect timeout and
 keep-alives so a dead node fails a command within seconds instead of hanging it.
 
+nspawn runs under a small supervisor (`ober.lab.supervise`) that starts it again when the container reboots
+(nspawn exits 133 then, as systemd-nspawn@.service's ``RestartForceExitStatus=133`` expects), so a node survives
+``systemctl reboot`` like a real machine. The nspawn process and the container's init change at each reboot: they
+are looked up when needed (the supervisor's child, and its child), never remembered.
+
 Stopping is by PID, never by name (LAB-NOTES.md): ``systemctl poweroff`` inside, then, past a deadline, SIGKILL
 to the container's init (nspawn's child: killing nspawn alone leaves the container running). Every node's stop is
 registered with the lab, so `Lab.close` tears down whatever the test left.
@@ -23,6 +28,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import uuid
@@ -52,6 +58,7 @@ WHEELHOUSE = "/opt/ober/wheelhouse"
 # The systemd states of a finished boot; "degraded" means some unit failed, which the caller may inspect.
 BOOTED = ("running", "degraded")
 CGROUP_PARENT = "ober-lab"
+SUPERVISOR = Path(__file__).with_name("supervise.py")
 
 
 @dataclass(frozen=True)
@@ -94,14 +101,25 @@ class NspawnNode:
     upper: Path
     """The overlay's upper directory: everything the node wrote."""
     process: subprocess.Popen[bytes]
-    """systemd-nspawn, whose child is the container's init."""
+    """The supervisor (`ober.lab.supervise`): its child is systemd-nspawn, whose child is the container's init."""
     console: Path
-    init_pid: int | None = None
-    """The container's systemd, as the host sees it; found once the node has booted."""
     boot_seconds: float = 0.0
     system_state: str = ""
     """What ``systemctl is-system-running`` said when the boot finished."""
     _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def nspawn_pid(self) -> int | None:
+        """The systemd-nspawn running the container now (another one after each reboot); None between runs."""
+        if self.process.poll() is not None:
+            return None
+        return next(iter(_children(self.process.pid)), None)
+
+    @property
+    def init_pid(self) -> int | None:
+        """The container's systemd as the host sees it now (another PID after each reboot); None while it is down."""
+        nspawn = self.nspawn_pid
+        return None if nspawn is None else next(iter(_children(nspawn)), None)
 
     def ssh_argv(self, command: str) -> list[str]:
         """The full command that runs the remote shell ``command`` on this node as root."""
@@ -192,9 +210,10 @@ class NspawnNode:
         PSS shares each page among the processes mapping it, so pages shared with other nodes (the image's
         libraries, through the page cache) are not counted in full for each node.
         """
-        if self.init_pid is None or self.process.poll() is not None:
+        init = self.init_pid
+        if init is None:
             return 0
-        return sum(_pss(pid) for pid in [self.init_pid, *descendants(self.init_pid)])
+        return sum(_pss(pid) for pid in [init, *descendants(init)])
 
     def crash(self) -> None:
         """Simulate the node dying: its link goes dark, then its init, and with it every process inside, is killed.
@@ -206,6 +225,7 @@ class NspawnNode:
             OberError: the node's init is unknown, or the container did not exit.
         """
         run(["ip", "-n", self.ns, "link", "del", IFNAME], check=False)
+        # A killed init ends nspawn with another status than a reboot's, so the supervisor does not start it again.
         if not self._kill_init():
             raise OberError(f"{self.name}: no container init to kill", f"see {self.console}")
         try:
@@ -228,19 +248,25 @@ class NspawnNode:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                # No more restarts (the node may have been rebooting), and the container's init is killed.
+                self.process.terminate()
                 self._kill_init()
                 try:
                     self.process.wait(KILL_TIMEOUT)
                 except subprocess.TimeoutExpired:
+                    nspawn = self.nspawn_pid
+                    if nspawn is not None:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(nspawn, signal.SIGKILL)
                     self.process.kill()
                     self.process.wait(KILL_TIMEOUT)
         unmount(self.root)
         self._stopped = True
 
     def _kill_init(self) -> bool:
-        """SIGKILL the container's init, if it is still nspawn's child (a PID may be reused once it is gone)."""
+        """SIGKILL the container's init, found now as the child of the supervisor's nspawn (so never a reused PID)."""
         pid = self.init_pid
-        if pid is None or _parent(pid) != self.process.pid:
+        if pid is None:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -402,7 +428,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def _wait_booted(node: NspawnNode, deadline: float) -> None:
-    """Wait for sshd's banner, then for systemd to finish booting; note the init PID and systemd's state."""
+    """Wait for sshd's banner, then for systemd to finish booting; note systemd's state."""
     while not node.sshd_answers():
         _check_alive(node)
         if time.monotonic() > deadline:
@@ -419,7 +445,6 @@ def _wait_booted(node: NspawnNode, deadline: float) -> None:
         if time.monotonic() > deadline:
             raise OberError(f"{node.name}: systemd is {node.system_state or 'unreachable'!r} after boot")
         time.sleep(POLL)
-    node.init_pid = next(iter(_children(node.process.pid)), None)
 
 
 def node_cgroups(ns: str) -> list[Path]:
@@ -448,31 +473,29 @@ def remove_cgroups(groups: Sequence[Path]) -> None:
 
 
 def _spawn(argv: Sequence[str], log: Path, groups: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
-    """Start systemd-nspawn in the background from the host's namespaces, its console appended to ``log``.
+    """Start systemd-nspawn under its supervisor, in the background from the host's namespaces; console to ``log``.
 
-    Not through `Lab.spawn`: ``ip netns exec`` mounts a fresh /sys without the host's cgroup mounts, where nspawn
-    fails ("Failed to determine whether the unified cgroups hierarchy is used"). nspawn joins the node's network
-    namespace itself (``--network-namespace-path``); the caller hands the process to the lab to track.
+    Returns the supervisor (`ober.lab.supervise`), which starts nspawn again after a reboot, each time in
+    ``groups`` (the node's cgroups). Not through `Lab.spawn`: ``ip netns exec`` mounts a fresh /sys without the
+    host's cgroup mounts, where nspawn fails ("Failed to determine whether the unified cgroups hierarchy is used").
+    nspawn joins the node's network namespace itself (``--network-namespace-path``); the caller hands the
+    supervisor to the lab to track.
     """
     # This makes /proc/sys/net writable inside, which CAP_NET_ADMIN alone does not.
     env = {**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}
+    command = [sys.executable, "-I", str(SUPERVISOR)]
     for group in groups:
         group.mkdir(parents=True, exist_ok=True)
-
-    def enter_cgroups() -> None:
-        for group in groups:
-            (group / "cgroup.procs").write_text(str(os.getpid()))
-
+        command += ["--cgroup", str(group)]
     with log.open("ab") as out:
         # Its own session, like every lab daemon (see `ober.lab.netns.spawn_in`): stopped by PID only.
         return subprocess.Popen(
-            list(argv),
+            [*command, "--", *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=enter_cgroups,
         )
 
 
@@ -490,15 +513,6 @@ def _children(pid: int) -> list[int]:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def _parent(pid: int) -> int | None:
-    """A process's parent PID, from /proc/PID/stat (the field after the ``(comm)``, which may hold spaces)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _pss(pid: int) -> int:

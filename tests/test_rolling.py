@@ -303,3 +303,16 @@ def test_an_haproxy_package_file_is_read_for_its_version_and_anything_else_refus
         PackageFile.read(tmp_path / "haproxy-tree/DEBIAN/control")
     with pytest.raises(OberError, match="no such package file"):
         PackageFile.read(tmp_path / "missing.deb")
+
+
+def test_the_probe_through_the_vips_passes_only_answers_below_500() -> None:
+    from ober.remote.probe import judge
+
+    vips = ["198.51.100.10", "198.51.100.20"]
+    assert judge('{"198.51.100.10": 200, "198.51.100.20": 403}', vips) == []
+    assert judge('{"198.51.100.10": 503, "198.51.100.20": "ConnectionRefusedError: refused"}', vips) == [
+        "GET https://198.51.100.10/ through this node: HTTP 503",
+        "GET https://198.51.100.20/ through this node: ConnectionRefusedError: refused",
+    ]
+    assert judge('{"198.51.100.10": 200}', vips) == ["GET https://198.51.100.20/ through this node: no answer"]
+    assert judge("Traceback ...", vips) == ["probe through the VIPs answered no JSON"]

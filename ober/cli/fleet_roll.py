@@ -35,6 +35,12 @@ roll_options = [
         metavar="SECONDS",
         help="Before withdrawing a node, wait up to SECONDS for a moment with no request in flight on it (0: no).",
     ),
+    click.option(
+        "--probe/--no-probe",
+        default=True,
+        show_default=True,
+        help="Verify each node also with a request through each of its VIPs, made on the node.",
+    ),
 ]
 
 
@@ -61,6 +67,7 @@ def restart_cmd(
     settle: float,
     drain_timeout: float,
     quiesce: float,
+    probe: bool,
     reload_only: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
@@ -69,7 +76,7 @@ def restart_cmd(
     if full and reload_only:
         raise OberError("--full and --reload contradict each other", "choose one")
     request = Request(Operation.RESTART, full=full, reload_only=reload_only)
-    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, dry_run=dry_run)
+    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, probe=probe, dry_run=dry_run)
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=True)
 
 
@@ -98,6 +105,7 @@ def upgrade_cmd(
     settle: float,
     drain_timeout: float,
     quiesce: float,
+    probe: bool,
     reinstall: bool,
     haproxy_package: Path | None,
     yes: bool,
@@ -108,7 +116,7 @@ def upgrade_cmd(
     package = PackageFile.read(haproxy_package) if haproxy_package else None
     installer = Installer.build(progress=None if out.as_json or out.quiet else out.print, package=package)
     request = Request(Operation.UPGRADE, full=full, wanted=installer.wanted, reinstall=reinstall)
-    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, dry_run=dry_run)
+    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, probe=probe, dry_run=dry_run)
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=yes, installer=installer)
 
 

@@ -23,6 +23,7 @@ from ober.remote.facts import NodeView, config_file, node_view, ober_program, un
 from ober.remote.guard import decide
 from ober.remote.lock import STATE_DIR, FleetLock, Holder
 from ober.remote.pool import for_each
+from ober.remote.probe import probe_vips
 from ober.remote.rolling import (
     ROLL_REASON,
     NodeFacts,
@@ -62,6 +63,8 @@ class Options:
     command_timeout: float = COMMAND_TIMEOUT
     quiesce: float = QUIESCE
     """Before a withdraw, wait up to this long for a moment with no request in flight on the node."""
+    probe: bool = True
+    """Verify also makes a request through each of the node's VIPs, on the node (`ober.remote.probe`)."""
     state_dir: str = STATE_DIR
     dry_run: bool = False
 
@@ -175,6 +178,8 @@ class NodeOps:
             problems = seen.problems()
             if announced and seen.drained is None and set(seen.expected) - set(seen.announced):
                 problems = problems or ["VIPs not announced yet"]
+            if not problems and self.options.probe:
+                problems = probe_vips(self.conn, self.node.config)
             if not problems:
                 return seen
             if time.monotonic() >= deadline or not seen.reachable:

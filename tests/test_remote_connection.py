@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -25,9 +26,10 @@ from ober.errors import OberError
 from ober.inventory import load_inventory
 from ober.lab.image import DEFAULT_IMAGE, ensure_image
 from ober.lab.netns import Lab, add_address, add_veth, run
+from ober.lab.nspawn import descendants
 from ober.lab.sshd import SshdFarm, SshServer, freeze, proxy_command, thaw
 from ober.remote import hostkeys
-from ober.remote.connection import SshTarget, _ProxyCommand, connect, targets
+from ober.remote.connection import Connection, SshTarget, _ProxyCommand, connect, targets
 from ober.remote.pool import Outcome, for_each
 from ober.runner import Runner
 from tests.conftest import REPO, require
@@ -408,6 +410,42 @@ def test_refused_connection_is_one_clear_line(farm: SshdFarm, server: SshServer,
     target = make_target(farm, server, tmp_path, port=2)
     with pytest.raises(OberError, match=rf"^node01: root@{server.address}:2: connection refused \(fix: "):
         connect(target)
+
+
+@lab
+def test_reconnect_reopens_a_dead_connection_with_the_same_host_key_checks(farm: SshdFarm, tmp_path: Path) -> None:
+    server = farm.start()
+    conn = connect(make_target(farm, server, tmp_path))
+    try:
+        # Every session of the server dies, its listener stays: what a node's reboot does to a connection.
+        listener = descendants(server.process.pid)[0]
+        for pid in descendants(listener):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert _wait_for(lambda: not _runs(conn), 10.0)
+        with pytest.raises(OberError, match=r"node01: lost the SSH connection .* the connection is closed"):
+            conn.run(["true"])
+        conn.reconnect()
+        assert conn.run(["hostname"]).ok  # the same object runs commands again
+        # Down: one clear line, and the connection stays closed.
+        server.stop()
+        with pytest.raises(OberError, match=rf"^node01: root@{server.address}:22: connection refused"):
+            conn.reconnect()
+        with pytest.raises(OberError, match="the connection is closed"):
+            conn.run(["true"])
+        # Back with another host key: refused, as a first connect would be.
+        farm.start(server.address)
+        with pytest.raises(OberError, match="HOST KEY CHANGED"):
+            conn.reconnect()
+    finally:
+        conn.close()
+
+
+def _runs(conn: Connection) -> bool:
+    try:
+        return conn.run(["true"], 5.0).ok
+    except OberError:
+        return False
 
 
 @lab

@@ -18,6 +18,7 @@ from ober.errors import OberError
 from ober.haproxy_runtime import BackendState, Snapshot
 from ober.healthd import HealthLoop, Pipe
 from ober.remote.lock import FleetLock, Holder, break_lock, holders
+from ober.remote.roll import Options, Roll, RollReport
 from ober.remote.rolling import (
     NodeFacts,
     NodeResult,
@@ -53,6 +54,11 @@ CASES = [
     (RESTART, node("n1", done=True), StepClass.SKIP, "resumed"),
     (RESTART, node("n1", drained=True, live=False), StepClass.FULL, "drained by an operator"),
     (RESTART, node("n1", drained=True, drained_by_roll=True, live=False), StepClass.RESTART, "graceful"),
+    # --reboot: every node is rebooted, withdrawn meanwhile, whatever else it would need.
+    (Request(Operation.RESTART, reboot=True), node("n1"), StepClass.REBOOT, "--reboot: withdrawn"),
+    (Request(Operation.RESTART, reboot=True), node("n1", graceful_restart=0), StepClass.REBOOT, "--reboot"),
+    (Request(Operation.RESTART, reboot=True), node("n1", drained=True, live=False), StepClass.REBOOT, "left drained"),
+    (Request(Operation.RESTART, reboot=True), node("n1", done=True), StepClass.SKIP, "resumed"),
     (Request(Operation.UPGRADE, wanted=V1), node("n1"), StepClass.SKIP, "up to date"),
     (Request(Operation.UPGRADE, wanted={**V1, "haproxy": "3.0.12"}), node("n1"), StepClass.RELOAD, "haproxy"),
     (Request(Operation.UPGRADE, wanted={**V1, "ober": "0.2.0"}), node("n1"), StepClass.RESTART, "graceful"),
@@ -88,7 +94,8 @@ def test_each_node_gets_the_least_disruptive_class_it_needs(
     step = classify(request_, facts)
     assert step.klass is klass
     assert words in step.reason
-    assert step.klass.withdraws is (klass is StepClass.FULL)
+    # Only what truly stops the node serving takes it out of the ECMP set.
+    assert step.klass.withdraws is (klass in (StepClass.FULL, StepClass.REBOOT))
 
 
 def test_upgrade_step_says_what_changes_from_what_to_what() -> None:
@@ -107,6 +114,9 @@ def test_out_of_service_nodes_go_first_skipped_are_listed_and_order_is_otherwise
     steps = plan(RESTART, nodes, resumed="abc").steps
     assert [s.node for s in steps] == ["n3", "n2", "n4", "n1", "n5"]
     assert [s.klass for s in steps] == [StepClass.SKIP] + [StepClass.RESTART] * 4
+    rebooted = plan(Request(Operation.RESTART, reboot=True), nodes, resumed="abc").steps
+    assert [s.node for s in rebooted] == ["n3", "n2", "n4", "n1", "n5"]
+    assert [s.klass for s in rebooted] == [StepClass.SKIP] + [StepClass.REBOOT] * 4
 
 
 def test_guard_refuses_a_step_that_would_leave_fewer_than_min_available() -> None:
@@ -219,6 +229,13 @@ def test_a_rerun_resumes_only_an_unfinished_roll_of_the_same_operation() -> None
     assert resumable(unfinished, Request(Operation.RESTART, full=True).kind) is None
     full = {"n1": {"id": "f", "operation": "restart --full", "done": False}}
     assert resumable(full, Request(Operation.RESTART, full=True).kind) == "f"
+    # A failed reboot roll is resumed only by a reboot roll (a --full one would skip its nodes' reboots).
+    rebooted = {"n1": {"id": "r", "operation": "restart --reboot", "done": False}}
+    assert Request(Operation.RESTART, reboot=True).kind == "restart --reboot"
+    assert resumable(rebooted, Request(Operation.RESTART, reboot=True).kind) == "r"
+    assert resumable(rebooted, Request(Operation.RESTART, full=True).kind) is None
+    assert resumable(rebooted, Request(Operation.RESTART).kind) is None
+    assert resumable(full, Request(Operation.RESTART, reboot=True).kind) is None
     finished = {"n1": {"id": "a", "operation": "restart", "done": True}, "n2": None}
     # A record left by a finished roll starts a new one.
     assert resumable(finished, Request(Operation.RESTART).kind) is None
@@ -316,3 +333,240 @@ def test_the_probe_through_the_vips_passes_only_answers_below_500() -> None:
     ]
     assert judge('{"198.51.100.10": 200}', vips) == ["GET https://198.51.100.20/ through this node: no answer"]
     assert judge("Traceback ...", vips) == ["probe through the VIPs answered no JSON"]
+
+
+# --- the reboot step (ober.remote.reboot and the executor), on fake nodes; tests/test_fleet_roll_lab.py has the real
+
+
+def stat_line(start: int, comm: str = "systemd") -> str:
+    """A /proc/1/stat line whose field 22 (start time) is ``start``."""
+    return f"1 ({comm}) " + " ".join(["S", *["0"] * 18, str(start), *["0"] * 30])
+
+
+def test_boot_identity_is_the_boot_id_with_pid_1s_start_time() -> None:
+    from ober.remote.reboot import parse_identity
+
+    assert parse_identity(f"b1\n{stat_line(12345)}\n") == "b1/12345"
+    # The command name may hold spaces and parentheses: fields are counted after its last ')'.
+    assert parse_identity(f"b1\n{stat_line(77, comm='a) (b c')}\n") == "b1/77"
+    with pytest.raises(OberError, match="boot identity"):
+        parse_identity("b1\n")
+    with pytest.raises(OberError, match="boot identity"):
+        parse_identity("b1\n1 (init) S 0\n")
+
+
+class Scripted:
+    """Answers each command with the next of ``answers`` (a Result, or an exception to raise); counts reconnects."""
+
+    def __init__(self, answers: Sequence[Result | OberError], reconnects: Sequence[OberError | None] = ()) -> None:
+        self.answers = list(answers)
+        self.reconnects = list(reconnects)
+        self.asked: list[list[str]] = []
+        self.reconnected = 0
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        self.asked.append(list(argv))
+        answer = self.answers.pop(0)
+        if isinstance(answer, OberError):
+            raise answer
+        return answer
+
+    def reconnect(self) -> None:
+        failure = self.reconnects.pop(0) if self.reconnects else None
+        if failure is not None:
+            raise failure
+        self.reconnected += 1
+
+
+LOST = OberError("node01: lost the SSH connection to 100.64.0.11 while running cat: the connection is closed")
+
+
+def test_a_reboot_request_cut_short_by_the_node_going_down_counts_as_asked() -> None:
+    from ober.remote.reboot import request_reboot
+
+    for answer in (Result(0), Result(255, "", ""), LOST):
+        node = Scripted([answer])
+        request_reboot(node)
+        assert node.asked == [["systemctl", "reboot"]]
+    with pytest.raises(OberError, match="systemctl reboot failed: Failed to reboot: Access denied"):
+        request_reboot(Scripted([Result(1, "", "Failed to reboot: Access denied")]))
+
+
+def test_wait_back_reconnects_until_the_node_answers_from_a_new_boot() -> None:
+    from ober.remote.reboot import wait_back
+
+    before, after = f"b\n{stat_line(100)}\n", f"b\n{stat_line(900)}\n"
+    refused = OberError("node01: connection refused")
+    node = Scripted(
+        # sshd still answers from the old boot, then the connection dies with it; the new boot answers.
+        [Result(0, before), LOST, LOST, Result(0, after)],
+        reconnects=[refused, None],
+    )
+    now = [0.0]
+    took = wait_back(node, "b/100", 60, poll=5, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert took == 10.0  # a pause after the old boot's answer and after the refused reconnect, none after the good one
+    assert node.reconnected == 1 and not node.answers
+
+
+def test_wait_back_gives_up_at_its_deadline_saying_what_it_saw_last() -> None:
+    from ober.remote.reboot import wait_back
+
+    refused = OberError("node01: connection refused")
+    node = Scripted([LOST] * 10, reconnects=[refused] * 10)
+    now = [0.0]
+    with pytest.raises(OberError, match=r"not back from its reboot within 12s; last: node01: connection refused"):
+        wait_back(node, "b/100", 12, poll=5, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    # A node that never went down is not taken for one that came back.
+    stayed = Scripted([Result(0, f"b\n{stat_line(100)}\n")] * 10)
+    now[0] = 0.0
+    with pytest.raises(OberError, match="still answered from the boot before"):
+        wait_back(stayed, "b/100", 12, poll=5, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+
+class FakeFleet:
+    """The example inventory's four nodes behind fake connections, for the roll executor.
+
+    The lock and roll-record scripts run for real (each node's state dir is its own temp dir, see `DirRunner`);
+    ``ober status``, ``ober drain`` and ``ober undrain`` answer from the node's state; ``systemctl reboot`` drops
+    its connection and the node refuses ``down`` reconnects before it answers from a new boot (``never``: it
+    never comes back). Every state change is logged in order, across nodes.
+    """
+
+    def __init__(self, base: Path, down: int = 2, never: str = "") -> None:
+        from tests.test_fleet_ops import EXAMPLE
+
+        self.inventory = EXAMPLE
+        self.base = base
+        self.events: list[str] = []
+        self.nodes = {n.name: FakeNode(self, n.name, down, n.name == never) for n in EXAMPLE.nodes}
+
+    def live(self) -> int:
+        return sum(1 for node in self.nodes.values() if node.connected and not node.drained)
+
+
+class FakeNode(DirRunner):
+    def __init__(self, fleet: FakeFleet, name: str, down: int, never: bool) -> None:
+        super().__init__(name)
+        self.fleet, self.down, self.never = fleet, down, never
+        self.boot, self.connected, self.refusals = 1, True, 0
+        self.drained: str | None = None
+        self.asked: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        from tests.test_fleet_ops import status_doc
+
+        self.asked.append(list(argv))
+        if not self.connected:
+            raise OberError(f"{self.name}: lost the SSH connection: the connection is closed")
+        words = list(argv)
+        if words[0] == "sh":
+            return super().run([*words[:4], str(self.fleet.base), *words[5:]], timeout, env)
+        if words[:2] == ["systemctl", "reboot"]:
+            self.fleet.events.append(f"{self.name} reboot (live: {self.fleet.live()})")
+            self.connected, self.refusals = False, self.down
+            raise OberError(f"{self.name}: lost the SSH connection while running systemctl reboot")
+        if words[0] == "cat":
+            return Result(0, f"host-boot-id\n{stat_line(1000 * self.boot)}\n")
+        if "drain" in words:
+            self.fleet.events.append(f"{self.name} drain (live: {self.fleet.live()})")
+            self.drained = words[words.index("--reason") + 1]
+            return Result(0, json.dumps({"drained": True, "by": "t", "since": 1.0, "sessions_left": 0}))
+        if "undrain" in words:
+            self.drained = None
+            self.fleet.events.append(f"{self.name} undrain")
+            return Result(0, json.dumps({"drained": False, "was_drained": True}))
+        doc = status_doc(node=self.name)
+        if self.drained is not None:
+            doc["drained"] = {"by": "t", "since": 1.0, "reason": self.drained}
+            doc["bgp"]["announced"] = {}
+        return Result(0, json.dumps(doc))
+
+    def reconnect(self) -> None:
+        if self.never or self.refusals > 0:
+            self.refusals -= 1
+            raise OberError(f"{self.name}: connection refused")
+        if not self.connected:
+            self.boot += 1  # what answers now is the new boot
+            self.connected = True
+            self.fleet.events.append(f"{self.name} back")
+
+
+def reboot_roll(fleet: FakeFleet, targets: Sequence[str], timeout: float = 60.0) -> RollReport:
+    options = Options(settle=0, quiesce=1, probe=False, reboot_timeout=timeout, state_dir=str(fleet.base))
+    nodes = [n for n in fleet.inventory.nodes if n.name in targets]
+    request = Request(Operation.RESTART, reboot=True)
+    return Roll(
+        fleet.inventory, nodes, fleet.nodes, request, options=options, command="ober fleet restart --reboot"
+    ).run()
+
+
+def test_a_reboot_roll_withdraws_reboots_and_brings_back_one_node_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ober.remote.reboot as reboot
+
+    monkeypatch.setattr(reboot, "POLL", 0.01)
+    fleet = FakeFleet(tmp_path)
+    report = reboot_roll(fleet, ["node01", "node02"])
+    assert [(r.node, r.klass, r.status) for r in report.results] == [
+        ("node01", StepClass.REBOOT, "done"),
+        ("node02", StepClass.REBOOT, "done"),
+    ]
+    # Each node leaves (3 of 4 live while it reboots), comes back from a new boot, is re-announced: then the next.
+    assert fleet.events == [
+        "node01 drain (live: 4)",
+        "node01 reboot (live: 3)",
+        "node01 back",
+        "node01 undrain",
+        "node02 drain (live: 4)",
+        "node02 reboot (live: 3)",
+        "node02 back",
+        "node02 undrain",
+    ]
+    assert [fleet.nodes[n].boot for n in ("node01", "node02", "node03")] == [2, 2, 1]
+    drain = next(a for a in fleet.nodes["node01"].asked if "drain" in a)
+    assert "--quiesce" in drain
+    assert not any((tmp_path / n / "lock").exists() for n in fleet.nodes)  # released on the rebooted nodes too
+
+
+def test_a_node_not_back_in_time_stops_the_roll_withdrawn_and_a_reboot_roll_resumes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ober.remote.reboot as reboot
+
+    monkeypatch.setattr(reboot, "POLL", 0.01)
+    fleet = FakeFleet(tmp_path, never="node02")
+    report = reboot_roll(fleet, ["node01", "node02", "node03"], timeout=0.3)
+    by_node = {r.node: r for r in report.results}
+    assert [by_node[n].status for n in ("node01", "node02", "node03")] == ["done", "failed", "not reached"]
+    failed = by_node["node02"]
+    assert failed.left_withdrawn and failed.detail.startswith("reboot: not back from its reboot within 0.3s")
+    assert "connection refused" in failed.detail
+    ok, text = summary(report.results, "ober fleet restart --reboot")
+    assert not ok and "left withdrawn" in text and "run `ober fleet restart --reboot` again" in text
+    # The node is back later. The roll could not release its lock there (no connection): a re-run from this
+    # workstation takes it over once this roll's process has ended; here the process lives on, so it is broken.
+    fleet.nodes["node02"].never = False
+    fleet.nodes["node02"].refusals = 0
+    fleet.nodes["node02"].reconnect()
+    assert break_lock({"node02": fleet.nodes["node02"]}, str(tmp_path)) == ["node02"]
+    # The same command resumes: node01 skipped, node02 rebooted again, node03 after it.
+    again = reboot_roll(fleet, ["node01", "node02", "node03"])
+    assert again.plan.resumed
+    assert [(r.node, r.status) for r in again.results] == [
+        ("node01", "skipped"),
+        ("node02", "done"),
+        ("node03", "done"),
+    ]
+    assert fleet.nodes["node02"].drained is None and fleet.nodes["node01"].boot == 2
+
+
+def test_reboot_contradicts_full_and_reload_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from ober.cli import main
+    from tests.conftest import REPO
+
+    inventory = str(REPO / "inventory" / "example.yaml")
+    for other in ("--full", "--reload"):
+        assert main(["fleet", "restart", "--reboot", other, "-i", inventory]) == 1
+        err = capsys.readouterr().err
+        assert err == f"error: {other} and --reboot contradict each other (fix: choose one)\n"

@@ -16,6 +16,7 @@ from ober.cli.output import Output, json_option
 from ober.errors import OberError
 from ober.inventory import load_inventory
 from ober.remote.lock import break_lock, holders
+from ober.remote.reboot import REBOOT_TIMEOUT
 from ober.remote.roll import QUIESCE, Options, Roll, RollReport, close_all, open_connections
 from ober.remote.rolling import Operation, Plan, Request, summary
 from ober.remote.upgrade import Installer, PackageFile
@@ -55,6 +56,15 @@ def _roll_options(function: Any) -> Any:
 @targets_argument
 @_roll_options
 @click.option("--reload", "reload_only", is_flag=True, help="Only reload HAProxy hitlessly (nodes stay in ECMP).")
+@click.option("--reboot", is_flag=True, help="Reboot each node, withdrawn until it is back and verified.")
+@click.option(
+    "--reboot-timeout",
+    type=click.FloatRange(min=1),
+    default=REBOOT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --reboot: a node not answering SSH from its new boot within SECONDS stops the roll.",
+)
 @ssh_options
 @json_option
 @click.pass_obj
@@ -69,14 +79,24 @@ def restart_cmd(
     quiesce: float,
     probe: bool,
     reload_only: bool,
+    reboot: bool,
+    reboot_timeout: float,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
     """Restart ober's services node by node, each in the least disruptive way it allows (see --dry-run)."""
-    if full and reload_only:
-        raise OberError("--full and --reload contradict each other", "choose one")
-    request = Request(Operation.RESTART, full=full, reload_only=reload_only)
-    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, probe=probe, dry_run=dry_run)
+    modes = [flag for flag, on in (("--full", full), ("--reload", reload_only), ("--reboot", reboot)) if on]
+    if len(modes) > 1:
+        raise OberError(f"{modes[0]} and {modes[1]} contradict each other", "choose one")
+    request = Request(Operation.RESTART, full=full, reload_only=reload_only, reboot=reboot)
+    options = Options(
+        settle=settle,
+        drain_timeout=drain_timeout,
+        quiesce=quiesce,
+        probe=probe,
+        reboot_timeout=reboot_timeout,
+        dry_run=dry_run,
+    )
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=True)
 
 

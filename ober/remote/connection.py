@@ -197,6 +197,20 @@ class Connection:
         for hop in self._chain:
             _close(hop)
 
+    def reconnect(self) -> None:
+        """Close this connection and open it again: same target, same host-key checks, same object.
+
+        A connection never reopens by itself: once its transport has died (the node rebooted, its sshd restarted)
+        every command fails with "the connection is closed". After a reconnect this object runs commands again, so
+        whoever holds it (a roll, the fleet lock) keeps working.
+
+        Raises:
+            OberError: as `connect` (the node does not answer yet, …); the connection then stays closed.
+        """
+        self.close()
+        fresh = connect(self.target)
+        self._conn, self._chain = fresh._conn, fresh._chain
+
     def run(
         self,
         argv: Sequence[str],

@@ -1,7 +1,8 @@
 """The rolling executor: carries out a :mod:`ober.remote.rolling` plan on the nodes, one node at a time, over SSH.
 
 Each node gets the least disruptive class of step (see ``rolling``): a ``reload`` or ``restart`` node never
-leaves the ECMP set; a ``full`` node is guarded, withdrawn, acted on, verified and put back before the next.
+leaves the ECMP set; a ``full`` or ``reboot`` node is guarded, withdrawn, acted on (restarted, or rebooted and
+waited for: `ober.remote.reboot`), verified and put back before the next.
 The roll stops at the first failure and leaves that node withdrawn (when the guard allows), the rest untouched.
 Each node remembers the roll (``/var/lib/ober/fleet/roll.json``: its id, the operation, done or not), so running
 the same command again resumes: nodes done are skipped and left in service. The whole roll holds the fleet lock.
@@ -24,6 +25,7 @@ from ober.remote.guard import decide
 from ober.remote.lock import STATE_DIR, FleetLock, Holder
 from ober.remote.pool import for_each
 from ober.remote.probe import probe_vips
+from ober.remote.reboot import REBOOT_TIMEOUT, boot_identity, request_reboot, wait_back
 from ober.remote.rolling import (
     ROLL_REASON,
     NodeFacts,
@@ -65,6 +67,8 @@ class Options:
     """Before a withdraw, wait up to this long for a moment with no request in flight on the node."""
     probe: bool = True
     """Verify also makes a request through each of the node's VIPs, on the node (`ober.remote.probe`)."""
+    reboot_timeout: float = REBOOT_TIMEOUT
+    """A rebooted node must answer SSH from its new boot within this long, or the roll stops there."""
     state_dir: str = STATE_DIR
     dry_run: bool = False
 
@@ -165,6 +169,15 @@ class NodeOps:
     def restart_all(self) -> None:
         """Restart both units (the node is withdrawn)."""
         self.run(["systemctl", "restart", "ober-http", "ober-bgp"], "restart ober-http ober-bgp")
+
+    def reboot(self) -> float:
+        """Reboot the node and wait (bounded) until it answers SSH from a new boot; the seconds that took."""
+        try:
+            before = boot_identity(self.conn)
+            request_reboot(self.conn)
+            return wait_back(self.conn, before, self.options.reboot_timeout)
+        except OberError as exc:
+            raise StepFailed(f"reboot: {exc.message}", exc.fix or f"see: ober fleet status {self.node.name}") from None
 
     def verify(self, *, announced: bool) -> NodeView:
         """Wait until the node is healthy (and, when ``announced``, announces every VIP).
@@ -338,7 +351,7 @@ class Roll:
                 return NodeResult(step.node, step.klass, "skipped", step.reason, time.monotonic() - started)
             before = ops.view()
             ours = before.drained is None or before.drained.reason.startswith(ROLL_REASON)
-            if step.klass is StepClass.FULL and before.drained is None:
+            if step.klass.withdraws and before.drained is None:
                 self._guard(step.node)
                 # Withdrawn from here on, even if the drain's answer is lost: its first act is the maintenance file.
                 withdrawn = True
@@ -348,6 +361,8 @@ class Roll:
             self._act(ops, step)
             if step.klass is StepClass.FULL:
                 waited(lambda: ops.restart_all())
+            elif step.klass is StepClass.REBOOT:
+                waited(lambda: self.log(f"{step.node}: back from its reboot after {ops.reboot():.1f}s"))
             elif step.klass is StepClass.RESTART:
                 waited(lambda: ops.reload_http())
                 waited(lambda: ops.restart_bgp())

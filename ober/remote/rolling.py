@@ -9,8 +9,11 @@ node broke none). So each node gets the least disruptive class of step that does
 - ``restart``: ExaBGP and ``ober health`` restart under BGP graceful restart (the node's ``bgp.graceful_restart``):
   the session drops without a NOTIFICATION, the router holds the node's routes as stale until it is back. Without
   graceful restart the route would vanish anyway, so such a node is rolled ``full`` instead.
-- ``full``: whatever stops the node serving (``--full``, a reboot): guard → withdraw → wait until idle → act →
-  verify → re-announce → settle. Out for as short a time as possible.
+- ``full``: whatever stops the node serving (``--full``, no graceful restart): guard → withdraw at a quiet moment
+  → wait until idle → act → verify → re-announce → settle. Out for as short a time as possible.
+- ``reboot`` (``--reboot``): like ``full``, but the act is rebooting the whole node and waiting until it answers
+  from a new boot. The maintenance file survives the reboot, so the node comes back withdrawn and is verified
+  before it is re-announced.
 - ``skip``: nothing to do (already done by the roll being resumed, or already up to date). A skipped node is
   left *in service*: if an earlier roll left it drained, it is put back.
 
@@ -35,11 +38,12 @@ class StepClass(StrEnum):
     RELOAD = "reload"
     RESTART = "restart"
     FULL = "full"
+    REBOOT = "reboot"
 
     @property
     def withdraws(self) -> bool:
-        """Whether the node leaves the ECMP set for this step."""
-        return self is StepClass.FULL
+        """Whether the node leaves the ECMP set for this step: only what truly stops it serving."""
+        return self in (StepClass.FULL, StepClass.REBOOT)
 
 
 class Operation(StrEnum):
@@ -87,6 +91,7 @@ class Request:
         operation: restart or upgrade.
         full: withdraw every node first (``--full``), whatever it needs.
         reload_only: restart: only reload HAProxy hitlessly (``--reload``).
+        reboot: restart: reboot every node, withdrawn meanwhile (``--reboot``).
         wanted: upgrade: the versions to end with, per component (``ober``, ``exabgp``, ``haproxy``).
         reinstall: upgrade: reinstall even components already at the wanted version.
     """
@@ -94,13 +99,15 @@ class Request:
     operation: Operation
     full: bool = False
     reload_only: bool = False
+    reboot: bool = False
     wanted: Mapping[str, str | None] = field(default_factory=dict)
     reinstall: bool = False
 
     @property
     def kind(self) -> str:
         """The operation with its mode flags (``restart --full``): only a roll of the same kind is resumed."""
-        flags = [flag for flag, on in (("--full", self.full), ("--reload", self.reload_only)) if on]
+        modes = (("--full", self.full), ("--reload", self.reload_only), ("--reboot", self.reboot))
+        flags = [flag for flag, on in modes if on]
         return " ".join([self.operation.value, *flags])
 
 
@@ -164,9 +171,14 @@ def classify(request: Request, node: NodeFacts) -> Step:
         changes = changes_for(request, node)
         if not changes:
             return Step(node.name, StepClass.SKIP, "already up to date", out_of_service=out)
+    operator_drained = node.drained and not node.drained_by_roll
+    if request.reboot:
+        if operator_drained:
+            return Step(node.name, StepClass.REBOOT, "drained by an operator: rebooted, left drained", changes, out)
+        return Step(node.name, StepClass.REBOOT, "--reboot: withdrawn while the node reboots", changes, out)
     if request.full:
         return Step(node.name, StepClass.FULL, "--full: withdrawn while it restarts", changes, out)
-    if node.drained and not node.drained_by_roll:
+    if operator_drained:
         # An operator took it out for their own reasons: roll it (it serves nobody) and leave it drained.
         return Step(node.name, StepClass.FULL, "drained by an operator: restarted, left drained", changes, out)
     needs_restart = (request.operation is Operation.RESTART and not request.reload_only) or any(

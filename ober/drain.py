@@ -87,6 +87,44 @@ def in_flight(config: NodeConfig, seen: Snapshot) -> int:
     return sum(state.in_flight for name, state in seen.backends.items() if name.removeprefix("be_") in groups)
 
 
+PROC_NET_TCP = Path("/proc/net/tcp")
+_LISTEN = "0A"
+
+
+def busy_client_sockets(proc_net_tcp: str, vips: list[str]) -> int:
+    """Client connections on ``vips`` with bytes still queued either way (``/proc/net/tcp``'s tx/rx queues).
+
+    HAProxy is done with a response once the kernel has it: the last megabytes of a large GET may still sit in the
+    socket's send queue, unacknowledged, after HAProxy's stream (and so the backend count) has ended.
+    """
+    wanted = set()
+    for vip in vips:
+        packed = bytes(int(part) for part in vip.split("."))
+        wanted.add(packed[::-1].hex().upper())  # the kernel prints the address as a little-endian word
+    busy = 0
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 5 or fields[3] == _LISTEN:
+            continue
+        address = fields[1].partition(":")[0]
+        tx, _, rx = fields[4].partition(":")
+        try:
+            queued = int(tx, 16) + int(rx, 16)
+        except ValueError:
+            continue
+        if address in wanted and queued:
+            busy += 1
+    return busy
+
+
+def _busy_sockets(config: NodeConfig) -> int:
+    try:
+        text = PROC_NET_TCP.read_text()
+    except OSError:
+        return 0
+    return busy_client_sockets(text, [vip.address for vip in config.vips])
+
+
 @dataclass(frozen=True)
 class Quiet:
     """How the quiesce went: requests in flight at the moment it ended, and how long it waited."""
@@ -104,6 +142,7 @@ def quiesce(
     timeout: float,
     *,
     read: Callable[[], Snapshot] | None = None,
+    sockets: Callable[[], int] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Quiet:
@@ -111,15 +150,18 @@ def quiesce(
 
     A withdraw moves this node's open client connections to other nodes (the router re-hashes them): a request in
     flight on one of them is cut, an idle one is only reconnected. Withdrawing at a quiet moment cuts nothing.
+    In flight: a stream on an S3 backend, or bytes still queued on a client connection (`busy_client_sockets`).
     Past ``timeout`` it returns with the requests in flight at the last look.
     """
     reader = read or (lambda: snapshot(paths(config)["admin_socket"], config.health.timeout))
+    queued = sockets or (lambda: _busy_sockets(config))
     started = clock()
     while True:
         try:
             busy = in_flight(config, reader())
         except OberError:
             busy = 0  # HAProxy not answering serves nothing
+        busy = busy or queued()
         if busy == 0 or clock() - started >= timeout:
             return Quiet(busy, clock() - started)
         sleep(QUIESCE_POLL)

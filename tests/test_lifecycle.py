@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ober.config import NodeConfig
-from ober.drain import QUIESCE_POLL, quiesce
+from ober.drain import QUIESCE_POLL, busy_client_sockets, quiesce
 from ober.haproxy_runtime import BackendState, Snapshot
 from ober.lifecycle import count_vip_connections, graceful_stop
 
@@ -117,7 +117,7 @@ def test_quiesce_returns_at_the_first_moment_with_no_request_in_flight(
     def sleep(seconds: float) -> None:
         clock[0] += seconds
 
-    quiet = quiesce(config, 10.0, read=read, sleep=sleep, clock=lambda: clock[0])
+    quiet = quiesce(config, 10.0, read=read, sockets=lambda: 0, sleep=sleep, clock=lambda: clock[0])
     assert quiet.in_flight == 0 and quiet.waited == pytest.approx(3 * QUIESCE_POLL)
 
     # Never quiet: it gives up at the timeout and says how many were in flight then.
@@ -125,3 +125,27 @@ def test_quiesce_returns_at_the_first_moment_with_no_request_in_flight(
         config, 0.02, read=lambda: Snapshot({group: BackendState(2, 2, 1)}, {}), sleep=sleep, clock=lambda: clock[0]
     )
     assert quiet.in_flight == 1 and quiet.waited >= 0.02
+
+    # No backend stream, but a response's last bytes still queued to a client: not quiet yet.
+    idle = Snapshot({group: BackendState(2, 2, 0)}, {})
+    queued = iter([1, 1, 0])
+    quiet = quiesce(config, 10.0, read=lambda: idle, sockets=lambda: next(queued), sleep=sleep, clock=lambda: clock[0])
+    assert quiet.in_flight == 0 and next(queued, None) is None
+
+
+# /proc/net/tcp on a lab node during a withdraw: a listener, an idle keep-alive client, a client whose GET response
+# still has 2.9 MB queued (the kernel's tx_queue), one on another address with bytes queued, and a received request.
+PROC_NET_TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0A6433C6:01BB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4862000 1
+   1: 0A6433C6:01BB 020A4064:EAB0 01 00000000:00000000 00:00000000 00000000     0        0 4862009 1
+   3: 0A6433C6:01BB 020A4064:EAB2 01 002C3BD0:00000000 01:00001518 0000000A     0        0 4862010 2
+   4: 0B4064C6:01BB 020A4064:EAB4 01 00001000:00000000 01:00001518 00000000     0        0 4862011 2
+   5: 146433C6:01BB 020A4064:EAB6 01 00000000:0000022A 00:00000000 00000000     0        0 4862012 1
+"""
+
+
+def test_client_sockets_with_bytes_queued_on_the_vips_count_as_busy() -> None:
+    assert busy_client_sockets(PROC_NET_TCP, ["198.51.100.10"]) == 1
+    assert busy_client_sockets(PROC_NET_TCP, ["198.51.100.10", "198.51.100.20"]) == 2  # rx queue: a request
+    assert busy_client_sockets(PROC_NET_TCP, ["198.51.100.99"]) == 0
+    assert busy_client_sockets("garbage\n1: x", ["198.51.100.10"]) == 0

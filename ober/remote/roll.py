@@ -42,6 +42,8 @@ COMMAND_TIMEOUT = 120.0
 VERIFY_TIMEOUT = 90.0
 DRAIN_TIMEOUT = 30.0
 QUIESCE = 10.0
+RESTART_CUT = 5.0
+"""Seconds a withdrawn node's restart lets connections left after the drain finish before cutting them."""
 POLL = 0.5
 
 _WRITE_RECORD = """set -u
@@ -105,6 +107,8 @@ class NodeOps:
         self.options = options
         self.ober = ober_program(node)
         self.config = config_file(node)
+        self.in_flight_at_withdraw: int | None = None
+        """Requests in flight when the quiesced drain withdrew the node (None: no quiesce ran)."""
 
     def run(self, argv: Sequence[str], what: str, timeout: float | None = None) -> Result:
         """Run ``argv``; a non-zero exit is a StepFailed naming ``what`` and the command's last line."""
@@ -148,6 +152,12 @@ class NodeOps:
         # Exit 1 with sessions_left: withdrawn, some connections still open (clients keep idle keep-alives open).
         if not result.ok and '"sessions_left"' not in result.stdout:
             raise StepFailed(f"drain: {result.last_line()}")
+        try:
+            quiet = json.loads(result.stdout).get("quiesce")
+        except (ValueError, AttributeError):
+            quiet = None
+        if isinstance(quiet, dict) and isinstance(quiet.get("in_flight"), int):
+            self.in_flight_at_withdraw = int(quiet["in_flight"])
 
     def undrain(self) -> None:
         """Back in service (the health process announces after ``rise`` good checks)."""
@@ -167,8 +177,14 @@ class NodeOps:
         self.run(["systemctl", "restart", "ober-bgp"], "restart ober-bgp")
 
     def restart_all(self) -> None:
-        """Restart both units (the node is withdrawn)."""
-        self.run(["systemctl", "restart", "ober-http", "ober-bgp"], "restart ober-http ober-bgp")
+        """Restart both units (the node is withdrawn and drained as far as the drain timeout allowed).
+
+        Through ``ober restart --timeout``, not ``systemctl restart``: what is still open on a withdrawn node after
+        the drain is idle keep-alives or flows the router already sends elsewhere (a response's unacknowledged
+        tail retransmitted to nobody), and HAProxy's soft stop would wait for them up to the unit's stop timeout.
+        """
+        argv = [self.ober, "restart", "--config", self.config, "--timeout", f"{RESTART_CUT:g}"]
+        self.run(argv, "restart ober-http ober-bgp", self.options.command_timeout + RESTART_CUT)
 
     def reboot(self) -> float:
         """Reboot the node and wait (bounded) until it answers SSH from a new boot; the seconds that took."""
@@ -356,6 +372,8 @@ class Roll:
                 # Withdrawn from here on, even if the drain's answer is lost: its first act is the maintenance file.
                 withdrawn = True
                 waited(lambda: ops.drain(f"{ROLL_REASON} {self.request.operation.value} {roll_id}", quiesce=True))
+                if ops.in_flight_at_withdraw is not None:
+                    self.log(f"{step.node}: withdrawn with {ops.in_flight_at_withdraw} requests in flight")
             elif before.drained is not None:
                 withdrawn = True
             self._act(ops, step)
@@ -382,7 +400,9 @@ class Roll:
             return NodeResult(step.node, step.klass, "failed", detail, time.monotonic() - started, waits[0], left)
         took = time.monotonic() - started
         self.log(f"{step.node}: done in {took:.1f}s")
-        return NodeResult(step.node, step.klass, "done", step.reason, took, waits[0])
+        return NodeResult(
+            step.node, step.klass, "done", step.reason, took, waits[0], in_flight_at_withdraw=ops.in_flight_at_withdraw
+        )
 
     def _act(self, ops: NodeOps, step: Step) -> None:
         """Install what an upgrade changes (nothing for a restart)."""

@@ -245,6 +245,8 @@ class NodeResult:
     waits: float = 0.0
     """Of ``seconds``, the time spent waiting for things the roll cannot hurry (drain, restart, verify, settle)."""
     left_withdrawn: bool = False
+    in_flight_at_withdraw: int | None = None
+    """A step that withdrew after quiescing: requests in flight on the node at that moment."""
 
 
 def summary(results: Sequence[NodeResult], command: str) -> tuple[bool, str]:

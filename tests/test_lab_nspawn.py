@@ -104,6 +104,8 @@ def test_nspawn_nodes_boot_install_offline_and_crash() -> None:
             assert node.system_state == "running", f"{node.name} is {node.system_state}: {failed}"
             assert node.run(["systemctl", "is-active", "ssh"]).stdout.strip() == "active"
             assert node.run(["hostname"]).stdout.strip() == node.name
+            # Resolved locally (the lab has no DNS): ExaBGP looks the name up at every start.
+            assert node.run(["getent", "hosts", node.name]).stdout.split()[0] == "127.0.1.1"
             assert node.sshd_answers()
             assert node.init_pid is not None
         # Each node has its own host keys, none of them the image's; StrictHostKeyChecking has verified them.
@@ -200,6 +202,7 @@ def test_prepare_root_gives_each_node_its_own_pinned_host_keys(tmp_path: Path) -
         assert authorized.read_text() == key.public.read_text()
         assert authorized.stat().st_mode & 0o777 == 0o600
         assert (root / "etc" / "hostname").read_text() == f"node{index}\n"
+        assert f"127.0.1.1\tnode{index}" in (root / "etc" / "hosts").read_text().splitlines()
     assert (roots[0] / "etc/machine-id").read_text() != (roots[1] / "etc/machine-id").read_text()
 
 

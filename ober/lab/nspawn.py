@@ -398,6 +398,12 @@ def prepare_root(root: Path, name: str, key: LabKey, address: str) -> None:
     # A machine id shared by every node would make them one machine to systemd and journald.
     (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
     (root / "etc" / "hostname").write_text(name + "\n")
+    # Its own name resolves locally, as on an installed Debian (127.0.1.1): the lab has no DNS, and ExaBGP looks
+    # the host's name up at every start (socket.getfqdn), which otherwise waits 5 s for the resolver each time.
+    hosts = root / "etc" / "hosts"
+    text = hosts.read_text() if hosts.exists() else "127.0.0.1\tlocalhost\n"
+    lines = [line for line in text.splitlines() if not line.startswith("127.0.1.1")]
+    hosts.write_text("\n".join([*lines, f"127.0.1.1\t{name}"]) + "\n")
 
 
 def sshd_answers(ns: str, address: str, timeout: float = PROBE_TIMEOUT) -> bool:

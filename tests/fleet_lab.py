@@ -117,7 +117,10 @@ class FleetLab:
         """
         script = (
             "systemctl start ssh.service; rm -rf /var/lib/ober/fleet/roll.json /var/lib/ober/fleet/lock; "
-            "/opt/ober/venv/bin/ober undrain >/dev/null 2>&1; systemctl start ober-http.service ober-bgp.service"
+            "/opt/ober/venv/bin/ober undrain >/dev/null 2>&1; "
+            # A soft stop left waiting for dead flows would hold the start for the unit's whole stop timeout.
+            'if [ "$(systemctl is-active ober-http)" = deactivating ]; then systemctl kill -s KILL ober-http; fi; '
+            "systemctl start --no-block ober-http.service ober-bgp.service"
         )
         for name in self.fleet.nodes:
             # Looked up now: a node's init has another PID after each reboot.

@@ -344,10 +344,11 @@ def test_drain_quiesce_withdraws_at_the_first_moment_no_request_is_in_flight(cli
     assert done.returncode == 0, done.stderr
     quiet = json.loads(done.stdout)["quiesce"]
     assert quiet["in_flight"] == 0
-    # It waited for the download (which had seconds to go), with an idle keep-alive connection open all along,
-    # and the route stayed until the download had ended.
-    assert quiet["waited"] >= download.ended - started - 1.0 > 2.0
-    assert gone >= download.ended - 0.5
+    # It waited while the node was sending the download (seconds of it; an idle keep-alive connection open all
+    # along did not count), and the route stayed all that time. The node is done before curl is: curl's rate
+    # limit leaves the last megabytes acknowledged in the client's receive buffer, which no withdraw can cut.
+    assert quiet["waited"] >= 3.0
+    assert gone - started >= quiet["waited"]
     assert (code, status) == (0, "200")
     idle.close()
     ober(client, "undrain")

@@ -326,6 +326,14 @@ def test_plain_systemctl_stop_is_a_soft_stop_too(client: Client) -> None:
 def test_drain_quiesce_withdraws_at_the_first_moment_no_request_is_in_flight(client: Client) -> None:
     # What `ober fleet restart --full` does before it withdraws a node: a withdraw moves the node's open
     # connections elsewhere (the router re-hashes them), cutting any request in flight on them.
+    try:
+        _quiesce(client)
+    finally:
+        ober(client, "undrain")  # the next test needs the node in service, whatever failed here
+        client.systemd.wait_hops([NODE])
+
+
+def _quiesce(client: Client) -> None:
     systemd = client.systemd
     systemd.wait_hops([NODE])
     idle = keep_alive_connection(client)  # an SDK's pooled connection: not a request in flight, must not hold it up
@@ -362,8 +370,6 @@ def test_drain_quiesce_withdraws_at_the_first_moment_no_request_is_in_flight(cli
     systemd.wait_hops([])
     assert download.process.poll() is None  # withdrawn while it ran (this client's path does not follow BGP)
     assert download.result() == (0, "200")
-    ober(client, "undrain")
-    systemd.wait_hops([NODE])
 
 
 def test_stop_past_the_drain_timeout_cuts_and_says_how_many(client: Client) -> None:

@@ -209,3 +209,19 @@ def test_vips_on_lo_with_networkd(make_config: Callable[..., NodeConfig]) -> Non
     assert not any(f.path.endswith(".netdev") for f in rendered.files)
     with pytest.raises(ConfigError, match=r"VIPs on lo are supported with network\.manager networkd only"):
         make_config(network={"manager": "netplan", "interface": "lo"})
+
+
+def test_no_unit_orders_itself_into_a_cycle_at_boot(make_config: Callable[..., NodeConfig]) -> None:
+    """A path, timer or socket unit comes before basic.target by default, every service after it: one of them
+    ordered after a service is a cycle at boot, which systemd breaks by dropping a job (seen: ober-http's, so a
+    rebooted node did not serve)."""
+    rendered = render_node(make_config(), SECRETS)
+    units = {f.path.rsplit("/", 1)[1]: f.content for f in rendered.files if f.path.startswith("/etc/systemd/system/")}
+    early = [name for name in units if name.endswith((".path", ".timer", ".socket"))]
+    assert "ober-certs.path" in early
+    for name in early:
+        lines = units[name].splitlines()
+        if "DefaultDependencies=no" in lines:
+            continue
+        after = [unit for line in lines if line.startswith("After=") for unit in line.removeprefix("After=").split()]
+        assert [unit for unit in after if unit.endswith(".service")] == [], name

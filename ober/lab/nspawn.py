@@ -398,6 +398,15 @@ def prepare_root(root: Path, name: str, key: LabKey, address: str) -> None:
     # A machine id shared by every node would make them one machine to systemd and journald.
     (root / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
     (root / "etc" / "hostname").write_text(name + "\n")
+    # The lab sets eth0 up from outside (the node's namespace, before boot), so the systemd-networkd that ober's
+    # bootstrap enables for the VIPs manages no link that could come online, and the wait-online service enabled
+    # with it would hold network-online.target (and ober-http after it) for its whole 2-minute timeout at every
+    # boot. Where networkd manages the uplink, it returns once the uplink is up: here, wait for eth0 alone.
+    wait_online = root / "etc" / "systemd" / "system" / "systemd-networkd-wait-online.service.d"
+    wait_online.mkdir(parents=True, exist_ok=True)
+    (wait_online / "ober-lab.conf").write_text(
+        f"[Service]\nExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online --interface={IFNAME}\n"
+    )
     # Its own name resolves locally, as on an installed Debian (127.0.1.1): the lab has no DNS, and ExaBGP looks
     # the host's name up at every start (socket.getfqdn), which otherwise waits 5 s for the resolver each time.
     hosts = root / "etc" / "hosts"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from ober.facts import find_program
 from ober.lab.image import DEFAULT_IMAGE, ensure_image
 from ober.lab.netns import Lab, list_netns, run, run_in
 from ober.lab.nspawn import (
+    SUPERVISOR,
     LabKey,
     NspawnNode,
     boot_node,
@@ -213,6 +216,36 @@ def test_descendants_lists_a_process_tree() -> None:
     finally:
         child.kill()
         child.wait(5)
+
+
+def supervise(tmp_path: Path, script: str) -> subprocess.Popen[str]:
+    """The lab's nspawn supervisor running ``sh -c script`` in ``tmp_path``, its output to ``out``."""
+    argv = [sys.executable, "-I", str(SUPERVISOR), "--", "sh", "-c", script]
+    with (tmp_path / "out").open("w") as out:
+        return subprocess.Popen(argv, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def test_supervisor_starts_the_command_again_after_each_reboot_exit_and_ends_with_another(tmp_path: Path) -> None:
+    # Two "reboots" (exit 133), then an exit that is not one.
+    script = "n=$(($(cat runs 2>/dev/null || echo 0) + 1)); echo $n > runs; [ $n -lt 3 ] && exit 133; exit 7"
+    assert supervise(tmp_path, script).wait(30) == 7
+    assert (tmp_path / "runs").read_text() == "3\n"
+    assert (tmp_path / "out").read_text().count("exited 133 (reboot): starting it again") == 2
+
+
+def test_supervisor_passes_sigterm_on_and_starts_nothing_after(tmp_path: Path) -> None:
+    # The command exits 133 on SIGTERM, as if it rebooted: a stop is still a stop.
+    script = 'trap "echo stopping; exit 133" TERM; touch ready; while :; do sleep 0.05; done'
+    supervisor = supervise(tmp_path, script)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists():
+        assert supervisor.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 133
+    assert (tmp_path / "out").read_text().splitlines() == ["stopping"]
+    usage = subprocess.run([sys.executable, "-I", str(SUPERVISOR), "sh"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
 
 
 def test_wheelhouse_platforms_cover_older_manylinux_tags() -> None:

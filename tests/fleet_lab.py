@@ -123,12 +123,24 @@ class FleetLab:
             "systemctl start --no-block ober-http.service ober-bgp.service"
         )
         for name in self.fleet.nodes:
-            # Looked up now: a node's init has another PID after each reboot.
-            init = str(self.fleet.init_pid(name))
+            init = self.init_pid(name)
+            if init is None:
+                continue  # not running: wait_in_service says so
             subprocess.run(
-                ["nsenter", "-t", init, "-a", "sh", "-c", script], capture_output=True, timeout=120, check=False
+                ["nsenter", "-t", str(init), "-a", "sh", "-c", script], capture_output=True, timeout=120, check=False
             )
         self.wait_in_service()
+
+    def init_pid(self, name: str, timeout: float = IN_SERVICE_TIMEOUT) -> int | None:
+        """The node's init now (another PID after each reboot), waiting (bounded) while it is between two boots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.fleet.init_pid(name)
+            except OberError:
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(HOP_POLL)
 
     def ober(self, *args: str, timeout: float = BOOTSTRAP_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """The real CLI in its own process, as a user runs it."""

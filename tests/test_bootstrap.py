@@ -234,7 +234,11 @@ def test_directories_parents_first_and_a_loose_certs_dir_is_tightened() -> None:
 def test_distribution_unit_and_networkd() -> None:
     steps = plan(host(haproxy_version="3.0.11", haproxy_unit=ON))
     assert commands(steps["haproxy.service"]) == ["systemctl disable --now haproxy.service"]
-    assert commands(steps["network"]) == ["systemctl enable --now systemd-networkd.service"]
+    # ...and its wait-online, which would hold network-online.target (ober-http) 2 minutes at every boot.
+    assert commands(steps["network"]) == [
+        "systemctl enable --now systemd-networkd.service",
+        "systemctl disable systemd-networkd-wait-online.service",
+    ]
     netplan = plan(host(network="netplan"))["network"]
     assert not netplan.actions and "network.manager: netplan" in netplan.why
 

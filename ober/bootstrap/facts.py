@@ -27,6 +27,7 @@ FACT_TIMEOUT = 20.0
 UNITS = ("ober-http", "ober-bgp")
 DISTRO_HAPROXY_UNIT = "haproxy.service"
 NETWORKD_UNIT = "systemd-networkd.service"
+NETWORKD_WAIT_ONLINE = "systemd-networkd-wait-online.service"
 SELINUX_BOOLEAN = "haproxy_connect_any"
 JOURNALD_DROP_INS = "/etc/systemd/journald.conf.d"
 # Where an AWS-LC HAProxy package repository would be configured (relative to the root).

@@ -16,6 +16,7 @@ from ober.bootstrap.facts import (
     DISTRO_HAPROXY_UNIT,
     JOURNALD_DROP_INS,
     NETWORKD_UNIT,
+    NETWORKD_WAIT_ONLINE,
     SELINUX_BOOLEAN,
     Facts,
     HostFacts,
@@ -226,7 +227,19 @@ def _plan_network(host: HostFacts) -> Step:
         return Step("network", title, "systemd-networkd is enabled and running (network.manager: networkd)")
     entry = Entry("service-enabled", NETWORKD_UNIT, enabled=unit.is_enabled, active=unit.is_active)
     why = f"systemd-networkd is {unit.describe()}: enable it to carry the VIPs (network.manager: networkd)"
-    return Step("network", title, why, (Run(("systemctl", "enable", "--now", NETWORKD_UNIT), record=entry),))
+    # Enabling networkd also enables its wait-online service (Also=), which waits for links networkd manages to come
+    # online. Here it manages only the VIPs' interface (it was off: something else runs the uplink), so it would
+    # hold network-online.target, and ober-http after it, for its whole 2-minute timeout at every boot. Uninstall's
+    # disable of networkd disables it again either way.
+    return Step(
+        "network",
+        title,
+        why,
+        (
+            Run(("systemctl", "enable", "--now", NETWORKD_UNIT), record=entry),
+            Run(("systemctl", "disable", NETWORKD_WAIT_ONLINE), may_fail=True),
+        ),
+    )
 
 
 def _plan_selinux(host: HostFacts) -> Step:

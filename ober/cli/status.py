@@ -63,8 +63,8 @@ def _show(out: Output, data: dict[str, Any]) -> None:
         return
     out.print(f"HAProxy: {haproxy['sessions']} client sessions")
     servers = Table(title="backends")
-    for column in ("backend", "servers up"):
+    for column in ("backend", "servers up", "requests in flight"):
         servers.add_column(column)
     for name, state in haproxy["backends"].items():
-        servers.add_row(name, f"{state['up']}/{state['servers']}")
+        servers.add_row(name, f"{state['up']}/{state['servers']}", str(state.get("in_flight", "-")))
     out.table(servers)

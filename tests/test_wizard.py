@@ -361,8 +361,8 @@ class Terminal:
         self.process = subprocess.Popen(
             argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True, close_fds=True
         )
-        # Kept open to see whether the program has read what was typed (TIOCINQ on the slave side).
-        self.slave = slave
+        os.close(slave)
+        self.switches = -1  # the program's voluntary context switches when the last key was typed
         self.screen = ""
         self.seen = 0
         self.log = log
@@ -401,34 +401,33 @@ class Terminal:
         """Type ``keys``, each once the program waits for it.
 
         readchar sets the terminal up with TCSAFLUSH before each key, which throws away whatever was typed before
-        it asked: a fast typist (this test) must wait until the program blocks reading the terminal.
+        it asked: a fast typist (this test) must wait until the program blocks reading the terminal for *this* key.
+        A reader woken by the previous key still shows read(0, ...) in /proc until it runs, so "blocked in read"
+        alone is not enough (CI lost keys that way twice): it must also have blocked again since that key was
+        typed, which its voluntary context switch count tells.
         """
         for key in keys:
             self._wait_reading()
+            self.switches = self._switches()
             os.write(self.master, key.encode())
-            self._wait_consumed()
 
-    def _wait_consumed(self, timeout: float = 20.0) -> None:
-        # A woken reader still shows read(0, ...) in /proc until it runs: the next key must wait until this one
-        # has left the terminal's input queue, or readchar's TCSAFLUSH may throw it away (seen on a loaded machine).
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            queued = struct.unpack("i", fcntl.ioctl(self.slave, termios.TIOCINQ, b"\0\0\0\0"))[0]
-            if queued == 0:
-                return
-            self._read(0.001)
-        if self.process.poll() is None:
-            raise AssertionError(f"the program did not read a key; the screen ends with:\n{self.screen[-1500:]}")
+    def _switches(self) -> int:
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0
+        return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt")), 0)
 
     def _wait_reading(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         syscall = Path(f"/proc/{self.process.pid}/syscall")
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if syscall.read_text().split()[:2] == [READ_SYSCALL, "0x0"]:  # read(0, ...)
-                    return
+                reading = syscall.read_text().split()[:2] == [READ_SYSCALL, "0x0"]  # read(0, ...)
             except OSError:
-                pass
+                reading = False
+            if reading and self._switches() > self.switches:
+                return
             self._read(0.001)
         raise AssertionError(f"the program is not waiting for a key; the screen ends with:\n{self.screen[-1500:]}")
 
@@ -448,7 +447,6 @@ class Terminal:
             self.process.wait(5)
         self._read(0.2)
         os.close(self.master)
-        os.close(self.slave)
         return int(self.process.returncode)
 
 

@@ -436,7 +436,9 @@ GR_VIP, GR_NODE = "198.51.100.10", "100.64.0.11"
 def exabgp_config(directory: Path, graceful_restart: int) -> Path:
     """A node's ExaBGP announcing the VIP, with or without the graceful-restart capability."""
     announce = directory / "announce.sh"
-    announce.write_text(f"#!/bin/sh\necho 'announce route {GR_VIP}/32 next-hop self'\nexec cat >/dev/null\n")
+    # Reads what ExaBGP sends and keeps its stdout open: `exec cat >/dev/null` closed it, ExaBGP took the hang-up
+    # for a dead helper and respawned it until "Too many death" stopped the daemon (when it saw the hang-up alone).
+    announce.write_text(f"#!/bin/sh\necho 'announce route {GR_VIP}/32 next-hop self'\nwhile read -r _; do :; done\n")
     announce.chmod(0o755)
     capability = f"graceful-restart {graceful_restart};" if graceful_restart else ""
     config = directory / "exabgp.conf"

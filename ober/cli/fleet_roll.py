@@ -85,10 +85,9 @@ def restart_cmd(
     parallel: int | None,
 ) -> None:
     """Restart ober's services node by node, each in the least disruptive way it allows (see --dry-run)."""
-    modes = [flag for flag, on in (("--full", full), ("--reload", reload_only), ("--reboot", reboot)) if on]
-    if len(modes) > 1:
-        raise OberError(f"{modes[0]} and {modes[1]} contradict each other", "choose one")
     request = Request(Operation.RESTART, full=full, reload_only=reload_only, reboot=reboot)
+    if len(request.modes) > 1:
+        raise OberError(f"{request.modes[0]} and {request.modes[1]} contradict each other", "choose one")
     options = Options(
         settle=settle,
         drain_timeout=drain_timeout,

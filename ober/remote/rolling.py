@@ -104,11 +104,15 @@ class Request:
     reinstall: bool = False
 
     @property
+    def modes(self) -> list[str]:
+        """The mode flags asked for (``--full``, ``--reload``, ``--reboot``): at most one makes sense."""
+        modes = (("--full", self.full), ("--reload", self.reload_only), ("--reboot", self.reboot))
+        return [flag for flag, on in modes if on]
+
+    @property
     def kind(self) -> str:
         """The operation with its mode flags (``restart --full``): only a roll of the same kind is resumed."""
-        modes = (("--full", self.full), ("--reload", self.reload_only), ("--reboot", self.reboot))
-        flags = [flag for flag, on in modes if on]
-        return " ".join([self.operation.value, *flags])
+        return " ".join([self.operation.value, *self.modes])
 
 
 @dataclass(frozen=True)
@@ -144,9 +148,9 @@ class Plan:
         return [step for step in self.steps if step.klass is not StepClass.SKIP]
 
 
-# Components whose new code only runs after ExaBGP / ober health restart; HAProxy's only needs a reload.
+# Components whose new code only runs after ExaBGP / ober health restart; any other (HAProxy, its package) only
+# needs a reload.
 RESTART_COMPONENTS = ("ober", "exabgp")
-RELOAD_COMPONENTS = ("haproxy", "haproxy_package")
 
 
 def changes_for(request: Request, node: NodeFacts) -> dict[str, tuple[str | None, str | None]]:

@@ -159,8 +159,11 @@ class Installer:
             argv += ["-o", "Dpkg::Options::=--force-confold", "--no-install-recommends", remote]
         else:
             argv = ["dnf", "install", "-y", "-q", remote]
-        ops.run(argv, f"install {package.path.name}", PIP_TIMEOUT)
-        ops.run(["rm", "-f", remote], "remove the package file")
+        try:
+            ops.run(argv, f"install {package.path.name}", PIP_TIMEOUT)
+        finally:
+            # Not left behind on the node, whether the install worked or not.
+            ops.conn.run(["rm", "-f", remote], ops.options.command_timeout)
         found = ops.run(["sh", "-c", _PACKAGE_VERSION], "read the HAProxy package's version")
         if found.stdout.strip() != package.version:
             have = found.stdout.strip() or "none"

@@ -133,7 +133,7 @@ def configure(
     done: list[str] = []
 
     def reload() -> None:
-        done[:] = run_actions(actions)
+        done[:] = run_actions(actions, config)
 
     def verify() -> None:
         if "reload ober-http" in done:  # a stopped HAProxy is not reloaded, so there is nothing to verify

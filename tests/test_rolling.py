@@ -16,7 +16,7 @@ import pytest
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.haproxy_runtime import BackendState, Snapshot
-from ober.healthd import HealthLoop, Pipe
+from ober.healthd import HealthLoop, Pipe, Seen
 from ober.remote.lock import FleetLock, Holder, break_lock, holders
 from ober.remote.roll import Options, Roll, RollReport
 from ober.remote.rolling import (
@@ -257,7 +257,7 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
         config,
         list(config.vips),
         Pipe(out, io.StringIO()),
-        lambda: Snapshot({name: BackendState(2, n) for name, n in up.items()}, {}),
+        lambda: Seen(Snapshot({name: BackendState(2, n) for name, n in up.items()}, {})),
         lambda: next(clock),
     )
     sent: list[str] = []
@@ -266,7 +266,12 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
         sent += out.getvalue().splitlines()
         out.seek(0)
         out.truncate()
-    assert sent == ["announce route 198.51.100.10/32 next-hop self", "announce eor ipv4 unicast"]
+    # s3-b's withdraw: a new helper cannot know what ExaBGP still announces for it, so "down" is said out loud.
+    assert sent == [
+        "withdraw route 198.51.100.20/32 next-hop self",
+        "announce route 198.51.100.10/32 next-hop self",
+        "announce eor ipv4 unicast",
+    ]
     exabgp_conf = "/opt/ober/etc/exabgp.conf"
     assert "manual-eor true;" in render_node(config, SECRETS).file(exabgp_conf).content
     no_gr = make_config(bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1"})

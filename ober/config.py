@@ -97,10 +97,10 @@ class HealthCheck:
     def fastinter(self) -> float:
         """Seconds between checks once a server is in transition (a check failed, or live traffic saw an error).
 
-        A quarter of ``interval``: a dead RGW is marked down ``fall`` quick checks after the first failure, not
+        A fifth of ``interval``: a dead RGW is marked down ``fall`` quick checks after the first failure, not
         ``fall`` whole intervals (with the defaults about 1 s instead of 2-3 s).
         """
-        return max(0.1, round(self.interval / 4, 3))
+        return max(0.1, round(self.interval / 5, 3))
 
 
 @dataclass(frozen=True)

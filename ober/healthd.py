@@ -90,14 +90,28 @@ def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
 
     def read() -> Seen:
         config = current()
+        where = paths(config)
+        # The master first: after it died, a worker systemd has not killed yet may still answer `show stat`.
+        if not running(Path(where["pid_file"])):
+            return Seen(None, gone=True)
         try:
-            return Seen(snapshot(paths(config)["admin_socket"], config.health.timeout))
+            return Seen(snapshot(where["admin_socket"], config.health.timeout))
         except HAProxyGone:
             return Seen(None, gone=True)
         except OberError:
-            return Seen(None)
+            return Seen(None)  # running but no usable answer in time: a doubtful check
 
     return read
+
+
+def running(pid_file: Path) -> bool:
+    """Whether the process named in ``pid_file`` exists (a missing or unreadable file: no)."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError) as exc:
+        return isinstance(exc, PermissionError)  # it exists, it is just not ours to signal
+    return True
 
 
 def servable(vip: Vip, seen: Snapshot | None) -> bool:

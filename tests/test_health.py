@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import os
+import socket
 import subprocess
 import threading
 import time
@@ -17,7 +19,7 @@ import yaml
 from ober.config import DrainPolicy, NodeConfig
 from ober.haproxy_runtime import BackendState, Snapshot, parse_show_stat
 from ober.health import UNKNOWN, Action, Observation, Rules, State, VipState, command, step
-from ober.healthd import ConfigSource, HealthLoop, Pipe, Seen, servable, watch_pid
+from ober.healthd import ConfigSource, HealthLoop, Pipe, Seen, observe_haproxy, running, servable, watch_pid
 
 RULES = Rules(rise=2, fall=3)
 UP = VipState(State.UP, 0, Action.ANNOUNCE, 0.0)
@@ -359,3 +361,33 @@ def test_watch_pid_wakes_the_loop_the_moment_haproxy_exits(tmp_path: Path) -> No
     finally:
         child.kill()
         child.wait()
+
+
+def test_running_tells_a_dead_master_from_a_live_one(tmp_path: Path) -> None:
+    pid_file = tmp_path / "haproxy.pid"
+    assert not running(pid_file)  # no file: no HAProxy
+    child = subprocess.Popen(["sleep", "60"])
+    pid_file.write_text(f"{child.pid}\n")
+    assert running(pid_file)
+    child.kill()
+    child.wait()
+    assert not running(pid_file)
+    pid_file.write_text("garbage\n")
+    assert not running(pid_file)
+
+
+def test_observe_says_gone_when_the_master_is_not_running(
+    make_config: Callable[..., NodeConfig], tmp_path: Path
+) -> None:
+    config = make_config(install_path=str(tmp_path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    observe = observe_haproxy(lambda: config)
+    assert observe() == Seen(None, gone=True)  # no pid file: no HAProxy
+    (run_dir / "haproxy.pid").write_text(f"{os.getpid()}\n")  # a live master, but no runtime socket
+    assert observe() == Seen(None, gone=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(run_dir / "haproxy.sock"))
+        server.listen(1)  # accepts, never answers: a busy HAProxy, a doubtful check
+        config = make_config(install_path=str(tmp_path), health={"timeout": "100ms"})
+        assert observe() == Seen(None, gone=False)

@@ -36,11 +36,13 @@ from tests.conftest import SECRETS
 
 RESTART = Request(Operation.RESTART)
 GR = 120
+ROUTER = "100.64.0.1"
 V1 = {"ober": "0.1.0", "exabgp": "5.0.15", "haproxy": "3.0.11"}
 
 
 def node(name: str, **kw: object) -> NodeFacts:
     kw.setdefault("graceful_restart", GR)
+    kw.setdefault("negotiated", {ROUTER: True})
     kw.setdefault("versions", V1)
     return NodeFacts(name, **kw)  # type: ignore[arg-type]
 

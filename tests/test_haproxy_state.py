@@ -203,3 +203,24 @@ def test_graceful_restart_unknown_before_the_routers_open() -> None:
 def test_a_neighbor_list_without_capabilities_is_an_error() -> None:
     with pytest.raises(OberError, match="neighbor list was not understood"):
         parse_graceful_restart('[{"peer": {"address": "100.64.0.1"}}]')
+
+
+# --- what `ober config` prints --------------------------------------------------------------------------------
+
+
+def test_ober_config_reports_degraded_in_json_and_warns_in_human_output(capsys: pytest.CaptureFixture[str]) -> None:
+    from ober.apply import Change
+    from ober.cli.config import report
+    from ober.cli.output import Output
+    from ober.configure import Outcome
+    from ober.render import RenderedFile
+
+    problem = "backend ceph-a server rgw2: rgw2.invalid does not resolve; HAProxy keeps it in maintenance"
+    change = Change("/opt/ober/etc/haproxy.cfg", "old\n", RenderedFile("/opt/ober/etc/haproxy.cfg", "new\n", 0o644))
+    outcome = Outcome([change], ["reload ober-http"], Path("/opt/ober/backup/1"), False, True, [problem])
+    report(Output.create(as_json=True), outcome)
+    assert json.loads(capsys.readouterr().out)["degraded"] == [problem]
+    report(Output.create(), outcome)
+    captured = capsys.readouterr()
+    assert f"warning: degraded: {problem}" in " ".join(captured.err.split())
+    assert "but HAProxy serves degraded" in captured.out

@@ -540,3 +540,101 @@ def test_undrain_waits_until_each_node_is_live(monkeypatch: pytest.MonkeyPatch) 
     steps = undrain(EXAMPLE, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
     assert [(s.node, s.ok, s.facts["live"]) for s in steps] == [("node01", True, True), ("node02", True, True)]
     assert drained == set()
+
+
+# --- a node that serves degraded after a push (issue 9 item 5) ---------------------------------------------------
+
+UNRESOLVED = "backend ceph-a server rgw2: rgw2.invalid does not resolve; HAProxy keeps it in maintenance"
+
+
+def degraded_answer(*problems: str) -> Result:
+    answer = {"dry_run": False, "changes": [{"path": "/opt/ober/etc/haproxy.cfg", "change": "update"}]}
+    return Result(0, json.dumps({**answer, "actions": ["reload ober-http"], "degraded": list(problems)}), "")
+
+
+def test_a_push_that_leaves_the_node_degraded_fails_naming_the_node_and_the_problem() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, degraded_answer(UNRESOLVED))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None)
+    assert not result.ok
+    assert result.error == f"node01: applied, but HAProxy serves degraded: {UNRESOLVED}"
+    assert "--allow-degraded" in (result.fix or "")
+    assert result.to_dict()["degraded"] == [UNRESOLVED]
+    # Applied all the same (the node validated and reloaded it): the secrets went into place with it.
+    assert any(argv[0] == "mv" for argv in node.ran)
+
+
+def test_allow_degraded_makes_it_a_success_that_still_lists_the_problems() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, degraded_answer(UNRESOLVED, "HAProxy WARNING: something else"))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None, allow_degraded=True)
+    assert result.ok and result.degraded == [UNRESOLVED, "HAProxy WARNING: something else"]
+
+
+def test_an_older_node_that_does_not_report_degraded_is_not_failed_for_it() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, Result(0, json.dumps({"dry_run": False, "changes": [], "actions": []}), ""))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None)
+    assert result.ok and result.degraded == []
+
+
+def test_a_degraded_answer_that_is_not_a_list_is_a_failure_not_a_crash() -> None:
+    from ober.remote.push import push_node
+
+    answer = Result(0, json.dumps({"dry_run": False, "changes": [], "actions": [], "degraded": "x"}), "")
+    result = push_node(FakeNode({}, answer), NODE, SECRET_VALUES, dry_run=False)
+    assert not result.ok and "answered something unexpected" in (result.error or "")
+
+
+def test_fleet_push_cli_stops_at_a_degraded_node_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """`ober fleet push` exits 1 naming the node and problem; with --allow-degraded it succeeds and warns."""
+    from ober.cli import main
+    from ober.remote import fleetops
+    from ober.remote.push import PushResult, refuse_degraded
+
+    def push(*_args: Any, allow_degraded: bool = False, **_kw: Any) -> list[PushResult]:
+        return [refuse_degraded(PushResult("node01", True, False, degraded=[UNRESOLVED]), allow_degraded)]
+
+    monkeypatch.setattr(fleetops, "push", push)
+    secrets = tmp_path / "login"
+    secrets.write_text(yaml.safe_dump(SECRET_VALUES))
+    secrets.chmod(0o600)
+    argv = ["fleet", "push", "-i", str(REPO / "inventory" / "example.yaml"), "--secrets", str(secrets), "node01"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "push stopped at node01: applied, but HAProxy serves degraded: backend ceph-a server rgw2" in err
+    assert main(["--json", *argv, "--allow-degraded"]) == 0
+    assert json.loads(capsys.readouterr().out)["nodes"][0]["degraded"] == [UNRESOLVED]
+
+
+def test_status_carries_degraded_and_graceful_restart_to_the_fleet() -> None:
+    doc = status_doc()
+    doc["degraded"] = [UNRESOLVED]
+    doc["bgp"]["graceful_restart"] = {"198.51.100.1": True, "198.51.100.2": False}
+    view = ask(doc)
+    assert view.degraded == (UNRESOLVED,) and view.healthy  # it serves: degraded is said, not a failure
+    assert view.graceful_restart == {"198.51.100.1": True, "198.51.100.2": False}
+    assert view.to_dict()["degraded"] == [UNRESOLVED]
+    assert ask(status_doc()).graceful_restart is None  # an older ober on the node does not say
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("degraded", "not a list", "degraded is not a list of lines"),
+        ("graceful_restart", {"198.51.100.1": "yes"}, "bgp.graceful_restart holds something"),
+    ],
+)
+def test_malformed_degraded_or_graceful_restart_is_a_node_error(key: str, value: object, words: str) -> None:
+    doc = status_doc()
+    if key == "degraded":
+        doc[key] = value
+    else:
+        doc["bgp"][key] = value
+    view = ask(doc)
+    assert view.error is not None and words in view.error

@@ -131,8 +131,15 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
         drained,
         "-" if view.sessions is None else str(view.sessions),
         drift_text,
-        f"[red]{escape(problems)}[/]" if problems else "[green]ok[/]",
+        _problems_cell(problems, view.degraded),
     ]
+
+
+def _problems_cell(problems: str, degraded: Sequence[str]) -> str:
+    """Problems in red; a node serving degraded in yellow (it serves, with less than its config says)."""
+    parts = [f"[red]{escape(problems)}[/]"] if problems else []
+    parts += [f"[yellow]degraded: {escape(line)}[/]" for line in degraded]
+    return "; ".join(parts) or "[green]ok[/]"
 
 
 drain_options = [
@@ -298,11 +305,20 @@ def diff_cmd(
     _fail_if(out, bool(failed))
 
 
+allow_degraded_option = click.option(
+    "--allow-degraded",
+    is_flag=True,
+    help="A node whose HAProxy serves less than its config (a server left out or down, a startup alert) is a "
+    "warning, not a failure that stops here.",
+)
+
+
 @click.command("push")
 @inventory_option
 @targets_argument
 @secrets_option
 @click.option("--dry-run", is_flag=True, help="Let each node check the new config and list its changes; apply nothing.")
+@allow_degraded_option
 @ssh_options
 @json_option
 @click.pass_obj
@@ -312,17 +328,25 @@ def push_cmd(
     targets: str | None,
     secrets_path: Path | None,
     dry_run: bool,
+    allow_degraded: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
     """Apply the rendered config node by node (validated, reloaded hitlessly, verified, rolled back on failure).
 
-    Stops at the first node that fails; the nodes after it are untouched. Nodes stay in the ECMP set.
+    Stops at the first node that fails, or whose HAProxy then serves degraded (unless --allow-degraded); the nodes
+    after it are untouched. Nodes stay in the ECMP set.
     """
     inventory, nodes = _load(inventory_path, targets)
     secrets = load_secrets(secrets_path, required=any(n.config.secret_names() for n in nodes))
     results = fleetops.push(
-        inventory, nodes, secrets, dry_run=dry_run, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
+        inventory,
+        nodes,
+        secrets,
+        dry_run=dry_run,
+        accept_new_host_keys=accept_new_host_keys,
+        progress=_progress(out),
+        allow_degraded=allow_degraded,
     )
     _report_pushes(out, results, len(nodes))
 
@@ -339,7 +363,10 @@ def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
         what = _changes(r.changes)
         done = "would change" if r.dry_run else "changed"
         actions = f"; {', '.join(r.actions)}" if r.actions else ""
-        out.print(f"[green]✓[/] {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+        mark = "[yellow]![/]" if r.degraded else "[green]✓[/]"
+        out.print(f"{mark} {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+        for problem in r.degraded:  # allowed (--allow-degraded), still said
+            out.warn(f"{r.node}: degraded: {problem}")
     if failed:
         left = total - len(results)
         raise OberError(
@@ -366,6 +393,7 @@ def _changes(changes: list[dict[str, str]]) -> str:
 @click.option("--routers", default=None, metavar="HOSTLIST", help="BGP routers [default: the inventory's].")
 @click.option("--frontend-http", default=None, metavar="HOSTLIST", help="S3 clients [default: the inventory's].")
 @click.option("--backend-http", default=None, metavar="HOSTLIST", help="Monitoring hosts [default: the inventory's].")
+@allow_degraded_option
 @ssh_options
 @json_option
 @click.pass_obj
@@ -376,6 +404,7 @@ def sync_cmd(
     routers: str | None,
     frontend_http: str | None,
     backend_http: str | None,
+    allow_degraded: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
@@ -392,7 +421,12 @@ def sync_cmd(
             "whitelists given on the command line: put them in the inventory too, or 'ober fleet push' reverts them"
         )
     results = fleetops.sync(
-        inventory, nodes, overrides, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
+        inventory,
+        nodes,
+        overrides,
+        accept_new_host_keys=accept_new_host_keys,
+        progress=_progress(out),
+        allow_degraded=allow_degraded,
     )
     _report_pushes(out, results, len(nodes))
 

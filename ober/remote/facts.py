@@ -62,6 +62,10 @@ class NodeView:
     """VIP → ``ober health`` state (``up``, ``down``, ``disabled``…)."""
     health_stale: bool | None = None
     """True when ``ober health`` stopped publishing; None when it never did."""
+    degraded: tuple[str, ...] = ()
+    """How the node's HAProxy serves less than its config (servers left out or down, startup alerts)."""
+    graceful_restart: dict[str, bool | None] | None = None
+    """Neighbor → graceful restart negotiated with it (None inside: no OPEN yet); None: the node did not say."""
 
     @property
     def live(self) -> bool:
@@ -114,6 +118,8 @@ class NodeView:
             "haproxy_running": self.haproxy_running,
             "health": self.health,
             "health_stale": self.health_stale,
+            "degraded": list(self.degraded),
+            "graceful_restart": self.graceful_restart,
         }
 
 
@@ -218,7 +224,27 @@ def parse_status(node: InventoryNode, data: object) -> NodeView:
         haproxy_running=running,
         health=_health(top.get("health")),
         health_stale=_stale(top.get("health")),
+        degraded=_degraded(top.get("degraded", [])),
+        graceful_restart=_graceful(bgp.get("graceful_restart")),
     )
+
+
+MAX_PROBLEMS, MAX_PROBLEM = 50, 300
+
+
+def _degraded(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+        raise BadStatus("malformed ober status: degraded is not a list of lines")
+    return tuple(line[:MAX_PROBLEM] for line in value[:MAX_PROBLEMS])
+
+
+def _graceful(value: object) -> dict[str, bool | None] | None:
+    if value is None:
+        return None  # an ober on the node that does not report it
+    data = _mapping(value, "bgp.graceful_restart")
+    if not all(item is None or isinstance(item, bool) for item in data.values()):
+        raise BadStatus("malformed ober status: bgp.graceful_restart holds something that is not true/false/null")
+    return dict(data)
 
 
 def _drained(value: object) -> Drained | None:

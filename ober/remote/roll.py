@@ -45,6 +45,8 @@ QUIESCE = 10.0
 RESTART_CUT = 5.0
 """Seconds a withdrawn node's restart lets connections left after the drain finish before cutting them."""
 POLL = 0.5
+DEGRADED_GRACE = 10.0
+"""Seconds a verified node may serve degraded (a server still coming up) before its step fails for it."""
 
 _WRITE_RECORD = """set -u
 mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/roll.json"
@@ -73,6 +75,8 @@ class Options:
     """A rebooted node must answer SSH from its new boot within this long, or the roll stops there."""
     state_dir: str = STATE_DIR
     dry_run: bool = False
+    allow_degraded: bool = False
+    """A node whose HAProxy serves degraded after its step (``ober status``'s ``degraded``) does not stop the roll."""
 
 
 @dataclass
@@ -202,6 +206,7 @@ class NodeOps:
         is still wrong at the deadline.
         """
         deadline = time.monotonic() + self.options.verify_timeout
+        degraded_since: float | None = None
         while True:
             seen = self.view()
             problems = seen.problems()
@@ -209,6 +214,16 @@ class NodeOps:
                 problems = problems or ["VIPs not announced yet"]
             if not problems and self.options.probe:
                 problems = probe_vips(self.conn, self.node.config)
+            if not problems and seen.degraded and not self.options.allow_degraded:
+                # It serves, with less than its config says: give a server coming up a moment, not the whole
+                # verify timeout (a name that does not resolve never will).
+                degraded_since = degraded_since if degraded_since is not None else time.monotonic()
+                if time.monotonic() - degraded_since >= DEGRADED_GRACE:
+                    raise StepFailed(
+                        f"verify: HAProxy serves degraded: {'; '.join(seen.degraded)}",
+                        "fix it (ober fleet status), or pass --allow-degraded to roll on anyway",
+                    )
+                problems = [f"degraded: {line}" for line in seen.degraded]
             if not problems:
                 return seen
             if time.monotonic() >= deadline or not seen.reachable:
@@ -254,9 +269,17 @@ def facts_for(node: InventoryNode, view: NodeView, record: dict[str, object] | N
         drained=drained is not None,
         drained_by_roll=drained is not None and drained.reason.startswith(ROLL_REASON),
         graceful_restart=node.config.bgp.graceful_restart,
+        negotiated=_negotiated(view),
         versions=view.versions,
         done=bool(record and roll_id and record.get("id") == roll_id and record.get("done")),
     )
+
+
+def _negotiated(view: NodeView) -> dict[str, bool | None] | None:
+    """Graceful restart per *established* session (what the routers agreed to); None when the node did not say."""
+    if view.graceful_restart is None:
+        return None
+    return {peer: view.graceful_restart.get(peer) for peer, state in view.bgp.items() if state == "established"}
 
 
 class Roll:

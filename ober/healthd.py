@@ -105,13 +105,19 @@ def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
 
 
 def running(pid_file: Path) -> bool:
-    """Whether the process named in ``pid_file`` exists (a missing or unreadable file: no)."""
+    """Whether the process named in ``pid_file`` runs (a missing or unreadable file: no; an unreaped zombie: no).
+
+    A killed master is a zombie until systemd reaps it, and signal 0 still reaches a zombie: the loop, woken by
+    the pidfd at the exit itself, would see a "live" master and a worker still answering for one more interval.
+    """
     try:
         pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError) as exc:
-        return isinstance(exc, PermissionError)  # it exists, it is just not ours to signal
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError, IndexError):
+        return False
+    # The state letter follows the command name in parentheses (which may itself hold spaces or parentheses).
+    state = stat.rpartition(")")[2].split()[:1]
+    return state not in (["Z"], ["X"], [])
 
 
 def servable(vip: Vip, seen: Snapshot | None) -> bool:

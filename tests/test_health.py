@@ -391,3 +391,17 @@ def test_observe_says_gone_when_the_master_is_not_running(
         server.listen(1)  # accepts, never answers: a busy HAProxy, a doubtful check
         config = make_config(install_path=str(tmp_path), health={"timeout": "100ms"})
         assert observe() == Seen(None, gone=False)
+
+
+def test_running_counts_an_unreaped_zombie_as_gone(tmp_path: Path) -> None:
+    # A child we do not reap yet: dead, but still in the process table (as HAProxy's master is until systemd reaps).
+    child = subprocess.Popen(["true"])
+    pid_file = tmp_path / "haproxy.pid"
+    pid_file.write_text(f"{child.pid}\n")
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(child.pid, 0)  # signal 0 still "reaches" it
+    assert not running(pid_file)
+    child.wait()

@@ -92,7 +92,7 @@ def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
         config = current()
         where = paths(config)
         # The master first: after it died, a worker systemd has not killed yet may still answer `show stat`.
-        if not running(Path(where["pid_file"])):
+        if running(Path(where["pid_file"])) is False:
             return Seen(None, gone=True)
         try:
             return Seen(snapshot(where["admin_socket"], config.health.timeout))
@@ -104,16 +104,20 @@ def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
     return read
 
 
-def running(pid_file: Path) -> bool:
-    """Whether the process named in ``pid_file`` runs (a missing or unreadable file: no; an unreaped zombie: no).
+def running(pid_file: Path) -> bool | None:
+    """Whether the process named in ``pid_file`` runs; None without a readable pid file (the socket decides then).
 
-    A killed master is a zombie until systemd reaps it, and signal 0 still reaches a zombie: the loop, woken by
-    the pidfd at the exit itself, would see a "live" master and a worker still answering for one more interval.
+    An unreaped zombie does not run: a killed master is one until systemd reaps it, and signal 0 still reaches a
+    zombie, so the loop, woken by the pidfd at the exit itself, would see a "live" master and a worker still
+    answering for one more interval.
     """
     try:
         pid = int(pid_file.read_text().split()[0])
-        stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError, IndexError):
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
     # The state letter follows the command name in parentheses (which may itself hold spaces or parentheses).
     state = stat.rpartition(")")[2].split()[:1]

@@ -365,15 +365,15 @@ def test_watch_pid_wakes_the_loop_the_moment_haproxy_exits(tmp_path: Path) -> No
 
 def test_running_tells_a_dead_master_from_a_live_one(tmp_path: Path) -> None:
     pid_file = tmp_path / "haproxy.pid"
-    assert not running(pid_file)  # no file: no HAProxy
+    assert running(pid_file) is None  # no file: the runtime socket decides
     child = subprocess.Popen(["sleep", "60"])
     pid_file.write_text(f"{child.pid}\n")
     assert running(pid_file)
     child.kill()
     child.wait()
-    assert not running(pid_file)
+    assert running(pid_file) is False
     pid_file.write_text("garbage\n")
-    assert not running(pid_file)
+    assert running(pid_file) is None
 
 
 def test_observe_says_gone_when_the_master_is_not_running(
@@ -383,7 +383,9 @@ def test_observe_says_gone_when_the_master_is_not_running(
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     observe = observe_haproxy(lambda: config)
-    assert observe() == Seen(None, gone=True)  # no pid file: no HAProxy
+    assert observe() == Seen(None, gone=True)  # no pid file and no socket: no HAProxy
+    (run_dir / "haproxy.pid").write_text("999999999\n")  # a master that is not running
+    assert observe() == Seen(None, gone=True)
     (run_dir / "haproxy.pid").write_text(f"{os.getpid()}\n")  # a live master, but no runtime socket
     assert observe() == Seen(None, gone=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
@@ -403,5 +405,5 @@ def test_running_counts_an_unreaped_zombie_as_gone(tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     os.kill(child.pid, 0)  # signal 0 still "reaches" it
-    assert not running(pid_file)
+    assert running(pid_file) is False
     child.wait()

@@ -21,6 +21,7 @@ from ober.lab import failover, faults
 from ober.lab.demo import load_client
 from ober.lab.faults import RouteLog, with_, without
 from ober.lab.labstate import Proc
+from ober.lab.s3load import LoadResult, S3Load
 from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (registers the fixture fleet_lab)
 
 pytestmark = pytest.mark.lab
@@ -44,6 +45,25 @@ def log(fleet_lab: FleetLab) -> Iterator[RouteLog]:
                 failover.wait_whole(fleet_lab.fleet, route, timeout=30.0)
             except Exception:
                 fleet_lab.restore()
+
+
+@pytest.fixture
+def load(fleet_lab: FleetLab, tmp_path: Path) -> Iterator[S3Load]:
+    """A boto3 client on VIP A over TLS (4 workers, uploads and downloads) for the whole test."""
+    client = load_client(fleet_lab.fleet, tmp_path / "load").start()
+    try:
+        time.sleep(1)  # requests in flight on every node before the accident
+        yield client
+    finally:
+        if client.process is not None:
+            client.stop()
+
+
+def _finished(client: S3Load) -> LoadResult:
+    time.sleep(1)
+    seen = client.stop()
+    assert seen.sent > 0, "the S3 client made no request"
+    return seen
 
 
 def _established(fleet_lab: FleetLab, node: str) -> bool:
@@ -74,9 +94,13 @@ def test_a_dead_haproxy_leaves_the_router_at_once_under_graceful_restart_and_com
     assert seen.failed <= WORKERS, seen.errors
 
 
-def test_an_oom_killed_haproxy_worker_is_withdrawn_and_comes_back(fleet_lab: FleetLab, log: RouteLog) -> None:
+def test_an_oom_killed_haproxy_worker_is_withdrawn_and_comes_back(
+    fleet_lab: FleetLab, log: RouteLog, load: S3Load
+) -> None:
     measured = failover.haproxy_oom(fleet_lab.fleet, log, "node02")
-    print(f"HAProxy worker killed: {measured.seconds}")
+    seen = _finished(load)
+    print(f"HAProxy worker killed: {measured.seconds}; client: {seen.line()}")
+    assert seen.failed <= WORKERS, seen.errors
     assert measured.seconds["gone"] is not None and measured.seconds["gone"] < HOLD_TIME
     assert measured.seconds["back"] is not None
     assert _established(fleet_lab, "node02")
@@ -96,18 +120,21 @@ def test_a_dead_rgw_group_withdraws_only_its_vip_on_every_node(
 
 
 def test_a_killed_health_helper_keeps_a_serving_node_and_withdraws_a_drained_one(
-    fleet_lab: FleetLab, log: RouteLog
+    fleet_lab: FleetLab, log: RouteLog, load: S3Load
 ) -> None:
     """Item 4: ExaBGP keeps the routes of a helper that died and starts a new one, which knows nothing of them."""
     kept = failover.health_killed(fleet_lab.fleet, log, "node03")
     assert kept.facts["route kept"] is True
+    assert _finished(load).failed == 0  # a helper's death alone costs the client nothing
     drained = failover.health_killed_drained(fleet_lab.fleet, log, "node03")
     print(f"health killed: healthy node {kept.facts}; drained behind its back: {drained.seconds}")
     assert drained.seconds["withdrawn"] is not None, "a drained node kept its route after its helper was killed"
     assert drained.seconds["back after undrain"] is not None
 
 
-def test_a_killed_exabgp_under_graceful_restart_keeps_a_serving_node(fleet_lab: FleetLab, log: RouteLog) -> None:
+def test_a_killed_exabgp_under_graceful_restart_keeps_a_serving_node(
+    fleet_lab: FleetLab, log: RouteLog, load: S3Load
+) -> None:
     """What graceful restart is for: ExaBGP dies, HAProxy serves; the router keeps the route and the new ExaBGP
     takes it over (End-of-RIB once ober health decided)."""
     node = "node04"
@@ -116,19 +143,25 @@ def test_a_killed_exabgp_under_graceful_restart_keeps_a_serving_node(fleet_lab: 
     after = fleet_lab.run_on(node, "systemctl show -p MainPID --value ober-bgp").strip()
     assert measured.facts["route kept"] is True, measured.seconds
     assert after != before and _established(fleet_lab, node)
+    assert _finished(load).failed == 0  # the ECMP set never changed
 
 
-def test_a_frozen_node_leaves_within_the_hold_time_and_returns_when_thawed(fleet_lab: FleetLab, log: RouteLog) -> None:
+def test_a_frozen_node_leaves_within_the_hold_time_and_returns_when_thawed(
+    fleet_lab: FleetLab, log: RouteLog, load: S3Load
+) -> None:
     measured = failover.node_frozen(fleet_lab.fleet, log, "node02")
-    print(f"node frozen: {measured.seconds}")
+    seen = _finished(load)
+    print(f"node frozen: {measured.seconds}; client: {seen.line()}")
+    assert seen.failed <= WORKERS, seen.errors
     gone = measured.seconds["gone"]
     assert gone is not None and gone <= HOLD_TIME + 0.5  # the router's hold timer, not graceful restart's 120 s
     assert measured.seconds["back after thaw"] is not None
 
 
-def test_a_restarted_router_gets_every_node_back_by_itself(fleet_lab: FleetLab, log: RouteLog) -> None:
+def test_a_restarted_router_gets_every_node_back_by_itself(fleet_lab: FleetLab, log: RouteLog, load: S3Load) -> None:
     measured = failover.router_restart(fleet_lab.fleet, log, "node01")
-    print(f"router restarted: {measured.seconds}")
+    seen = _finished(load)
+    print(f"router restarted: {measured.seconds}; client: {seen.line()}")
     assert measured.seconds["route gone"] is not None  # BIRD really went away with its routes
     assert measured.seconds["every next-hop back"] is not None
 
@@ -152,7 +185,7 @@ def _apply(fleet_lab: FleetLab, node: str, data: dict[str, object]) -> dict[str,
 
 
 def test_a_config_change_is_in_effect_in_the_running_health_without_touching_other_vips(
-    fleet_lab: FleetLab, log: RouteLog
+    fleet_lab: FleetLab, log: RouteLog, load: S3Load
 ) -> None:
     """Item 3: rise and a new VIP reach the running ``ober health``; the VIPs that did not change stay announced."""
     node = "node02"
@@ -186,6 +219,8 @@ def test_a_config_change_is_in_effect_in_the_running_health_without_touching_oth
                 _apply(fleet_lab, node, original)
     for vip in fleet_lab.vips.values():
         assert log.held(vip, started, time.time(), with_(address)), f"{vip} lost {node} during the changes"
+    seen = _finished(load)
+    assert seen.failed == 0, seen.errors  # hitless: HAProxy reloaded, the announcements of VIP A and B untouched
 
 
 def test_faults_keep_the_lab_records_true(fleet_lab: FleetLab, log: RouteLog) -> None:

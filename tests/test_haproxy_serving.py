@@ -57,7 +57,8 @@ REFUSED = (7, 35, 52, 55, 56)
 
 BACKEND_SCRIPT = Path(__file__).parent / "data" / "serving_backend.py"
 TOOLS = ("ip", "haproxy", "curl", "openssl")
-# The lab's addresses live only inside its namespace, and still stay out of the host's ranges (LAB-NOTES.md).
+# The lab's addresses live only inside its namespace, and still stay out of the host's ranges (its uplink and the
+# package registries use 192.0.2.0/24 and 203.0.113.0/24 on these machines).
 LAB_RANGES = (ipaddress.IPv4Network("198.51.100.0/24"), ipaddress.IPv4Network("100.64.0.0/10"))
 INSTALL_PATH = re.compile(r"^/(?:[A-Za-z0-9._+-]+/?)*$")
 

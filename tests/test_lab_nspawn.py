@@ -32,7 +32,7 @@ from ober.remote.wheelhouse import build_wheelhouse, platforms, source_digest
 from tests.conftest import require
 
 NODES = {"node1": "100.64.0.11", "node2": "100.64.0.12"}
-# Where the package registries live (LAB-NOTES.md), when this host cannot resolve pypi.org itself.
+# Where the package registries live on these machines, when this host cannot resolve pypi.org itself.
 REGISTRY_FALLBACK = "203.0.113.1"
 
 

@@ -30,7 +30,7 @@ from ober.config import CONFIG_RELATIVE
 from ober.errors import OberError
 
 EXABGP_VERSION = "5.0.15"
-"""ExaBGP's release ober runs (5.0 keeps the text API; 6 defaults to JSON, see LAB-NOTES.md)."""
+"""ExaBGP's release ober runs (5.0 keeps the text API; 6, unreleased, defaults to a JSON-only API)."""
 MAX_INSTALL_PATH = 64  # ober.config's limit: HAProxy's socket path under it must stay short
 
 

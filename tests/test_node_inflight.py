@@ -1,10 +1,10 @@
 """Requests in flight while a node leaves: withdrawn first, then HAProxy's soft stop lets them finish.
 
 On the systemd-nspawn node of `tests.test_node_systemd` (real units, BIRD router, real RGW). Through an ECMP router
-a withdrawn node's open flows are re-hashed to other nodes (they answer with resets), so this client reaches the node by a path
-that does not depend on the BGP route: a client segment whose traffic the router forwards to the node by a policy
-rule (its own table, untouched by BIRD). The router's kernel route is polled every 10 ms for the withdraw; the
-node's journal says when systemd began stopping HAProxy.
+a withdrawn node's open flows are re-hashed to other nodes (they answer with resets), so this client reaches the
+node by a path that does not depend on the BGP route: a client segment whose traffic the router forwards to the node
+by a policy rule (its own table, untouched by BIRD). The router's kernel route is polled every 10 ms for the
+withdraw; the node's journal says when systemd began stopping HAProxy.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ nspawn runs under a small supervisor (`ober.lab.supervise`) that starts it again
 ``systemctl reboot`` like a real machine. The nspawn process and the container's init change at each reboot: they
 are looked up when needed (the supervisor's child, and its child), never remembered.
 
-Stopping is by PID, never by name (other labs may run the same programs): ``systemctl poweroff`` inside, then, past a deadline, SIGKILL
-to the container's init (nspawn's child: killing nspawn alone leaves the container running). Every node's stop is
-registered with the lab, so `Lab.close` tears down whatever the test left.
+Stopping is by PID, never by name (other labs may run the same programs): ``systemctl poweroff`` inside, then, past
+a deadline, SIGKILL to the container's init (nspawn's child: killing nspawn alone leaves the container running).
+Every node's stop is registered with the lab, so `Lab.close` tears down whatever the test left.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A real Ceph RGW backend group for the lab: one mon, one memstore OSD and several radosgw in a network namespace.
 
-The cluster is Debian 12's Ceph 16, run the way it was verified to work on these machines: cephx off, objects in RAM (memstore), one
-replica, no mgr. Every file it uses is under the caller's private work directory (config, maps, data, run dir with
-the admin sockets, logs), so it never touches /etc/ceph, /var/lib/ceph or /var/run/ceph, nor a system Ceph. Each
-daemon is started by ``ip netns exec`` (which execs it, so we hold its real PID) and is stopped by that PID.
+The cluster is Debian 12's Ceph 16, run the way it was verified to work on these machines: cephx off, objects in RAM
+(memstore), one replica, no mgr. Every file it uses is under the caller's private work directory (config, maps,
+data, run dir with the admin sockets, logs), so it never touches /etc/ceph, /var/lib/ceph or /var/run/ceph, nor a
+system Ceph. Each daemon is started by ``ip netns exec`` (which execs it, so we hold its real PID) and is stopped by
+that PID.
 
 The radosgw daemons share the one cluster, like a real backend group: an object written through one is read
 through another. `RgwCluster.stop_rgw` / `RgwCluster.start_rgw` take one down and back up to simulate a failed

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from ober.inventory import load_inventory
-from ober.remote.facts import Drained, NodeView, node_view
 from ober.remote.guard import GuardRefused, decide, enforce
+from ober.remote.nodeclient import Drained, NodeClient, NodeView
 from ober.runner import Result
 from tests.conftest import REPO
 
@@ -64,12 +64,12 @@ def status_doc(**changes: Any) -> dict[str, Any]:
 
 def ask(doc: object, returncode: int = 0) -> NodeView:
     text = doc if isinstance(doc, str) else json.dumps(doc)
-    return node_view(FakeRunner(Result(returncode, text, "")), NODE)
+    return NodeClient(FakeRunner(Result(returncode, text, "")), NODE).status()
 
 
 def test_healthy_node_is_live_and_has_no_problems() -> None:
     runner = FakeRunner(Result(0, json.dumps(status_doc()), ""))
-    view = node_view(runner, NODE)
+    view = NodeClient(runner, NODE).status()
     assert view.live and view.healthy
     assert view.announced == ("100.64.100.10", "100.64.100.20")
     assert view.sessions == 7
@@ -144,7 +144,7 @@ def test_malformed_answers_are_one_line_errors_for_that_node(answer: str, return
 def test_a_transport_error_makes_the_node_unreachable() -> None:
     from ober.errors import OberError
 
-    view = node_view(FakeRunner(OberError("node01: connection refused")), NODE)
+    view = NodeClient(FakeRunner(OberError("node01: connection refused")), NODE).status()
     assert not view.reachable and not view.live
     assert view.problems() == ["unreachable: node01: connection refused"]
 
@@ -478,10 +478,11 @@ class ScriptedNode(FakeRunner):
 
     def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
         self.asked.append((list(argv), timeout))
-        if argv[1] == "drain":
+        command = next(word for word in argv[1:3] if word != "--json")
+        if command == "drain":
             self.drained.add(self.name)
             return Result(0, json.dumps({"drained": True, "by": "t", "since": 1.0, "sessions_left": 0}), "")
-        if argv[1] == "undrain":
+        if command == "undrain":
             self.drained.discard(self.name)
             return Result(0, json.dumps({"drained": False, "was_drained": True}), "")
         doc = status_doc(node=self.name)
@@ -503,7 +504,7 @@ def scripted_fleet(monkeypatch: pytest.MonkeyPatch, broken_after_first: str | No
             if node.name == broken_after_first and drained:
                 views.append(NodeView(node.name, node.address, reachable=False, error="gone"))
             else:
-                views.append(node_view(ScriptedNode(node.name, drained), node))
+                views.append(NodeClient(ScriptedNode(node.name, drained), node).status())
         return views
 
     monkeypatch.setattr(fleetops, "sweep", sweep)

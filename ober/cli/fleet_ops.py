@@ -17,8 +17,8 @@ from ober.cli.output import Output, json_option
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.remote import fleetops
-from ober.remote.facts import NodeView
 from ober.remote.guard import Decision
+from ober.remote.nodeclient import NodeView
 from ober.remote.push import Drift, PushResult
 from ober.remote.routerconfig import FLAVORS, router_config
 from ober.secrets import load_secrets

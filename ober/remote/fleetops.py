@@ -8,7 +8,6 @@ before each node (the fleet may have changed meanwhile), and refuses rather than
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,23 +16,13 @@ from typing import Any
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
 from ober.remote.connection import Connection, connect, targets
-from ober.remote.facts import (
-    STATUS_TIMEOUT,
-    NodeView,
-    config_file,
-    node_view,
-    ober_program,
-    on_nodes,
-    sweep,
-    unreachable,
-)
+from ober.remote.facts import on_nodes, sweep
 from ober.remote.guard import Decision, decide, enforce
+from ober.remote.nodeclient import NodeClient, NodeView, NotReady, config_file, ober_program, unreachable
 from ober.remote.push import APPLY_TIMEOUT, Drift, PushResult, config_outcome, node_diff, node_drift, push_node
 from ober.remote.push import secrets_file as node_secrets_file
 
 Progress = Callable[[str], None]
-DRAIN_MARGIN = 60.0
-"""Seconds an ``ober drain --wait`` command may run past its own wait, before the fleet calls it hung."""
 
 
 def _quiet(_line: str) -> None:
@@ -74,7 +63,7 @@ def status(
     """Each node's view and its config drift (None, with why, when it could not be read)."""
 
     def work(conn: Connection, node: InventoryNode) -> tuple[NodeView, Drift | None, str | None]:
-        view = node_view(conn, node)
+        view = NodeClient(conn, node).status()
         if not view.reachable:
             return view, None, "unreachable"
         if view.error:
@@ -180,22 +169,16 @@ class Drain:
     def _drain(self, node: InventoryNode) -> Step:
         started = time.monotonic()
         wait = node.config.health.drain_timeout if self.timeout is None else self.timeout
-        argv = [ober_program(node), "drain", "--config", config_file(node), "--wait", "--json"]
-        argv += ["--reason", self.reason, "--timeout", f"{wait:g}"]
         try:
             with _connected(self.inventory, node, self.accept) as conn:
-                result = conn.run(argv, timeout=wait + DRAIN_MARGIN)
-                data = _json(result.stdout)
-                if data is None or not data.get("drained"):
-                    why = str((data or {}).get("error") or result.last_line())[:300]
-                    return Step(node.name, False, f"drain failed: {why}", time.monotonic() - started)
-                view = node_view(conn, node)
+                client = NodeClient(conn, node)
+                answer = client.drain(self.reason, wait=wait)
+                view = client.status()
         except OberError as exc:
             return Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
-        left = data.get("sessions_left")
-        facts = {"sessions_left": left, "announced": list(view.announced)}
-        if data.get("error"):
-            return Step(node.name, False, f"withdrawn, but {data['error']}", time.monotonic() - started, None, facts)
+        facts = {"sessions_left": answer.sessions_left, "announced": list(view.announced)}
+        if answer.problem:
+            return Step(node.name, False, f"withdrawn, but {answer.problem}", time.monotonic() - started, None, facts)
         detail = "withdrawn and idle" if not view.announced else f"still announcing {', '.join(view.announced)}"
         return Step(node.name, not view.announced, detail, time.monotonic() - started, None, facts)
 
@@ -216,14 +199,7 @@ def undrain(
         progress(f"{node.name}: undraining")
         try:
             with _connected(inventory, node, accept_new_host_keys) as conn:
-                argv = [ober_program(node), "undrain", "--config", config_file(node), "--json"]
-                result = conn.run(argv, timeout=STATUS_TIMEOUT)
-                data = _json(result.stdout)
-                if not result.ok or data is None or "error" in data:
-                    why = str((data or {}).get("error") or result.last_line())[:300]
-                    step = Step(node.name, False, f"undrain failed: {why}", time.monotonic() - started)
-                else:
-                    step = _until_live(conn, node, wait, started, bool(data.get("was_drained")), sleep)
+                step = _undrain(NodeClient(conn, node, sleep=sleep), wait, started)
         except OberError as exc:
             step = Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
         steps.append(step)
@@ -233,42 +209,28 @@ def undrain(
     return steps
 
 
-def _until_live(
-    conn: Connection, node: InventoryNode, wait: float, started: float, was: bool, sleep: Callable[[float], None]
-) -> Step:
+def _undrain(client: NodeClient, wait: float, started: float) -> Step:
+    """Undrain one node and (unless ``wait`` is 0) wait until it is live; raises OberError when undrain failed."""
+    name = client.node.name
+    was = client.undrain().was_drained
     detail = "back in service" if was else "was not drained"
-    deadline = time.monotonic() + wait
-    while True:
-        view = node_view(conn, node)
-        if view.live or wait <= 0:
-            facts = {"announced": list(view.announced), "live": view.live}
+    if wait <= 0:
+        view = client.status()
+    else:
+        try:
+            view = client.wait_until_live(wait)
+        except NotReady as exc:
             return Step(
-                node.name,
-                True,
-                f"{detail}; announcing {', '.join(view.announced) or 'nothing yet'}",
-                time.monotonic() - started,
-                None,
-                facts,
-            )
-        if time.monotonic() >= deadline:
-            problems = ", ".join(view.problems()) or "not announcing"
-            return Step(
-                node.name,
+                name,
                 False,
-                f"undrained, but not live after {wait:g}s: {problems}",
+                f"undrained, but not live after {wait:g}s: {', '.join(exc.problems)}",
                 time.monotonic() - started,
-                "check 'ober fleet status'; its health checks may be failing",
-                {"announced": list(view.announced), "live": False},
+                exc.fix,
+                {"announced": list(exc.view.announced), "live": False},
             )
-        sleep(0.5)
-
-
-def _json(text: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
+    facts = {"announced": list(view.announced), "live": view.live}
+    announcing = ", ".join(view.announced) or "nothing yet"
+    return Step(name, True, f"{detail}; announcing {announcing}", time.monotonic() - started, None, facts)
 
 
 def one_at_a_time(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ober.errors import OberError
 from ober.hostlists import collect
-from ober.remote.facts import NodeView
+from ober.remote.nodeclient import NodeView
 
 
 class GuardRefused(OberError):

@@ -28,7 +28,7 @@ from ober.build import build_node
 from ober.config import NodeConfig, dump_config
 from ober.errors import OberError
 from ober.inventory import InventoryNode
-from ober.remote.facts import STATUS_TIMEOUT, NodeView, config_file, node_view, ober_program
+from ober.remote.nodeclient import NodeClient, NotReady, config_file, ober_program
 from ober.render import Rendered
 from ober.runner import Result, Runner
 
@@ -277,7 +277,8 @@ def push_node(
         config_text, login_text = node_files(node.config, secrets)
     except PushError as exc:
         return PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
-    before = node_view(conn, node) if not dry_run else None
+    client = NodeClient(conn, node, sleep=sleep)
+    before = client.status() if not dry_run else None
     etc = f"{node.config.install_path}/etc"
     suffix = tokens.token_hex(4)
     staged_config, staged_login = f"{etc}/.ober-push-{suffix}.yaml", f"{etc}/.login-push-{suffix}"
@@ -305,15 +306,16 @@ def push_node(
                     f"{node.name}: config applied but the secrets file was not updated: {moved.last_line()}"
                 )
             if before is not None and before.live:
-                problem = _wait_live(conn, node, settle, sleep)
-                if problem:
+                try:
+                    client.wait_until_live(settle)
+                except NotReady as exc:
                     outcome = PushResult(
                         node.name,
                         False,
                         dry_run,
                         outcome.changes,
                         outcome.actions,
-                        error=f"{node.name}: applied, but {problem}",
+                        error=f"{node.name}: applied, but it is not live any more ({'; '.join(exc.problems)})",
                         fix="check 'ober fleet status' and the node's journal (ober logs)",
                     )
     except OberError as exc:
@@ -361,15 +363,3 @@ def config_outcome(node: InventoryNode, result: Result) -> PushResult:
         changes=[{"path": str(c.get("path")), "change": str(c.get("change"))} for c in changes if isinstance(c, dict)],
         actions=[str(action) for action in actions],
     )
-
-
-def _wait_live(conn: Runner, node: InventoryNode, timeout: float, sleep: Callable[[float], None]) -> str | None:
-    """None once the node is live again; else what it looks like at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        view: NodeView = node_view(conn, node, timeout=STATUS_TIMEOUT)
-        if view.live:
-            return None
-        if time.monotonic() >= deadline:
-            return f"it is not announcing its VIPs any more ({', '.join(view.problems()) or 'not live'})"
-        sleep(1.0)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
 from ober.remote.connection import Connection, connect, targets
-from ober.remote.facts import NodeView, config_file, node_view, ober_program, unreachable
+from ober.remote.facts import ask_all
 from ober.remote.guard import decide
 from ober.remote.lock import STATE_DIR, FleetLock, Holder
+from ober.remote.nodeclient import NodeClient, NodeView, NotReady
 from ober.remote.pool import for_each
 from ober.remote.probe import probe_vips
 from ober.remote.reboot import REBOOT_TIMEOUT, boot_identity, request_reboot, wait_back
@@ -44,7 +45,6 @@ DRAIN_TIMEOUT = 30.0
 QUIESCE = 10.0
 RESTART_CUT = 5.0
 """Seconds a withdrawn node's restart lets connections left after the drain finish before cutting them."""
-POLL = 0.5
 
 _WRITE_RECORD = """set -u
 mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/roll.json"
@@ -105,8 +105,9 @@ class NodeOps:
         self.node = node
         self.conn = conn
         self.options = options
-        self.ober = ober_program(node)
-        self.config = config_file(node)
+        self.client = NodeClient(conn, node)
+        self.ober = self.client.program
+        self.config = self.client.config
         self.in_flight_at_withdraw: int | None = None
         """Requests in flight when the quiesced drain withdrew the node (None: no quiesce ran)."""
 
@@ -130,38 +131,22 @@ class NodeOps:
 
     def view(self) -> NodeView:
         """The node's status now."""
-        return node_view(self.conn, self.node)
+        return self.client.status()
 
     def drain(self, reason: str, *, quiesce: bool = False) -> None:
         """Withdraw and wait (bounded) until the node's connections end; a timeout still counts as withdrawn.
 
         With ``quiesce``, the node withdraws at a moment with no request in flight (``ober drain --quiesce``).
         """
-        argv = [self.ober, "--json", "drain", "--config", self.config, "--reason", reason, "--wait"]
-        argv += ["--timeout", f"{self.options.drain_timeout:g}"]
-        limit = self.options.drain_timeout + self.options.command_timeout
-        if quiesce and self.options.quiesce > 0:
-            result = self.conn.run([*argv, "--quiesce", f"{self.options.quiesce:g}"], limit + self.options.quiesce)
-            if "No such option: --quiesce" not in result.stderr:
-                self._drained(result)
-                return
-            # An older ober on the node (one an upgrade is about to replace) has no --quiesce: drain without it.
-        self._drained(self.conn.run(argv, limit))
-
-    def _drained(self, result: Result) -> None:
-        # Exit 1 with sessions_left: withdrawn, some connections still open (clients keep idle keep-alives open).
-        if not result.ok and '"sessions_left"' not in result.stdout:
-            raise StepFailed(f"drain: {result.last_line()}")
-        try:
-            quiet = json.loads(result.stdout).get("quiesce")
-        except (ValueError, AttributeError):
-            quiet = None
-        if isinstance(quiet, dict) and isinstance(quiet.get("in_flight"), int):
-            self.in_flight_at_withdraw = int(quiet["in_flight"])
+        answer = self.client.drain(
+            reason, wait=self.options.drain_timeout, quiesce=self.options.quiesce if quiesce else 0.0
+        )
+        if answer.in_flight_at_withdraw is not None:
+            self.in_flight_at_withdraw = answer.in_flight_at_withdraw
 
     def undrain(self) -> None:
         """Back in service (the health process announces after ``rise`` good checks)."""
-        self.run([self.ober, "undrain", "--config", self.config], "undrain")
+        self.client.undrain()
 
     def reload_http(self) -> None:
         """Hitless HAProxy reload: the unit validates the config first; the master re-executes the binary."""
@@ -196,24 +181,24 @@ class NodeOps:
             raise StepFailed(f"reboot: {exc.message}", exc.fix or f"see: ober fleet status {self.node.name}") from None
 
     def verify(self, *, announced: bool) -> NodeView:
-        """Wait until the node is healthy (and, when ``announced``, announces every VIP).
+        """Wait until the node is healthy and answers through its VIPs; when ``announced``, also live.
 
-        Healthy: units active, BGP established, HAProxy answering, health publishing. Raises StepFailed with what
-        is still wrong at the deadline.
+        Healthy: units active, BGP established, HAProxy answering, health publishing, and (not drained) every VIP
+        announced. Raises StepFailed with what is still wrong at the deadline.
         """
-        deadline = time.monotonic() + self.options.verify_timeout
-        while True:
-            seen = self.view()
-            problems = seen.problems()
-            if announced and seen.drained is None and set(seen.expected) - set(seen.announced):
-                problems = problems or ["VIPs not announced yet"]
-            if not problems and self.options.probe:
-                problems = probe_vips(self.conn, self.node.config)
-            if not problems:
-                return seen
-            if time.monotonic() >= deadline or not seen.reachable:
-                raise StepFailed(f"verify: {'; '.join(problems)}", f"see: ober fleet status {self.node.name}")
-            time.sleep(POLL)
+
+        def wrong(view: NodeView) -> list[str]:
+            found = view.problems()
+            if not found and self.options.probe:
+                found = probe_vips(self.conn, self.node.config)
+            return found
+
+        try:
+            if announced:
+                return self.client.wait_until_live(self.options.verify_timeout, also=wrong)
+            return self.client.wait_until(wrong, self.options.verify_timeout, "healthy")
+        except NotReady as exc:
+            raise StepFailed(f"verify: {'; '.join(exc.problems)}", f"see: ober fleet status {self.node.name}") from None
 
     def record(self, roll_id: str, operation: str, done: bool) -> None:
         """Remember on the node that this roll reached it (and whether it finished it)."""
@@ -285,18 +270,8 @@ class Roll:
         """Upgrade: installs a step's ``changes`` on its node (before the reload/restart that activates them)."""
 
     def views(self) -> list[NodeView]:
-        """Every node of the inventory, asked now, in parallel (one that has no connection is unreachable)."""
-
-        def ask(node: InventoryNode) -> NodeView:
-            conn = self.runners.get(node.name)
-            return node_view(conn, node) if conn else unreachable(node, "no SSH connection")
-
-        nodes = list(self.inventory.nodes)
-        outcomes = for_each(nodes, ask, parallel=self.inventory.ssh.parallel, name=lambda node: node.name)
-        return [
-            o.value if o.value is not None else unreachable(node, o.error or "failed")
-            for node, o in zip(nodes, outcomes, strict=True)
-        ]
+        """Every node of the inventory, asked now, in parallel (one that has no connection is unknown)."""
+        return ask_all(self.inventory, self.runners)
 
     def prepare(self) -> tuple[Plan, dict[str, NodeView]]:
         """Read the fleet and plan (no change anywhere)."""

@@ -541,3 +541,68 @@ def test_undrain_waits_until_each_node_is_live(monkeypatch: pytest.MonkeyPatch) 
     steps = undrain(EXAMPLE, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
     assert [(s.node, s.ok, s.facts["live"]) for s in steps] == [("node01", True, True), ("node02", True, True)]
     assert drained == set()
+
+
+# --- a node that does not answer is unknown, not "not live" (the controller cannot see the routers) -------------
+
+
+def fake_ssh(monkeypatch: pytest.MonkeyPatch, answers: Mapping[str, dict[str, Any] | None]) -> None:
+    """Connections to the example's nodes: ``ober status`` answers the node's document; None: no SSH answer."""
+    import ober.remote.facts as facts
+    from ober.errors import OberError
+
+    class Conn(FakeRunner):
+        def __enter__(self) -> Conn:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    def connect(target: Any) -> Conn:
+        doc = answers.get(target.name, status_doc(node=target.name))
+        if doc is None:
+            raise OberError(f"{target.name}: root@{target.host}:22: no SSH answer within 10s")
+        return Conn(Result(0, json.dumps(doc), ""))
+
+    monkeypatch.setattr(facts, "connect", connect)
+
+
+def test_fleet_status_calls_a_node_without_ssh_unknown_not_not_live(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ober.cli import main
+
+    drained = status_doc(node="node03", drained={"by": "ops", "since": 1.0, "reason": "disk"})
+    drained["bgp"]["announced"] = {}
+    fake_ssh(monkeypatch, {"node02": None, "node03": drained})
+    inventory = str(REPO / "inventory" / "example.yaml")
+    assert main(["--json", "fleet", "status", "-i", inventory]) == 1
+    report = json.loads(capsys.readouterr().out)
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert (nodes["node02"]["live"], nodes["node02"]["liveness"], nodes["node02"]["announced"]) == (
+        None,
+        "unknown",
+        None,
+    )
+    assert (nodes["node03"]["live"], nodes["node03"]["liveness"]) == (False, "not live")
+    assert report["live"] == ["node01", "node04"] and report["unknown"] == ["node02"]
+    assert main(["fleet", "status", "-i", inventory]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "2 of 4 nodes live" in text
+    assert "node02 unknown: no answer, so whether it still announces only the routers know" in text
+
+
+def test_the_guard_does_not_suggest_undrain_for_a_node_that_did_not_answer() -> None:
+    views = [view(n, s) for n, s in zip(FLEET4, ("live", "unreachable", "live", "live"), strict=True)]
+    decision = decide(views, ["node03"], 3, 4)
+    assert not decision.allowed and decision.unknown == ("node02",)
+    assert "node02 unknown (no answer), counted as not live" in decision.message
+    assert "undrain" not in decision.fix
+    assert "node02 did not answer over SSH" in decision.fix and "ober fleet status node02" in decision.fix
+    # A drained node is another matter: undrain is the remedy for it, and only for it.
+    views[0] = view("node01", "drained")
+    with pytest.raises(GuardRefused) as refused:
+        enforce(decide(views, ["node03"], 2, 4))
+    assert "ober fleet undrain node01;" in str(refused.value.fix)
+    assert "node02 did not answer" in str(refused.value.fix)
+    assert decide(views, ["node03"], 2, 4).to_dict()["unknown"] == ["node02"]

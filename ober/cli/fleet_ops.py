@@ -15,10 +15,11 @@ from ober.cli.fleet import inventory_option, targets_argument
 from ober.cli.options import secrets_option, ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
+from ober.hostlists import collect
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.remote import fleetops
 from ober.remote.guard import Decision
-from ober.remote.nodeclient import NodeView
+from ober.remote.nodeclient import Liveness, NodeView
 from ober.remote.push import Drift, PushResult
 from ober.remote.routerconfig import FLAVORS, router_config
 from ober.secrets import load_secrets
@@ -63,11 +64,15 @@ def status_cmd(
     secrets = load_secrets(secrets_path, required=False)
     rows = fleetops.status(inventory, nodes, secrets, parallel=parallel, accept_new_host_keys=accept_new_host_keys)
     bad = [view.name for view, _drift, _why in rows if not view.healthy]
+    live = [view.name for view, _drift, _why in rows if view.liveness is Liveness.LIVE]
+    unknown = [view.name for view, _drift, _why in rows if view.liveness is Liveness.UNKNOWN]
     if out.as_json:
         out.json(
             {
                 "site": inventory.site,
                 "ok": not bad,
+                "live": live,
+                "unknown": unknown,
                 "nodes": [
                     {**view.to_dict(), "drift": drift.to_dict() if drift else None, "drift_error": why}
                     for view, drift, why in rows
@@ -83,12 +88,17 @@ def status_cmd(
     for view, drift, why in rows:
         table.add_row(*_status_row(view, drift, why))
     out.table(table)
-    live = sum(view.live for view, _drift, _why in rows)
-    summary = f"{live} of {len(rows)} nodes live (announcing, not drained)"
+    summary = f"{len(live)} of {len(rows)} nodes live (announcing, not drained)"
+    if unknown:
+        # The controller sees the nodes, not the routers: a node that does not answer may still be announcing.
+        summary += (
+            f"; {collect(unknown)} unknown: no answer, so whether it still announces only the routers know "
+            f"(check SSH to it, or the routers' BGP sessions)"
+        )
     if bad:
-        out.print(f"[red]✗[/] {summary}; unreachable or unhealthy: {', '.join(bad)}", force=True)
+        out.print(f"[red]✗[/] {escape(summary)}; unreachable or unhealthy: {', '.join(bad)}", force=True)
     else:
-        out.print(f"[green]✓[/] {summary}")
+        out.print(f"[green]✓[/] {escape(summary)}")
     _fail_if(out, bool(bad))
 
 
@@ -101,7 +111,7 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
             "-",
             "-",
             "-",
-            "-",
+            "[yellow]unknown[/]",
             "-",
             "-",
             "-",
@@ -127,7 +137,7 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
         *versions,
         units,
         bgp,
-        ", ".join(view.announced) or "none",
+        "[yellow]unknown[/]" if not view.known else ", ".join(view.announced) or "none",
         drained,
         "-" if view.sessions is None else str(view.sessions),
         drift_text,

@@ -399,7 +399,7 @@ class Roll:
             self.views(), [name], self.inventory.fleet.min_available, self.inventory.fleet.max_unavailable
         )
         if not decision.allowed:
-            raise StepFailed(decision.message, "bring the other nodes back first (ober fleet status)")
+            raise StepFailed(decision.message, decision.fix)
 
     def _withdraw_failed(self, ops: NodeOps, step: Step, withdrawn: bool, roll_id: str) -> bool:
         """Leave a failed node out of the ECMP set when the guard allows; returns whether it is withdrawn."""

@@ -15,9 +15,10 @@ from ober.cli.options import ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
 from ober.inventory import load_inventory
+from ober.remote.facts import close_all, open_connections
 from ober.remote.lock import break_lock, holders
 from ober.remote.reboot import REBOOT_TIMEOUT
-from ober.remote.roll import QUIESCE, Options, Roll, RollReport, close_all, open_connections
+from ober.remote.roll import QUIESCE, Options, Roll, RollReport
 from ober.remote.rolling import Operation, Plan, Request, summary
 from ober.remote.upgrade import Installer, PackageFile
 

@@ -84,3 +84,29 @@ def ask_all(inventory: Inventory, runners: Mapping[str, Runner]) -> list[NodeVie
 def views_by_name(views: Sequence[NodeView]) -> Mapping[str, NodeView]:
     """The views keyed by node name."""
     return {view.name: view for view in views}
+
+
+def open_connections(
+    inventory: Inventory, *, accept_new_host_keys: bool = False, parallel: int | None = None
+) -> tuple[dict[str, Connection], dict[str, str]]:
+    """Connect to every node of the inventory at once (bounded); returns the connections and why others failed.
+
+    A changing operation needs every node, not only its targets: the guard counts the whole fleet and the lock is
+    held on it.
+    """
+    nodes = list(inventory.nodes)
+    outcomes = for_each(
+        ssh_targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys),
+        connect,
+        parallel=parallel or inventory.ssh.parallel,
+        name=lambda target: target.name,
+    )
+    opened = {o.name: o.value for o in outcomes if o.ok and o.value is not None}
+    failed = {o.name: o.error or "failed" for o in outcomes if not o.ok}
+    return opened, failed
+
+
+def close_all(connections: Mapping[str, Connection]) -> None:
+    """Close every connection."""
+    for conn in connections.values():
+        conn.close()

@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
-from ober.remote.connection import Connection, connect, targets
 from ober.remote.facts import ask_all
 from ober.remote.guard import decide
 from ober.remote.lock import STATE_DIR, FleetLock, Holder
 from ober.remote.nodeclient import NodeClient, NodeView, NotReady
-from ober.remote.pool import for_each
 from ober.remote.probe import probe_vips
 from ober.remote.reboot import REBOOT_TIMEOUT, boot_identity, request_reboot, wait_back
 from ober.remote.rolling import (
@@ -83,6 +81,10 @@ class RollReport:
     results: list[NodeResult] = field(default_factory=list)
     roll_id: str = ""
     seconds: float = 0.0
+    lock: dict[str, object] = field(default_factory=dict)
+    """Where the fleet lock stands at the end (``FleetLock.state``)."""
+    lock_note: str = ""
+    """The same in words: released, or still held where and how to free it."""
 
     @property
     def waits(self) -> float:
@@ -268,6 +270,9 @@ class Roll:
         self.command = command
         self.install = install
         """Upgrade: installs a step's ``changes`` on its node (before the reload/restart that activates them)."""
+        holder = Holder.me(request.operation.value)
+        self.lock = FleetLock(self.runners, holder, self.options.state_dir, log=log)
+        """Taken by :meth:`run`; renewed while the roll runs."""
 
     def views(self) -> list[NodeView]:
         """Every node of the inventory, asked now, in parallel (one that has no connection is unknown)."""
@@ -291,17 +296,30 @@ class Roll:
         return plan(self.request, facts, resumed=roll_id), views
 
     def run(self) -> RollReport:
-        """Lock the fleet, plan, and roll node by node; the lock is released however it ends."""
+        """Lock the fleet, plan, and roll node by node; the lock is released however it ends.
+
+        The report (or the error raised) says whether the lock was released everywhere, and how to free it if not.
+        """
         started = time.monotonic()
-        holder = Holder.me(self.request.operation.value)
-        with FleetLock(self.runners, holder, self.options.state_dir):
+        self.lock.acquire()
+        try:
             the_plan, _ = self.prepare()
             report = RollReport(the_plan, roll_id=the_plan.resumed or uuid.uuid4().hex[:12])
-            if self.options.dry_run:
-                return report
-            if the_plan.resumed:
-                self.log(f"resuming roll {the_plan.resumed}")
-            self._roll(report)
+            if not self.options.dry_run:
+                if the_plan.resumed:
+                    self.log(f"resuming roll {the_plan.resumed}")
+                self._roll(report)
+        except OberError as exc:
+            self.lock.release()
+            # The error is all the operator sees of this roll: it says where the lock stands too.
+            exc.message = f"{exc.message} ({self.lock.note()})"
+            raise
+        except BaseException:
+            self.lock.release()
+            raise
+        self.lock.release()
+        report.lock = self.lock.state()
+        report.lock_note = self.lock.note()
         report.seconds = time.monotonic() - started
         return report
 
@@ -394,7 +412,8 @@ class Roll:
             waited(lambda: ops.verify(announced=True))
 
     def _guard(self, name: str) -> None:
-        """Refuse (StepFailed) to withdraw ``name`` if too few nodes would stay live."""
+        """Refuse to withdraw ``name`` if too few nodes would stay live (every node asked now) or the lock is lost."""
+        self.lock.ensure()
         decision = decide(
             self.views(), [name], self.inventory.fleet.min_available, self.inventory.fleet.max_unavailable
         )
@@ -412,28 +431,3 @@ class Roll:
             self.log(f"{step.node}: not withdrawn after the failure: {exc.message}")
             return False
         return True
-
-
-def open_connections(
-    inventory: Inventory, *, accept_new_host_keys: bool = False, parallel: int | None = None
-) -> tuple[dict[str, Connection], dict[str, str]]:
-    """Connect to every node of the inventory at once (bounded); returns the connections and why others failed.
-
-    The roll needs every node, not only its targets: the guard counts the whole fleet and the lock is held on it.
-    """
-    nodes = list(inventory.nodes)
-    outcomes = for_each(
-        targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys),
-        connect,
-        parallel=parallel or inventory.ssh.parallel,
-        name=lambda target: target.name,
-    )
-    opened = {o.name: o.value for o in outcomes if o.ok and o.value is not None}
-    failed = {o.name: o.error or "failed" for o in outcomes if not o.ok}
-    return opened, failed
-
-
-def close_all(connections: Mapping[str, Connection]) -> None:
-    """Close every connection."""
-    for conn in connections.values():
-        conn.close()

@@ -609,8 +609,14 @@ def test_a_node_not_back_in_time_stops_the_roll_withdrawn_and_a_reboot_roll_resu
     assert "connection refused" in failed.detail
     ok, text = summary(report.results, "ober fleet restart --reboot")
     assert not ok and "left withdrawn" in text and "run `ober fleet restart --reboot` again" in text
-    # The node is back later. The roll could not release its lock there (no connection): a re-run from this
-    # workstation takes it over once this roll's process has ended; here the process lives on, so it is broken.
+    # The roll could not release its lock on node02 (no connection) and says so, with how to free it.
+    assert report.lock == {
+        "released": False,
+        "held_on": ["node02"],
+        "how_to_release": "it expires 15m after its last renewal, or remove it now with: ober fleet lock --break",
+    }
+    assert report.lock_note.startswith("the fleet lock is still held on node02: it expires 15m after")
+    # The node is back later: its lock would be taken over once its lease runs out; here it is broken.
     fleet.nodes["node02"].never = False
     fleet.nodes["node02"].refusals = 0
     fleet.nodes["node02"].reconnect()
@@ -635,3 +641,13 @@ def test_reboot_contradicts_full_and_reload_in_one_line(capsys: pytest.CaptureFi
         assert main(["fleet", "restart", "--reboot", other, "-i", inventory]) == 1
         err = capsys.readouterr().err
         assert err == f"error: {other} and --reboot contradict each other (fix: choose one)\n"
+
+
+def test_a_roll_that_fails_before_its_first_node_says_the_lock_is_released(tmp_path: Path) -> None:
+    fleet = FakeFleet(tmp_path)
+    runners = {name: node for name, node in fleet.nodes.items() if name != "node03"}  # no SSH to node03
+    roll = Roll(fleet.inventory, fleet.inventory.nodes, runners, RESTART, options=Options(state_dir=str(tmp_path)))
+    with pytest.raises(OberError) as failed:
+        roll.run()
+    assert failed.value.message == "cannot reach node03 (the fleet lock is released)"
+    assert not any((tmp_path / name / "lock").exists() for name in runners)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ober.cli.fleet import inventory_option, targets_argument
@@ -189,11 +190,14 @@ def _roll(
             _show_plan(out, report.plan)
         return
     ok, text = summary(report.results, command)
+    if not ok or report.lock.get("held_on"):
+        # A failed roll is where an operator wonders whether the fleet is still locked: say it either way.
+        text = f"{text} ({report.lock_note})"
     if out.as_json:
-        out.json({**_report_json(report), "ok": ok, "summary": text})
+        out.json({**_report_json(report), "ok": ok, "summary": text, "lock": report.lock})
     else:
         _show_results(out, report)
-        out.print(("[green]✓[/] " if ok else "[red]✗[/] ") + text, force=not ok)
+        out.print(("[green]✓[/] " if ok else "[red]✗[/] ") + escape(text), force=not ok)
     if not ok:
         click.get_current_context().exit(1)
 

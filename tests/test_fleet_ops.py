@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -460,24 +461,33 @@ def test_config_replace_drops_what_the_new_file_leaves_out(tmp_path: Any, capsys
     assert "--replace needs --from FILE" in capsys.readouterr().err
 
 
-# --- drain sequencing (the fleet faked at the transport; the real thing is in test_fleet_ops_lab.py) -------------
+# --- drain sequencing and the fleet lock (the fleet faked at the transport; the real thing: test_fleet_ops_lab.py) -
 
 
 class ScriptedNode(FakeRunner):
-    """A node over a fake connection: `ober drain` withdraws (status then announces nothing)."""
+    """A node over a fake connection: `ober drain` withdraws (status then announces nothing); the fleet lock's
+    scripts run for real in ``base``/NAME (a temp dir standing in for the node's state dir)."""
 
-    def __init__(self, name: str, drained: set[str]) -> None:
+    def __init__(self, name: str, drained: set[str], base: Path, gone: Callable[[], bool] = lambda: False) -> None:
         super().__init__(Result(0, "", ""))
-        self.name, self.drained = name, drained
+        self.name, self.drained, self.base, self.gone = name, drained, base, gone
+        self.closed = False
 
-    def __enter__(self) -> ScriptedNode:
-        return self
+    def close(self) -> None:
+        self.closed = True
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
+        raise AssertionError("no upload expected")
 
     def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        from ober.errors import OberError
+        from ober.runner import LocalRunner
+
         self.asked.append((list(argv), timeout))
+        if argv[0] == "sh":
+            return LocalRunner().run([*argv[:4], f"{self.base}/{self.name}", *argv[5:]], timeout, env)
+        if self.gone():
+            raise OberError(f"{self.name}: lost the SSH connection: the connection is closed")
         command = next(word for word in argv[1:3] if word != "--json")
         if command == "drain":
             self.drained.add(self.name)
@@ -485,6 +495,9 @@ class ScriptedNode(FakeRunner):
         if command == "undrain":
             self.drained.discard(self.name)
             return Result(0, json.dumps({"drained": False, "was_drained": True}), "")
+        if command == "sync":
+            held = (self.base / self.name / "lock").is_dir()
+            return Result(0, json.dumps({"changes": [], "actions": [f"lock held: {held}"]}), "")
         doc = status_doc(node=self.name)
         if self.name in self.drained:
             doc["drained"] = {"by": "t", "since": 1.0, "reason": ""}
@@ -492,55 +505,135 @@ class ScriptedNode(FakeRunner):
         return Result(0, json.dumps(doc), "")
 
 
-def scripted_fleet(monkeypatch: pytest.MonkeyPatch, broken_after_first: str | None = None) -> set[str]:
-    """Fake the sweep and the connections; ``broken_after_first`` becomes unreachable once a node is drained."""
-    import ober.remote.fleetops as fleetops
+def scripted_session(
+    tmp_path: Path, drained: set[str], operation: str = "drain", broken_after_first: str | None = None
+) -> tuple[Any, dict[str, ScriptedNode]]:
+    """A Session over scripted nodes; ``broken_after_first`` stops answering once a node is drained."""
+    from ober.remote.fleetops import Session
 
-    drained: set[str] = set()
-
-    def sweep(inventory: Any, **_kw: Any) -> list[NodeView]:
-        views = []
-        for node in inventory.nodes:
-            if node.name == broken_after_first and drained:
-                views.append(NodeView(node.name, node.address, reachable=False, error="gone"))
-            else:
-                views.append(NodeClient(ScriptedNode(node.name, drained), node).status())
-        return views
-
-    monkeypatch.setattr(fleetops, "sweep", sweep)
-    monkeypatch.setattr(fleetops, "_connected", lambda _inv, node, _accept: ScriptedNode(node.name, drained))
-    return drained
+    nodes = {
+        n.name: ScriptedNode(
+            n.name, drained, tmp_path, (lambda: bool(drained)) if n.name == broken_after_first else bool
+        )
+        for n in EXAMPLE.nodes
+    }
+    return Session(EXAMPLE, operation, opener=lambda: (nodes, {}), state_dir=str(tmp_path)), nodes
 
 
-def test_drain_goes_one_node_at_a_time_and_rechecks_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drain_goes_one_node_at_a_time_and_rechecks_the_guard_before_each_withdraw(tmp_path: Path) -> None:
     from ober.remote.fleetops import Drain
 
-    drained = scripted_fleet(monkeypatch, broken_after_first="node04")
+    drained: set[str] = set()
+    session, nodes = scripted_session(tmp_path, drained, broken_after_first="node04")
     run = Drain(EXAMPLE, EXAMPLE.nodes[:2], reason="r", max_unavailable=2)
-    steps = run.run()
-    # node01 drained; then node04 failed meanwhile: node02 would make 3 out of service, more than 2.
+    with session:
+        steps = run.run(session)
+        assert (tmp_path / "node01" / "lock").is_dir()  # held while it drains
+    # node01 drained; then node04 stopped answering: node02 would make 3 out of service, more than 2.
     assert [(s.node, s.ok) for s in steps] == [("node01", True), ("node02", False)]
-    assert "more than max_unavailable 2" in steps[1].detail
+    assert "more than max_unavailable 2" in steps[1].detail and "node04 unknown" in steps[1].detail
+    assert "undrain node01" in str(steps[1].fix) and "node04 did not answer over SSH" in str(steps[1].fix)
+    assert drained == {"node01"}
+    assert session.lock.state()["released"] is True and all(node.closed for node in nodes.values())
+    assert not (tmp_path / "node01" / "lock").exists()
+
+
+def test_drain_refuses_the_whole_set_up_front_and_releases_the_lock(tmp_path: Path) -> None:
+    from ober.remote.fleetops import Drain
+
+    drained: set[str] = set()
+    session, _nodes = scripted_session(tmp_path, drained)
+    with pytest.raises(GuardRefused), session:
+        Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=1).run(session)
+    assert drained == set()
+    assert not any((tmp_path / n.name / "lock").exists() for n in EXAMPLE.nodes)
+
+
+def test_two_operators_cannot_drain_together_below_min_available(tmp_path: Path) -> None:
+    """The issue's case: each drain alone passes the guard; together they would leave too few nodes live."""
+    from ober.errors import OberError
+    from ober.remote.fleetops import Drain
+
+    drained: set[str] = set()
+    first, _ = scripted_session(tmp_path, drained)
+    second, _ = scripted_session(tmp_path, drained)
+    with first:
+        with pytest.raises(OberError, match=r"the fleet is locked by .*\(pid \d+, drain\)"), second:
+            pass
+        Drain(EXAMPLE, EXAMPLE.nodes[:1], max_unavailable=4).run(first)
     assert drained == {"node01"}
 
 
-def test_drain_refuses_the_whole_set_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_drain_stops_if_the_lock_was_taken_from_it(tmp_path: Path) -> None:
     from ober.remote.fleetops import Drain
+    from ober.remote.lock import break_lock
 
-    drained = scripted_fleet(monkeypatch)
-    with pytest.raises(GuardRefused):
-        Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=1).run()
-    assert drained == set()
+    drained: set[str] = set()
+    session, nodes = scripted_session(tmp_path, drained)
+
+    def someone_breaks_it_after_node01(line: str) -> None:
+        if line.startswith("node01: withdrawn"):
+            break_lock({"node03": nodes["node03"]}, str(tmp_path))
+            session.lock.renew()  # what the background renewal finds
+
+    with session:
+        steps = Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=4, progress=someone_breaks_it_after_node01).run(
+            session
+        )
+    assert [(s.node, s.ok) for s in steps] == [("node01", True), ("node02", False)]
+    assert "fleet lock was taken from this operation on node03" in steps[1].detail
+    assert drained == {"node01"}
 
 
-def test_undrain_waits_until_each_node_is_live(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undrain_holds_the_lock_and_waits_until_each_node_is_live(tmp_path: Path) -> None:
     from ober.remote.fleetops import undrain
 
-    drained = scripted_fleet(monkeypatch)
-    drained.update({"node01", "node02"})
-    steps = undrain(EXAMPLE, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
+    drained = {"node01", "node02"}
+    session, _ = scripted_session(tmp_path, drained, operation="undrain")
+    with session:
+        owner = json.loads((tmp_path / "node03" / "lock" / "owner").read_text())
+        assert owner["operation"] == "undrain" and owner["lease"] == 900
+        steps = undrain(session, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
     assert [(s.node, s.ok, s.facts["live"]) for s in steps] == [("node01", True, True), ("node02", True, True)]
     assert drained == set()
+    assert not (tmp_path / "node03" / "lock").exists()
+
+
+def test_a_node_without_ssh_stops_the_command_at_it_saying_why(tmp_path: Path) -> None:
+    from ober.remote.fleetops import Session, undrain
+
+    drained = {"node01"}
+    nodes = {n.name: ScriptedNode(n.name, drained, tmp_path) for n in EXAMPLE.nodes if n.name != "node01"}
+    failed = {"node01": "node01: root@198.51.100.11:22: connection refused"}
+    with Session(EXAMPLE, "undrain", opener=lambda: (nodes, failed), state_dir=str(tmp_path)) as session:
+        steps = undrain(session, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
+    assert [(s.node, s.ok, s.detail) for s in steps] == [("node01", False, failed["node01"])]
+    assert "fix SSH to it" in str(steps[0].fix)
+
+
+def test_fleet_sync_and_drain_hold_the_lock_and_refuse_while_another_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ober.remote.facts as facts
+    from ober.cli import main
+    from ober.remote.lock import Holder
+
+    drained: set[str] = set()
+    monkeypatch.setattr(facts, "connect", lambda target: ScriptedNode(target.name, drained, tmp_path))
+    inventory = str(REPO / "inventory" / "example.yaml")
+    assert main(["--json", "fleet", "sync", "node[01-02]", "-i", inventory]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [n["actions"] for n in report["nodes"]] == [["lock held: True"], ["lock held: True"]]
+    assert report["lock"] == {"released": True, "held_on": [], "how_to_release": None}
+    # Another operator's live roll holds the lock: drain changes nothing and says who holds it.
+    other = Holder("alice@ws2", 4242, 1.0, "restart", "theirs", lease=900)
+    (tmp_path / "node02" / "lock").mkdir(parents=True)
+    (tmp_path / "node02" / "lock" / "owner").write_text(other.record())
+    assert main(["fleet", "drain", "node03", "-i", inventory]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the fleet is locked by alice@ws2 (pid 4242, restart) since 1970-01-01")
+    assert "(on node02)" in err and "--break" in err and len(err.strip().splitlines()) == 1
+    assert drained == set() and not (tmp_path / "node01" / "lock").exists()
 
 
 # --- a node that does not answer is unknown, not "not live" (the controller cannot see the routers) -------------

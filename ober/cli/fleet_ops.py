@@ -19,6 +19,7 @@ from ober.hostlists import collect
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.remote import fleetops
 from ober.remote.guard import Decision
+from ober.remote.lock import FleetLock
 from ober.remote.nodeclient import Liveness, NodeView
 from ober.remote.push import Drift, PushResult
 from ober.remote.routerconfig import FLAVORS, router_config
@@ -202,8 +203,9 @@ def drain_cmd(
         _report_guard(out, decision, dry_run=True)
         _fail_if(out, not decision.allowed)
         return
-    results = run.run()
-    _report_steps(out, "drain", results, run.decision)
+    with _session(out, inventory, "drain", accept_new_host_keys, parallel) as session:
+        results = run.run(session)
+    _report_steps(out, "drain", results, run.decision, session.lock)
 
 
 @click.command("undrain")
@@ -225,14 +227,9 @@ def undrain_cmd(
 ) -> None:
     """Put TARGETS back in service one at a time, each announcing again before the next."""
     inventory, nodes = _load(inventory_path, targets)
-    results = fleetops.undrain(
-        inventory,
-        nodes,
-        wait=0.0 if no_wait else timeout,
-        accept_new_host_keys=accept_new_host_keys,
-        progress=_progress(out),
-    )
-    _report_steps(out, "undrain", results, None)
+    with _session(out, inventory, "undrain", accept_new_host_keys, parallel) as session:
+        results = fleetops.undrain(session, nodes, wait=0.0 if no_wait else timeout, progress=_progress(out))
+    _report_steps(out, "undrain", results, None, session.lock)
 
 
 def _report_guard(out: Output, decision: Decision, *, dry_run: bool) -> None:
@@ -245,7 +242,30 @@ def _report_guard(out: Output, decision: Decision, *, dry_run: bool) -> None:
     )
 
 
-def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision: Decision | None) -> None:
+def _session(
+    out: Output, inventory: Inventory, operation: str, accept: bool, parallel: int | None, *, locked: bool = True
+) -> fleetops.Session:
+    """Connections to the whole fleet holding the fleet lock (``locked``), as every changing command needs."""
+    return fleetops.Session(
+        inventory,
+        operation,
+        accept_new_host_keys=accept,
+        parallel=parallel,
+        progress=_progress(out),
+        locked=locked,
+    )
+
+
+def _lock_left(out: Output, lock: FleetLock, failed: bool) -> str:
+    """Where the lock stands, said on stderr when it is still held somewhere; the phrase for a failure."""
+    if lock.kept and not failed:
+        out.warn(lock.note())
+    return f" ({lock.note()})" if lock.kept else ""
+
+
+def _report_steps(
+    out: Output, verb: str, results: list[fleetops.Step], decision: Decision | None, lock: FleetLock
+) -> None:
     failed = [r for r in results if not r.ok]
     if out.as_json:
         out.json(
@@ -253,6 +273,7 @@ def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision
                 "ok": not failed,
                 "guard": decision.to_dict() if decision else None,
                 "nodes": [r.to_dict() for r in results],
+                "lock": lock.state(),
             }
         )
         _fail_if(out, bool(failed))
@@ -260,8 +281,9 @@ def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision
     for r in results:
         mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
         out.print(f"{mark} {r.node}: {escape(r.detail)} ({r.seconds:.1f}s)", force=not r.ok)
+    left = _lock_left(out, lock, bool(failed))
     if failed:
-        raise OberError(f"{verb} stopped at {failed[0].node}: {failed[0].detail}", failed[0].fix)
+        raise OberError(f"{verb} stopped at {failed[0].node}: {failed[0].detail}{left}", failed[0].fix)
 
 
 @click.command("diff")
@@ -331,16 +353,23 @@ def push_cmd(
     """
     inventory, nodes = _load(inventory_path, targets)
     secrets = load_secrets(secrets_path, required=any(n.config.secret_names() for n in nodes))
-    results = fleetops.push(
-        inventory, nodes, secrets, dry_run=dry_run, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
-    )
-    _report_pushes(out, results, len(nodes))
+    # A dry run changes nothing, so it neither needs the lock nor waits for one.
+    with _session(out, inventory, "push", accept_new_host_keys, parallel, locked=not dry_run) as session:
+        results = fleetops.push(session, nodes, secrets, dry_run=dry_run, progress=_progress(out))
+    _report_pushes(out, results, len(nodes), session.lock)
 
 
-def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
+def _report_pushes(out: Output, results: list[PushResult], total: int, lock: FleetLock) -> None:
     failed = [r for r in results if not r.ok]
     if out.as_json:
-        out.json({"ok": not failed, "nodes": [r.to_dict() for r in results], "untouched": total - len(results)})
+        out.json(
+            {
+                "ok": not failed,
+                "nodes": [r.to_dict() for r in results],
+                "untouched": total - len(results),
+                "lock": lock.state(),
+            }
+        )
         _fail_if(out, bool(failed))
         return
     for r in results:
@@ -350,10 +379,11 @@ def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
         done = "would change" if r.dry_run else "changed"
         actions = f"; {', '.join(r.actions)}" if r.actions else ""
         out.print(f"[green]✓[/] {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+    held = _lock_left(out, lock, bool(failed))
     if failed:
         left = total - len(results)
         raise OberError(
-            f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else ""),
+            f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else "") + held,
             failed[0].fix or "fix it and push again: nodes already done are skipped as unchanged",
         )
 
@@ -401,10 +431,9 @@ def sync_cmd(
         out.warn(
             "whitelists given on the command line: put them in the inventory too, or 'ober fleet push' reverts them"
         )
-    results = fleetops.sync(
-        inventory, nodes, overrides, accept_new_host_keys=accept_new_host_keys, progress=_progress(out)
-    )
-    _report_pushes(out, results, len(nodes))
+    with _session(out, inventory, "sync", accept_new_host_keys, parallel) as session:
+        results = fleetops.sync(session, nodes, overrides, progress=_progress(out))
+    _report_pushes(out, results, len(nodes), session.lock)
 
 
 @click.command("router-config")

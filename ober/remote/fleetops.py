@@ -1,25 +1,38 @@
 """The fleet operations behind ``ober fleet status|drain|undrain|diff|push|sync``, over SSH.
 
 Reading (status, diff) is one parallel sweep. Changing is one node at a time and stops at the first failure, so a
-mistake reaches one node, not the fleet. Draining asks the availability guard first, for the whole set and again
-before each node (the fleet may have changed meanwhile), and refuses rather than forces.
+mistake reaches one node, not the fleet, and holds the fleet lock (`Session`), as rolls do: two operators cannot
+together take the fleet below ``min_available``. Draining asks the availability guard first, for the whole set and
+again right before each node's withdraw (the fleet may have changed meanwhile), and refuses rather than forces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
-from ober.remote.connection import Connection, connect, targets
-from ober.remote.facts import on_nodes, sweep
+from ober.remote.connection import Connection, targets
+from ober.remote.facts import ask_all, on_nodes, open_connections, sweep
 from ober.remote.guard import Decision, decide, enforce
+from ober.remote.lock import STATE_DIR, FleetLock, Holder
 from ober.remote.nodeclient import NodeClient, NodeView, NotReady, config_file, ober_program, unreachable
-from ober.remote.push import APPLY_TIMEOUT, Drift, PushResult, config_outcome, node_diff, node_drift, push_node
+from ober.remote.push import (
+    APPLY_TIMEOUT,
+    Drift,
+    PushResult,
+    Uploader,
+    config_outcome,
+    node_diff,
+    node_drift,
+    push_node,
+)
 from ober.remote.push import secrets_file as node_secrets_file
 
 Progress = Callable[[str], None]
@@ -107,12 +120,100 @@ def node_diff_of(secrets: Mapping[str, str]) -> Callable[[Connection, InventoryN
     return lambda conn, node: node_diff(conn, node, secrets)
 
 
-def _connected(inventory: Inventory, node: InventoryNode, accept_new_host_keys: bool) -> Connection:
-    return connect(targets(inventory, [node], accept_new_host_keys=accept_new_host_keys)[0])
+class Remote(Uploader, Protocol):
+    """An open connection to a node as a changing command needs it (``Connection`` is one)."""
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+Opener = Callable[[], tuple[Mapping[str, Remote], Mapping[str, str]]]
+"""Opens connections to every node of the inventory: the open ones by name, and why the others failed."""
+
+
+class Session:
+    """A changing fleet command's connections to every node of the inventory, with the fleet lock held on them.
+
+    A context manager: it connects to every node at once (the guard counts the whole fleet and the lock is held on
+    all of it), takes the lock, and at the end releases the lock however the block ends and closes everything;
+    then ``lock.state()`` / ``lock.note()`` say whether the lock is released everywhere.
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        operation: str,
+        *,
+        accept_new_host_keys: bool = False,
+        parallel: int | None = None,
+        progress: Progress = _quiet,
+        locked: bool = True,
+        opener: Opener | None = None,
+        state_dir: str = STATE_DIR,
+    ) -> None:
+        self.inventory = inventory
+        self.locked = locked
+        self.progress = progress
+        self.opener: Opener = opener or (
+            lambda: open_connections(inventory, accept_new_host_keys=accept_new_host_keys, parallel=parallel)
+        )
+        self.connections: dict[str, Remote] = {}
+        self.failed: dict[str, str] = {}
+        self.lock = FleetLock({}, Holder.me(operation), state_dir, log=progress)
+
+    def __enter__(self) -> Session:
+        opened, failed = self.opener()
+        self.connections, self.failed = dict(opened), dict(failed)
+        for name, why in self.failed.items():
+            self.progress(f"{name}: {why}")
+        self.lock.runners = dict(self.connections)
+        if self.locked:
+            try:
+                self.lock.acquire()
+            except BaseException:
+                self._close()
+                raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            self.lock.release()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for conn in self.connections.values():
+            with contextlib.suppress(Exception):  # closing goes on for the others, whatever one raised
+                conn.close()
+
+    def remote(self, node: InventoryNode) -> Remote:
+        """The node's connection.
+
+        Raises:
+            OberError: it could not be opened (the message says why).
+        """
+        conn = self.connections.get(node.name)
+        if conn is None:
+            why = self.failed.get(node.name, f"{node.name}: not connected")
+            raise OberError(why, "fix SSH to it (ober fleet status), then run the command again")
+        return conn
+
+    def guard(self, candidates: Sequence[str], max_unavailable: int) -> Decision:
+        """The guard on every node's state as of now, after checking the lock is still ours.
+
+        Raises:
+            OberError: the lock was taken from this command (nothing more may change).
+        """
+        self.lock.ensure()
+        views = ask_all(self.inventory, self.connections)
+        return decide(views, candidates, self.inventory.fleet.min_available, max_unavailable)
 
 
 class Drain:
-    """Draining nodes one at a time behind the availability guard."""
+    """Draining nodes one at a time behind the availability guard, asked afresh right before each withdraw."""
 
     def __init__(
         self,
@@ -136,44 +237,46 @@ class Drain:
         self.progress = progress
         self.decision: Decision | None = None
 
-    def check(self, candidates: Sequence[InventoryNode] | None = None) -> Decision:
-        """Ask every node of the inventory now and decide on ``candidates`` (default: all targets)."""
+    def check(self) -> Decision:
+        """Ask every node of the inventory now (no lock: this changes nothing) and decide on all the targets."""
         views = sweep(self.inventory, parallel=self.parallel, accept_new_host_keys=self.accept)
-        chosen = self.nodes if candidates is None else candidates
-        return decide(views, [n.name for n in chosen], self.inventory.fleet.min_available, self.max_unavailable)
+        return decide(views, [n.name for n in self.nodes], self.inventory.fleet.min_available, self.max_unavailable)
 
-    def run(self) -> list[Step]:
-        """Guard the whole set, then drain each node after a fresh guard check; stop at the first failure.
+    def run(self, session: Session) -> list[Step]:
+        """Guard the whole set, then drain each node right after a fresh guard check; stop at the first failure.
 
         Raises:
             GuardRefused: the whole set would break the availability rules; nothing was changed.
         """
-        self.decision = enforce(self.check())
+        self.decision = enforce(session.guard([n.name for n in self.nodes], self.max_unavailable))
         self.progress(self.decision.message)
         steps: list[Step] = []
-        for index, node in enumerate(self.nodes):
-            if index:
-                # Nodes may have failed or been drained by someone else since the first check.
-                decision = self.check([node])
-                if not decision.allowed:
-                    steps.append(Step(node.name, False, decision.message, 0.0, "nothing more was drained"))
-                    break
+        for node in self.nodes:
+            # Immediately before each withdraw: nodes may have failed, or been drained by someone without the
+            # lock (an older ober, a node's own `ober drain`), since the last check.
+            try:
+                decision = session.guard([node.name], self.max_unavailable)
+            except OberError as exc:
+                steps.append(Step(node.name, False, exc.message, 0.0, exc.fix))
+                break
+            if not decision.allowed:
+                steps.append(Step(node.name, False, decision.message, 0.0, decision.fix))
+                break
             self.progress(f"{node.name}: draining (withdraw, then wait for its connections)")
-            step = self._drain(node)
+            step = self._drain(session, node)
             steps.append(step)
             self.progress(f"{node.name}: {step.detail}")
             if not step.ok:
                 break
         return steps
 
-    def _drain(self, node: InventoryNode) -> Step:
+    def _drain(self, session: Session, node: InventoryNode) -> Step:
         started = time.monotonic()
         wait = node.config.health.drain_timeout if self.timeout is None else self.timeout
         try:
-            with _connected(self.inventory, node, self.accept) as conn:
-                client = NodeClient(conn, node)
-                answer = client.drain(self.reason, wait=wait)
-                view = client.status()
+            client = NodeClient(session.remote(node), node)
+            answer = client.drain(self.reason, wait=wait)
+            view = client.status()
         except OberError as exc:
             return Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
         facts = {"sessions_left": answer.sessions_left, "announced": list(view.announced)}
@@ -184,11 +287,10 @@ class Drain:
 
 
 def undrain(
-    inventory: Inventory,
+    session: Session,
     nodes: Sequence[InventoryNode],
     *,
     wait: float = 60.0,
-    accept_new_host_keys: bool = False,
     progress: Progress = _quiet,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Step]:
@@ -198,8 +300,7 @@ def undrain(
         started = time.monotonic()
         progress(f"{node.name}: undraining")
         try:
-            with _connected(inventory, node, accept_new_host_keys) as conn:
-                step = _undrain(NodeClient(conn, node, sleep=sleep), wait, started)
+            step = _undrain(NodeClient(session.remote(node), node, sleep=sleep), wait, started)
         except OberError as exc:
             step = Step(node.name, False, exc.message, time.monotonic() - started, exc.fix)
         steps.append(step)
@@ -234,23 +335,21 @@ def _undrain(client: NodeClient, wait: float, started: float) -> Step:
 
 
 def one_at_a_time(
-    inventory: Inventory,
+    session: Session,
     nodes: Sequence[InventoryNode],
-    work: Callable[[Connection, InventoryNode], PushResult],
+    work: Callable[[Remote, InventoryNode], PushResult],
     *,
     doing: str,
     dry_run: bool = False,
-    accept_new_host_keys: bool = False,
     progress: Progress = _quiet,
 ) -> list[PushResult]:
-    """Run ``work`` on each node in turn over its own connection; stop at the first failure (the rest untouched)."""
+    """Run ``work`` on each node in turn over its connection; stop at the first failure (the rest untouched)."""
     results: list[PushResult] = []
     for node in nodes:
         progress(f"{node.name}: {doing}")
         started = time.monotonic()
         try:
-            with _connected(inventory, node, accept_new_host_keys) as conn:
-                result = work(conn, node)
+            result = work(session.remote(node), node)
         except OberError as exc:
             result = PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
         results.append(dataclasses.replace(result, seconds=time.monotonic() - started))
@@ -260,22 +359,20 @@ def one_at_a_time(
 
 
 def push(
-    inventory: Inventory,
+    session: Session,
     nodes: Sequence[InventoryNode],
     secrets: Mapping[str, str],
     *,
     dry_run: bool = False,
-    accept_new_host_keys: bool = False,
     progress: Progress = _quiet,
 ) -> list[PushResult]:
     """Push node by node; stop at the first failure (the nodes after it are untouched)."""
     return one_at_a_time(
-        inventory,
+        session,
         nodes,
         lambda conn, node: push_node(conn, node, secrets, dry_run),
         doing="checking" if dry_run else "pushing",
         dry_run=dry_run,
-        accept_new_host_keys=accept_new_host_keys,
         progress=progress,
     )
 
@@ -296,20 +393,17 @@ def whitelist_args(node: InventoryNode, overrides: Mapping[str, str]) -> list[st
 
 
 def sync(
-    inventory: Inventory,
+    session: Session,
     nodes: Sequence[InventoryNode],
     overrides: Mapping[str, str],
     *,
-    accept_new_host_keys: bool = False,
     progress: Progress = _quiet,
 ) -> list[PushResult]:
     """``ober sync`` on each node in turn (names resolved on the node, now); stop at the first failure."""
 
-    def work(conn: Connection, node: InventoryNode) -> PushResult:
+    def work(conn: Remote, node: InventoryNode) -> PushResult:
         argv = [ober_program(node), "sync", "--config", config_file(node), "--json"]
         argv += ["--secrets", node_secrets_file(node), *whitelist_args(node, overrides)]
         return config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT))
 
-    return one_at_a_time(
-        inventory, nodes, work, doing="syncing whitelists", accept_new_host_keys=accept_new_host_keys, progress=progress
-    )
+    return one_at_a_time(session, nodes, work, doing="syncing whitelists", progress=progress)

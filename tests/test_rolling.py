@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,7 +27,6 @@ from ober.remote.rolling import (
     Request,
     StepClass,
     classify,
-    guard_allows,
     plan,
     summary,
 )
@@ -117,12 +117,6 @@ def test_out_of_service_nodes_go_first_skipped_are_listed_and_order_is_otherwise
     rebooted = plan(Request(Operation.RESTART, reboot=True), nodes, resumed="abc").steps
     assert [s.node for s in rebooted] == ["n3", "n2", "n4", "n1", "n5"]
     assert [s.klass for s in rebooted] == [StepClass.SKIP] + [StepClass.REBOOT] * 4
-
-
-def test_guard_refuses_a_step_that_would_leave_fewer_than_min_available() -> None:
-    assert guard_allows(4, 3)
-    assert not guard_allows(3, 3)
-    assert not guard_allows(1, 1)
 
 
 def test_summary_of_a_failed_roll_names_the_node_its_state_and_how_to_resume() -> None:
@@ -293,7 +287,8 @@ def test_a_lock_with_a_live_lease_is_never_taken_over_even_from_this_user_and_ho
     with pytest.raises(OberError) as refused:
         FleetLock(runners, Holder.me("drain"), base).acquire()
     assert f"locked by {twin.owner} (pid {2**22 + 12345}, restart) since " in refused.value.message
-    assert "lease renewed 60s ago, expires in 14m (on n2)" in refused.value.message
+    # The node's clock says how long ago: a second may pass between setting the time and the script reading it.
+    assert re.search(r"lease renewed 6[0-2]s ago, expires in 14m \(on n2\)$", refused.value.message)
     assert holders(runners, base)["n2"].token == "theirs"
     assert not (tmp_path / "n1" / "lock").exists()  # what was taken before the refusal is given back
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,13 @@ import yaml
 
 from ober.apply import Change, apply, plan
 from ober.build import build_node
-from ober.config import parse_node_config, read_yaml
+from ober.config import NodeConfig, parse_node_config, read_yaml
 from ober.errors import ConfigError
+from ober.haproxy_state import after_reload, node_degraded, worker_pid
 from ober.inventory import merge
+from ober.render import paths
 from ober.secrets import load_secrets
-from ober.services import reload_for, run_actions, verify_haproxy
+from ober.services import reload_for, run_actions
 
 _KEY = re.compile(r"^[a-z_][a-z0-9_-]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_-]*(?:\[\d+\])?)*\Z")
 
@@ -94,6 +96,8 @@ class Outcome:
     backup: Path | None
     dry_run: bool
     live: bool
+    degraded: list[str] = field(default_factory=list)
+    """How the running HAProxy serves less than the config asks (see :mod:`ober.haproxy_state`); empty: fully."""
 
     def summary(self) -> list[dict[str, str]]:
         """Each changed path and how, for ``--json``."""
@@ -127,18 +131,32 @@ def configure(
     changes = plan(built.rendered, root, config.install_path)
     live = root.resolve() == Path("/")
     actions = reload_for(config, [c.path for c in changes]) if live else []
-    if dry_run or not changes:
+    if dry_run:
         return Outcome(changes, actions, None, dry_run, live)
+    if not changes:
+        # Unchanged, yet maybe serving less than it says (a server that never resolved): a push must hear it.
+        return Outcome(changes, actions, None, False, live, _degraded_now(config) if live else [])
 
     done: list[str] = []
+    before: list[int | None] = [None]
+    degraded: list[str] = []
 
     def reload() -> None:
-        done[:] = run_actions(actions)
+        before[0] = worker_pid(paths(config)["admin_socket"], config.health.timeout)
+        done[:] = run_actions(actions, config)
 
     def verify() -> None:
         if "reload ober-http" in done:  # a stopped HAProxy is not reloaded, so there is nothing to verify
-            verify_haproxy(config)
+            # Not just "the socket answers": the old worker answers too when the new config failed to load.
+            degraded[:] = after_reload(config, before[0])
+        elif live:
+            degraded[:] = _degraded_now(config)
 
     owned = [f.path for f in built.rendered.files]
     result = apply(changes, root, config.install_path, owned, reload=reload, verify=verify)
-    return Outcome(changes, done, result.backup, False, live)
+    return Outcome(changes, done, result.backup, False, live, degraded)
+
+
+def _degraded_now(config: NodeConfig) -> list[str]:
+    """The running HAProxy's problems now; [] when it is not running (a stopped node serves nothing less)."""
+    return node_degraded(config) or []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ober.errors import OberError
 from ober.facts import find_program
@@ -16,10 +17,12 @@ CLI_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class BgpFacts:
-    """Per neighbor: the session state, and the prefixes ExaBGP has sent it."""
+    """Per neighbor: the session state, the prefixes ExaBGP has sent it, and whether graceful restart holds."""
 
     sessions: dict[str, str]
     announced: dict[str, list[str]]
+    graceful_restart: dict[str, bool | None] = field(default_factory=dict)
+    """Negotiated: both ends advertised the capability in their OPEN. None: no OPEN from the router (yet)."""
 
 
 def _cli(command: list[str], root: str | None) -> str:
@@ -46,13 +49,44 @@ def _cli(command: list[str], root: str | None) -> str:
     return done.stdout
 
 
+def _neighbors(text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text)
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise TypeError
+        return data
+    except (ValueError, TypeError) as exc:
+        raise OberError(f"ExaBGP's neighbor list was not understood: {exc.__class__.__name__}") from None
+
+
 def parse_neighbors(text: str) -> dict[str, str]:
     """``show neighbor json`` → {peer address: FSM state, lowercase}."""
     try:
-        data = json.loads(text)
-        return {str(item["peer"]["address"]): str(item.get("fsm", item.get("state", "?"))).lower() for item in data}
-    except (ValueError, KeyError, TypeError) as exc:
+        return {
+            str(item["peer"]["address"]): str(item.get("fsm", item.get("state", "?"))).lower()
+            for item in _neighbors(text)
+        }
+    except (KeyError, TypeError) as exc:
         raise OberError(f"ExaBGP's neighbor list was not understood: {exc.__class__.__name__}") from None
+
+
+def parse_graceful_restart(text: str) -> dict[str, bool | None]:
+    """``show neighbor json`` → {peer address: graceful restart negotiated}.
+
+    ExaBGP lists each capability as ``local`` (what this node's config advertises) and ``peer`` (what the router's
+    OPEN advertised; null before an OPEN). Only both together hold the routes while ExaBGP restarts: the node's
+    setting alone says nothing about the router. (Its top-level ``capabilities`` list is not used: ExaBGP 5.0.15
+    fills it from the peer's side only.)
+    """
+    found: dict[str, bool | None] = {}
+    try:
+        for item in _neighbors(text):
+            local = item["local"]["capabilities"].get("graceful-restart")
+            peer = item["peer"]["capabilities"].get("graceful-restart")
+            found[str(item["peer"]["address"])] = None if peer is None else bool(local) and bool(peer)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise OberError(f"ExaBGP's neighbor list was not understood: {exc.__class__.__name__}") from None
+    return found
 
 
 def parse_adj_rib_out(text: str) -> dict[str, list[str]]:
@@ -71,9 +105,11 @@ def parse_adj_rib_out(text: str) -> dict[str, list[str]]:
 
 def bgp_facts(root: str | None = None) -> BgpFacts:
     """Sessions and announced routes from the running ExaBGP."""
-    sessions = parse_neighbors(_cli(["show", "neighbor", "json"], root))
+    neighbors = _cli(["show", "neighbor", "json"], root)
+    sessions = parse_neighbors(neighbors)
+    graceful = parse_graceful_restart(neighbors)
     try:
         announced = parse_adj_rib_out(_cli(["show", "adj-rib", "out", "json"], root))
     except OberError:
         announced = {}  # an empty RIB answers nothing at all
-    return BgpFacts(sessions, {peer: announced.get(peer, []) for peer in sessions})
+    return BgpFacts(sessions, {peer: announced.get(peer, []) for peer in sessions}, graceful)

@@ -76,11 +76,16 @@ def parse_show_stat(text: str) -> Snapshot:
     return Snapshot(backends=backends, sessions=sessions)
 
 
+class HAProxyGone(OberError):
+    """HAProxy is not running: its runtime socket is missing or refuses connections (not merely slow)."""
+
+
 def query(socket_path: str, command: str, timeout: float) -> str:
     """Send one command to the runtime API and return its whole answer.
 
     Raises:
-        OberError: HAProxy is not there (socket missing, refused) or did not answer within ``timeout``.
+        HAProxyGone: HAProxy is not there (socket missing, refused).
+        OberError: HAProxy did not answer within ``timeout``, or another socket error.
     """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -91,7 +96,11 @@ def query(socket_path: str, command: str, timeout: float) -> str:
             while chunk := conn.recv(65536):
                 chunks.append(chunk)
     except FileNotFoundError:
-        raise OberError(f"HAProxy runtime socket {socket_path} does not exist", "is ober-http running?") from None
+        raise HAProxyGone(f"HAProxy runtime socket {socket_path} does not exist", "is ober-http running?") from None
+    except ConnectionRefusedError:
+        raise HAProxyGone(
+            f"HAProxy runtime socket {socket_path} refuses connections", "is ober-http running?"
+        ) from None
     except OSError as exc:
         raise OberError(
             f"HAProxy runtime socket {socket_path}: {exc.strerror or exc}", "is ober-http running?"

@@ -5,6 +5,13 @@ maintenance) and returns the next state and at most one action for ExaBGP. The l
 :mod:`ober.healthd`. Hysteresis: ``rise`` good checks in a row to announce, ``fall`` bad ones to withdraw.
 Maintenance withdraws at once, or, with a drain policy, first re-announces less preferred (graceful-shutdown
 community / higher MED) and withdraws ``delay`` seconds later, so routers move traffic before the route goes.
+
+A *definite* failure skips ``fall``: HAProxy not running at all, or HAProxy reporting no live server in the VIP's
+group (its own checks already applied their ``fall``; counting again here only delayed the withdraw by seconds).
+Only a HAProxy that does not answer in time is a doubtful check that counts toward ``fall``.
+
+A helper restarted under a running ExaBGP (killed, OOM) does not know what ExaBGP still announces for it: its VIPs
+start *unknown*, and a first decision not to announce is sent as a withdraw even if nothing was announced.
 """
 
 from __future__ import annotations
@@ -46,21 +53,32 @@ class Rules:
 
 @dataclass(frozen=True)
 class VipState:
-    """A VIP's state, its run of checks toward rise/fall, what is announced, and when the state began."""
+    """A VIP's state, its run of checks toward rise/fall, what is announced, and when the state began.
+
+    ``known`` is False for a VIP this process has not sent a command for yet (see :data:`UNKNOWN`): ExaBGP may still
+    hold an announcement a previous helper made, so ``announced`` is only a guess until then.
+    """
 
     state: State = State.INIT
     count: int = 0
     announced: Action | None = None
     since: float = 0.0
+    known: bool = True
+
+
+UNKNOWN = VipState(known=False)
+"""Where each VIP starts in a new helper: nothing decided, and ExaBGP's announcement not known."""
 
 
 @dataclass(frozen=True)
 class Observation:
-    """One check: can this node serve the VIP, and is it in maintenance."""
+    """One check: can this node serve the VIP, is it in maintenance, and is an unhealthy verdict definite."""
 
     healthy: bool
     maintenance: bool
     now: float
+    definite: bool = False
+    """Unhealthy beyond doubt (HAProxy gone, or no live server per HAProxy's own checks): withdraw without ``fall``."""
 
 
 def _go(current: VipState, state: State, now: float, action: Action | None = None, count: int = 0) -> VipState:
@@ -68,7 +86,8 @@ def _go(current: VipState, state: State, now: float, action: Action | None = Non
     if action is not None:
         announced = None if action is Action.WITHDRAW else action
     since = current.since if state is current.state else now
-    return VipState(state=state, count=count, announced=announced, since=since)
+    known = current.known or action is not None
+    return VipState(state=state, count=count, announced=announced, since=since, known=known)
 
 
 def step(current: VipState, seen: Observation, rules: Rules) -> tuple[VipState, Action | None]:
@@ -82,7 +101,7 @@ def step(current: VipState, seen: Observation, rules: Rules) -> tuple[VipState, 
         return _go(current, State.DOWN, seen.now, Action.WITHDRAW), Action.WITHDRAW
     if seen.healthy:
         return _healthy(current, seen.now, rules)
-    return _unhealthy(current, seen.now, rules)
+    return _unhealthy(current, seen, rules)
 
 
 def _maintenance(current: VipState, seen: Observation, rules: Rules) -> tuple[VipState, Action | None]:
@@ -94,7 +113,7 @@ def _maintenance(current: VipState, seen: Observation, rules: Rules) -> tuple[Vi
         return _go(current, State.DISABLED, seen.now, Action.WITHDRAW), Action.WITHDRAW
     if current.announced is Action.ANNOUNCE and rules.drain_delay is not None:
         return _go(current, State.DRAINING, seen.now, Action.ANNOUNCE_DRAIN), Action.ANNOUNCE_DRAIN
-    if current.announced is not None:
+    if current.announced is not None or not current.known:
         return _go(current, State.DISABLED, seen.now, Action.WITHDRAW), Action.WITHDRAW
     return _go(current, State.DISABLED, seen.now), None
 
@@ -108,13 +127,17 @@ def _healthy(current: VipState, now: float, rules: Rules) -> tuple[VipState, Act
     return _go(current, State.RISING, now, count=count), None
 
 
-def _unhealthy(current: VipState, now: float, rules: Rules) -> tuple[VipState, Action | None]:
+def _unhealthy(current: VipState, seen: Observation, rules: Rules) -> tuple[VipState, Action | None]:
+    now = seen.now
     if current.state in (State.UP, State.FALLING):
         count = current.count + 1 if current.state is State.FALLING else 1
-        if count >= rules.fall:
+        if count >= rules.fall or seen.definite:
             return _go(current, State.DOWN, now, Action.WITHDRAW), Action.WITHDRAW
         return _go(current, State.FALLING, now, count=count), None
-    # INIT, RISING, DOWN, DISABLED: nothing announced that needs withdrawing (DISABLED withdrew on entry).
+    if not current.known:
+        # A restarted helper: ExaBGP may still announce what the previous one did; make sure it does not.
+        return _go(current, State.DOWN, now, Action.WITHDRAW), Action.WITHDRAW
+    # RISING, DOWN, DISABLED: nothing announced that needs withdrawing (DISABLED withdrew on entry).
     return replace(_go(current, State.DOWN, now), announced=None), None
 
 

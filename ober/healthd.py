@@ -4,12 +4,19 @@ All I/O is here (HAProxy's runtime socket, the maintenance file, ExaBGP's pipes,
 decisions are in :mod:`ober.health`. It never dies on a transient error (ExaBGP gives up on a helper that dies five
 times in about a minute), reads ExaBGP's acknowledgements so the pipe never fills, exits cleanly when ExaBGP goes
 away, and on SIGTERM/SIGINT withdraws everything it announced before exiting 0.
+
+It also follows what changes under it while it runs: ``ober.yaml`` is read again when it changes (new VIPs are
+checked and announced, removed ones withdrawn, new rise/fall/interval/drain taken; the VIPs that did not change
+keep their announcement), and HAProxy's master process is watched through a pidfd, so a HAProxy that dies wakes
+the loop at once instead of at its next interval.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import select
 import signal
 import sys
 import threading
@@ -20,10 +27,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from ober.config import NodeConfig, Vip
+from ober.config import NodeConfig, Vip, load_config
 from ober.errors import OberError
-from ober.haproxy_runtime import Snapshot, snapshot
-from ober.health import Action, Observation, Rules, State, VipState, command, step
+from ober.haproxy_runtime import HAProxyGone, Snapshot, snapshot
+from ober.health import UNKNOWN, Action, Observation, Rules, State, VipState, command, step
 from ober.render import paths
 
 # States in which a VIP's announcement is settled (announced or not) after a start.
@@ -70,22 +77,136 @@ class Pipe:
         return True
 
 
-def observe_haproxy(config: NodeConfig) -> Callable[[], Snapshot | None]:
-    """A function reading HAProxy's state; None when HAProxy does not answer (so nothing is servable)."""
-    socket_path = paths(config)["admin_socket"]
+@dataclass(frozen=True)
+class Seen:
+    """What one look at HAProxy found: its state, or None; ``gone`` when it is not running at all (not just slow)."""
 
-    def read() -> Snapshot | None:
+    snapshot: Snapshot | None
+    gone: bool = False
+
+
+def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
+    """A function reading HAProxy's state (with the config in effect at each call)."""
+
+    def read() -> Seen:
+        config = current()
+        where = paths(config)
+        # The master first: after it died, a worker systemd has not killed yet may still answer `show stat`.
+        if running(Path(where["pid_file"])) is False:
+            return Seen(None, gone=True)
         try:
-            return snapshot(socket_path, config.health.timeout)
+            return Seen(snapshot(where["admin_socket"], config.health.timeout))
+        except HAProxyGone:
+            return Seen(None, gone=True)
         except OberError:
-            return None
+            return Seen(None)  # running but no usable answer in time: a doubtful check
 
     return read
+
+
+def running(pid_file: Path) -> bool | None:
+    """Whether the process named in ``pid_file`` runs; None without a readable pid file (the socket decides then).
+
+    An unreaped zombie does not run: a killed master is one until systemd reaps it, and signal 0 still reaches a
+    zombie, so the loop, woken by the pidfd at the exit itself, would see a "live" master and a worker still
+    answering for one more interval.
+    """
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the command name in parentheses (which may itself hold spaces or parentheses).
+    state = stat.rpartition(")")[2].split()[:1]
+    return state not in (["Z"], ["X"], [])
 
 
 def servable(vip: Vip, seen: Snapshot | None) -> bool:
     """A VIP is servable while HAProxy answers and its backend group has a live server."""
     return seen is not None and seen.live_servers(f"be_{vip.backend}") > 0
+
+
+def select_vips(config: NodeConfig, only: list[str] | None) -> list[Vip]:
+    """The VIPs this helper decides: all of the config's, or those named (by address or name)."""
+    return [vip for vip in config.vips if not only or vip.address in only or vip.name in only]
+
+
+def digest(data: bytes) -> str:
+    """A short fingerprint of a config file's bytes: what the state file says is in effect."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str | None:
+    """The fingerprint of the file at ``path`` (None when it cannot be read)."""
+    try:
+        return digest(path.read_bytes())
+    except OSError:
+        return None
+
+
+@dataclass
+class ConfigSource:
+    """``ober.yaml`` on disk, looked at every round; :meth:`changed` returns a new valid config once per change."""
+
+    path: Path
+    digest: str | None = None
+    signature: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.signature = self._stat()
+        self.digest = file_digest(self.path)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def changed(self) -> NodeConfig | None:
+        """The new config if the file changed and is valid; None otherwise (an invalid one is logged, not taken)."""
+        signature = self._stat()
+        if signature is None or signature == self.signature:
+            return None
+        self.signature = signature
+        new = file_digest(self.path)
+        if new is None or new == self.digest:
+            return None
+        try:
+            config = load_config(self.path)
+        except OberError as exc:
+            # `ober config` validates before it writes, so this is a hand edit: keep deciding with the last good one.
+            log(f"{self.path} changed but is not valid, still using the previous one: {exc}")
+            return None
+        self.digest = new
+        return config
+
+
+def watch_pid(pid_file: Callable[[], Path], wake: threading.Event, stop: threading.Event) -> None:
+    """Set ``wake`` the moment the process named in ``pid_file`` (HAProxy's master) exits; runs until ``stop``.
+
+    A pidfd becomes readable when its process exits: no polling, and a crash is seen in milliseconds. Where pidfds
+    are unavailable (kernel < 5.3) this returns and the loop's interval alone notices.
+    """
+    if not hasattr(os, "pidfd_open"):
+        return
+    while not stop.is_set():
+        try:
+            pid = int(pid_file().read_text().split()[0])
+            fd = os.pidfd_open(pid)
+        except (OSError, ValueError, IndexError):
+            stop.wait(0.5)  # no HAProxy (yet, or again): look for a new pid file soon
+            continue
+        try:
+            # Wake up now and then to follow a new pid file (HAProxy restarted under the same path).
+            if select.select([fd], [], [], 2.0)[0]:
+                wake.set()
+                stop.wait(0.5)
+        finally:
+            os.close(fd)
 
 
 @dataclass
@@ -95,10 +216,11 @@ class HealthLoop:
     config: NodeConfig
     vips: list[Vip]
     pipe: Pipe
-    observe: Callable[[], Snapshot | None]
+    observe: Callable[[], Seen]
     clock: Callable[[], float] = time.monotonic
     states: dict[str, VipState] = field(default_factory=dict)
     eor_sent: bool = False
+    config_digest: str | None = None
 
     @property
     def rules(self) -> Rules:
@@ -116,16 +238,48 @@ class HealthLoop:
         maintenance = self.maintenance()
         now = self.clock()
         for vip in self.vips:
-            before = self.states.get(vip.address, VipState())
-            after, action = step(before, Observation(servable(vip, seen), maintenance, now), self.rules)
+            before = self.states.get(vip.address, UNKNOWN)
+            healthy = servable(vip, seen.snapshot)
+            # HAProxy gone, or its own checks say the group has no live server: no need for `fall` more rounds.
+            definite = seen.gone or seen.snapshot is not None
+            after, action = step(before, Observation(healthy, maintenance, now, definite), self.rules)
             self.states[vip.address] = after
             if action is not None:
                 self.pipe.send(command(action, vip.address, self.config.bgp.drain))
-            if after.state is not before.state:
-                why = "maintenance" if maintenance else ("haproxy down" if seen is None else "checks")
+            if after.state is not before.state or action is not None:
+                why = "maintenance" if maintenance else self._why(seen, healthy)
                 done = f", {action.value}" if action else ""
                 log(f"{vip.name} {vip.address}: {before.state.value} -> {after.state.value} ({why}){done}")
         self._end_of_rib()
+
+    @staticmethod
+    def _why(seen: Seen, healthy: bool) -> str:
+        if seen.gone:
+            return "haproxy not running"
+        if seen.snapshot is None:
+            return "haproxy not answering"
+        return "checks" if healthy else "no live server"
+
+    def reconfigure(self, config: NodeConfig, only: list[str] | None, config_digest: str | None = None) -> None:
+        """Take a changed ``ober.yaml``: withdraw VIPs that are gone, check new ones; the others keep their state."""
+        vips = select_vips(config, only)
+        kept = {vip.address for vip in vips}
+        for vip in self.vips:
+            if vip.address in kept:
+                continue
+            state = self.states.pop(vip.address, UNKNOWN)
+            if state.announced is not None or not state.known:
+                self.pipe.send(command(Action.WITHDRAW, vip.address, None))
+                log(f"{vip.name} {vip.address}: no longer in the configuration, withdrawn")
+        before = {vip.address for vip in self.vips}
+        added = [vip for vip in vips if vip.address not in before]
+        self.config, self.vips, self.config_digest = config, vips, config_digest
+        health = config.health
+        log(
+            f"configuration changed: now watching {', '.join(v.address for v in vips) or 'no VIP'} every "
+            f"{health.interval:g}s (rise {health.rise}, fall {health.fall})"
+            + (f"; new: {', '.join(v.address for v in added)}" if added else "")
+        )
 
     def _end_of_rib(self) -> None:
         """Under graceful restart, send End-of-RIB once every VIP has its first decision.
@@ -136,7 +290,7 @@ class HealthLoop:
         """
         if self.eor_sent or not self.config.bgp.graceful_restart:
             return
-        if all(self.states.get(vip.address, VipState()).state in DECIDED for vip in self.vips):
+        if all(self.states.get(vip.address, UNKNOWN).state in DECIDED for vip in self.vips):
             self.eor_sent = self.pipe.send("announce eor ipv4 unicast")
             log("first decision made for every VIP: End-of-RIB sent")
 
@@ -144,21 +298,25 @@ class HealthLoop:
         """Withdraw whatever is announced (on SIGTERM/SIGINT)."""
         for vip in self.vips:
             state = self.states.get(vip.address)
-            if state is not None and state.announced is not None:
+            if state is not None and (state.announced is not None or not state.known):
                 if self.pipe.send(command(Action.WITHDRAW, vip.address, None)):
                     log(f"{vip.name} {vip.address}: withdrawn on exit")
                 self.states[vip.address] = VipState(State.DISABLED, 0, None, self.clock())
 
     def report(self) -> dict[str, object]:
         """The state file's content (read by ``ober status``)."""
+        health = self.config.health
         return {
             "pid": os.getpid(),
             "updated": time.time(),
+            # What is in effect: `ober config` waits until this matches the file it wrote.
+            "config": self.config_digest,
+            "rules": {"interval": health.interval, "rise": health.rise, "fall": health.fall},
             "vips": {
                 vip.address: {
                     "name": vip.name,
-                    "state": self.states.get(vip.address, VipState()).state.value,
-                    "announced": (a.value if (a := self.states.get(vip.address, VipState()).announced) else None),
+                    "state": self.states.get(vip.address, UNKNOWN).state.value,
+                    "announced": (a.value if (a := self.states.get(vip.address, UNKNOWN).announced) else None),
                 }
                 for vip in self.vips
             },
@@ -182,12 +340,28 @@ def state_file(config: NodeConfig) -> Path:
 
 
 def run(
-    config: NodeConfig, only: list[str] | None = None, *, inp: IO[str] | None = None, out: IO[str] | None = None
+    config: NodeConfig,
+    only: list[str] | None = None,
+    *,
+    source: Path | None = None,
+    inp: IO[str] | None = None,
+    out: IO[str] | None = None,
 ) -> int:
-    """Run until ExaBGP goes away or a signal arrives; returns the exit status (0)."""
-    vips = [vip for vip in config.vips if not only or vip.address in only or vip.name in only]
+    """Run until ExaBGP goes away or a signal arrives; returns the exit status (0).
+
+    Args:
+        config: the configuration to start with.
+        only: VIP addresses or names to decide (default: all).
+        source: the ``ober.yaml`` ``config`` came from; read again whenever it changes.
+        inp: ExaBGP's acknowledgements [stdin].
+        out: commands to ExaBGP [stdout].
+    """
     pipe = Pipe(out or sys.stdout, inp or sys.stdin)
-    loop = HealthLoop(config, vips, pipe, observe_haproxy(config))
+    watched = ConfigSource(source) if source is not None else None
+    loop = HealthLoop(config, select_vips(config, only), pipe, lambda: Seen(None))
+    loop.observe = observe_haproxy(lambda: loop.config)
+    loop.config_digest = watched.digest if watched else None
+    vips = loop.vips
     stop = threading.Event()
     # SIGUSR1 (sent by `ober drain`): look now, not at the next interval, so a drain withdraws within milliseconds
     # of the quiet moment it waited for.
@@ -201,6 +375,12 @@ def run(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, lambda _signum, _frame: wake.set())
     pipe.start()
+    threading.Thread(
+        target=watch_pid,
+        args=(lambda: Path(paths(loop.config)["pid_file"]), wake, stop),
+        name="haproxy-pid",
+        daemon=True,
+    ).start()
     log(
         f"health: watching {', '.join(v.address for v in vips)} every {config.health.interval:g}s "
         f"(rise {config.health.rise}, fall {config.health.fall})"
@@ -209,11 +389,15 @@ def run(
     while not stop.is_set() and not pipe.gone.is_set():
         started = time.monotonic()
         try:
+            new = watched.changed() if watched else None
+            if new is not None:
+                loop.reconfigure(new, only, watched.digest if watched else None)
+                target = state_file(loop.config)
             loop.tick()
             write_state(target, loop.report())
         except Exception as exc:  # a transient failure must never kill the helper
             log(f"health: check failed, will retry: {exc.__class__.__name__}: {exc}")
-        wake.wait(max(0.0, config.health.interval - (time.monotonic() - started)))
+        wake.wait(max(0.0, loop.config.health.interval - (time.monotonic() - started)))
         wake.clear()
     if pipe.gone.is_set():
         log("health: ExaBGP went away; exiting")

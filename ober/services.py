@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from ober.config import NodeConfig
+from ober.drain import wake_health
 from ober.errors import OberError
 from ober.haproxy_runtime import snapshot
+from ober.healthd import file_digest, state_file
 from ober.render import paths
 from ober.status import unit_state
 
@@ -60,6 +64,8 @@ def command(argv: list[str]) -> None:
 
 CERTS_WATCH = "restart ober-certs.path"
 BGP_RESTART = "restart ober-bgp"
+HEALTH_RELOAD = "reread ober-health"
+"""Not systemctl: the running ``ober health`` reads ober.yaml again, and ``ober config`` waits until it has."""
 
 
 def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
@@ -88,16 +94,27 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         # announces only on state changes: that router would never get the VIPs (seen in the lab: router-id changed,
         # session back, no route). A restart withdraws, reconnects and re-announces after `rise` checks.
         actions.append(BGP_RESTART)
+    if p["config"] in changed:
+        # Last: after a restart of ober-bgp the new helper reads the new file anyway; either way, wait for it.
+        actions.append(HEALTH_RELOAD)
     return actions
 
 
-def run_actions(actions: list[str]) -> list[str]:
-    """Do ``reload_for``'s actions, skipping reloads (and ExaBGP's restart) of units not running; returns those done."""
+def run_actions(actions: list[str], config: NodeConfig | None = None) -> list[str]:
+    """Do ``reload_for``'s actions, skipping reloads (and ExaBGP's restart) of units not running; returns those done.
+
+    ``config`` (the new one) is needed for :data:`HEALTH_RELOAD`.
+    """
     done: list[str] = []
     for action in actions:
         verb, _, unit = action.partition(" ")
-        if (verb == "reload" or action == BGP_RESTART) and unit_state(unit) != "active":
+        if (verb in ("reload", "reread") or action == BGP_RESTART) and unit_state(_unit(unit)) != "active":
             continue  # a stopped node stays stopped: it reads the new files when it starts
+        if action == HEALTH_RELOAD:
+            if config is not None:
+                health_takes(config)
+            done.append(action)
+            continue
         if action == CERTS_WATCH and unit_state("ober-http") != "active":
             continue
         if action in NETWORK_APPLY.values():
@@ -106,6 +123,51 @@ def run_actions(actions: list[str]) -> list[str]:
             systemctl(*action.split())
         done.append(action)
     return done
+
+
+def _unit(name: str) -> str:
+    """The systemd unit an action is about (``ober health`` runs under ExaBGP, in ober-bgp)."""
+    return "ober-bgp" if name == "ober-health" else name
+
+
+def health_takes(config: NodeConfig, timeout: float | None = None) -> None:
+    """Wake the running ``ober health`` and wait until its state file says the new ober.yaml is in effect.
+
+    Raises:
+        OberError: it did not take the file within ``timeout`` [two intervals plus 10 s].
+    """
+    wanted = file_digest(Path(paths(config)["config"]))
+    limit = timeout if timeout is not None else 2 * config.health.interval + 10.0
+    deadline = time.monotonic() + limit
+    while True:
+        wake_health(config)  # look now, not at the next interval
+        running = _health_digest(config)
+        if running == wanted or running is OLD_HELPER:
+            return
+        if time.monotonic() >= deadline:
+            raise OberError(
+                f"ober health did not take the new {paths(config)['config']} within {limit:g}s",
+                "see: ober logs -n 50 (ober-bgp); restart it with: systemctl restart ober-bgp",
+            )
+        time.sleep(0.1)
+
+
+OLD_HELPER = "(an ober health of an earlier ober, which reads its config only at start)"
+
+
+def _health_digest(config: NodeConfig) -> str | None:
+    """The config fingerprint the running ``ober health`` publishes; OLD_HELPER if it publishes none."""
+    try:
+        data = json.loads(state_file(config).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "config" not in data:
+        # Such a helper is replaced when ober-bgp restarts (an upgrade does that); waiting would only time out.
+        return OLD_HELPER
+    value = data["config"]
+    return value if isinstance(value, str) else None
 
 
 def verify_haproxy(config: NodeConfig, timeout: float = 10.0) -> None:

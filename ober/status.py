@@ -17,6 +17,7 @@ from ober.errors import OberError
 from ober.exabgp_cli import bgp_facts
 from ober.facts import exabgp_version, haproxy_package_version, haproxy_version
 from ober.haproxy_runtime import snapshot
+from ober.haproxy_state import read_state
 from ober.healthd import state_file
 from ober.render import paths
 
@@ -71,12 +72,26 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
         }
     except OberError as exc:
         status["haproxy"] = {"running": False, "error": exc.message}
+    status["degraded"] = _degraded(config) if status["haproxy"]["running"] else []
     try:
         facts = bgp_facts(exabgp_root)
-        status["bgp"] = {"sessions": facts.sessions, "announced": facts.announced}
+        status["bgp"] = {
+            "sessions": facts.sessions,
+            "announced": facts.announced,
+            "graceful_restart": facts.graceful_restart,
+        }
     except OberError as exc:
-        status["bgp"] = {"sessions": {}, "announced": {}, "error": exc.message}
+        status["bgp"] = {"sessions": {}, "announced": {}, "graceful_restart": {}, "error": exc.message}
     return status
+
+
+def _degraded(config: NodeConfig) -> list[str]:
+    """How the running HAProxy serves less than its config says (:mod:`ober.haproxy_state`), one line each."""
+    try:
+        return read_state(paths(config)["admin_socket"], config.health.timeout).degraded()
+    except OberError as exc:
+        # It answered `show stat` a moment ago: say that this part could not be read rather than "all well".
+        return [f"HAProxy's state could not be read: {exc.message}"]
 
 
 def announced_vips(status: dict[str, Any]) -> list[str]:

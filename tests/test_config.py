@@ -194,7 +194,9 @@ def test_defaults() -> None:
     assert config.stats.port == 8404
     assert config.stats.bind == "0.0.0.0"  # noqa: S104
     assert config.stats.auth is None
-    assert config.health.interval == 1.0
+    assert config.health.interval == 0.5
+    # RGW checks stay at 1 s (every node checks every RGW), with quick re-checks once one fails.
+    assert config.backends[0].check.interval == 1.0 and config.backends[0].check.fastinter == 0.2
     assert config.health.maintenance_file == "/opt/ober/etc/maintenance"
     group = config.backend("ceph-a")
     assert [(s.host, s.port) for s in group.servers] == [("rgw1", 7480)]

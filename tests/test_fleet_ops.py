@@ -472,6 +472,8 @@ class ScriptedNode(FakeRunner):
         super().__init__(Result(0, "", ""))
         self.name, self.drained, self.base, self.gone = name, drained, base, gone
         self.closed = False
+        self.degraded: list[str] = []
+        """What its ``ober sync`` says HAProxy serves degraded after it."""
 
     def close(self) -> None:
         self.closed = True
@@ -497,7 +499,8 @@ class ScriptedNode(FakeRunner):
             return Result(0, json.dumps({"drained": False, "was_drained": True}), "")
         if command == "sync":
             held = (self.base / self.name / "lock").is_dir()
-            return Result(0, json.dumps({"changes": [], "actions": [f"lock held: {held}"]}), "")
+            answer = {"changes": [], "actions": [f"lock held: {held}"], "degraded": self.degraded}
+            return Result(0, json.dumps(answer), "")
         doc = status_doc(node=self.name)
         if self.name in self.drained:
             doc["drained"] = {"by": "t", "since": 1.0, "reason": ""}
@@ -699,3 +702,122 @@ def test_the_guard_does_not_suggest_undrain_for_a_node_that_did_not_answer() -> 
     assert "ober fleet undrain node01;" in str(refused.value.fix)
     assert "node02 did not answer" in str(refused.value.fix)
     assert decide(views, ["node03"], 2, 4).to_dict()["unknown"] == ["node02"]
+
+
+# --- a node that serves degraded after a push (issue 9 item 5) ---------------------------------------------------
+
+UNRESOLVED = "backend ceph-a server rgw2: rgw2.invalid does not resolve; HAProxy keeps it in maintenance"
+
+
+def degraded_answer(*problems: str) -> Result:
+    answer = {"dry_run": False, "changes": [{"path": "/opt/ober/etc/haproxy.cfg", "change": "update"}]}
+    return Result(0, json.dumps({**answer, "actions": ["reload ober-http"], "degraded": list(problems)}), "")
+
+
+def test_a_push_that_leaves_the_node_degraded_fails_naming_the_node_and_the_problem() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, degraded_answer(UNRESOLVED))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None)
+    assert not result.ok
+    assert result.error == f"node01: applied, but HAProxy serves degraded: {UNRESOLVED}"
+    assert "--allow-degraded" in (result.fix or "")
+    assert result.to_dict()["degraded"] == [UNRESOLVED]
+    # Applied all the same (the node validated and reloaded it): the secrets went into place with it.
+    assert any(argv[0] == "mv" for argv in node.ran)
+
+
+def test_allow_degraded_makes_it_a_success_that_still_lists_the_problems() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, degraded_answer(UNRESOLVED, "HAProxy WARNING: something else"))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None, allow_degraded=True)
+    assert result.ok and result.degraded == [UNRESOLVED, "HAProxy WARNING: something else"]
+
+
+def test_an_older_node_that_does_not_report_degraded_is_not_failed_for_it() -> None:
+    from ober.remote.push import push_node
+
+    node = FakeNode({}, Result(0, json.dumps({"dry_run": False, "changes": [], "actions": []}), ""))
+    result = push_node(node, NODE, SECRET_VALUES, dry_run=False, sleep=lambda _s: None)
+    assert result.ok and result.degraded == []
+
+
+def test_a_degraded_answer_that_is_not_a_list_is_a_failure_not_a_crash() -> None:
+    from ober.remote.push import push_node
+
+    answer = Result(0, json.dumps({"dry_run": False, "changes": [], "actions": [], "degraded": "x"}), "")
+    result = push_node(FakeNode({}, answer), NODE, SECRET_VALUES, dry_run=False)
+    assert not result.ok and "answered something unexpected" in (result.error or "")
+
+
+def test_fleet_push_cli_stops_at_a_degraded_node_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """`ober fleet push` exits 1 naming the node and problem; with --allow-degraded it succeeds and warns."""
+    import ober.remote.facts as facts
+    from ober.cli import main
+    from ober.remote import fleetops
+    from ober.remote.push import PushResult, refuse_degraded
+
+    def push(session: Any, *_args: Any, allow_degraded: bool = False, **_kw: Any) -> list[PushResult]:
+        assert (tmp_path / "node01" / "lock").is_dir()  # a push holds the fleet lock
+        return [refuse_degraded(PushResult("node01", True, False, degraded=[UNRESOLVED]), allow_degraded)]
+
+    monkeypatch.setattr(fleetops, "push", push)
+    monkeypatch.setattr(facts, "connect", lambda target: ScriptedNode(target.name, set(), tmp_path))
+    secrets = tmp_path / "login"
+    secrets.write_text(yaml.safe_dump(SECRET_VALUES))
+    secrets.chmod(0o600)
+    argv = ["fleet", "push", "-i", str(REPO / "inventory" / "example.yaml"), "--secrets", str(secrets), "node01"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "push stopped at node01: applied, but HAProxy serves degraded: backend ceph-a server rgw2" in err
+    assert main(["--json", *argv, "--allow-degraded"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["nodes"][0]["degraded"] == [UNRESOLVED] and report["lock"]["released"] is True
+
+
+def test_fleet_sync_under_the_lock_stops_at_a_degraded_node_unless_allowed(tmp_path: Path) -> None:
+    from ober.remote.fleetops import sync
+
+    session, nodes = scripted_session(tmp_path, set(), operation="sync")
+    nodes["node01"].degraded = [UNRESOLVED]
+    with session:
+        results = sync(session, EXAMPLE.nodes[:2], {})
+    assert [(r.node, r.ok) for r in results] == [("node01", False)]  # node02 untouched
+    assert results[0].error == f"node01: applied, but HAProxy serves degraded: {UNRESOLVED}"
+    session, nodes = scripted_session(tmp_path, set(), operation="sync")
+    nodes["node01"].degraded = [UNRESOLVED]
+    with session:
+        results = sync(session, EXAMPLE.nodes[:2], {}, allow_degraded=True)
+    assert [(r.node, r.ok, r.degraded) for r in results] == [("node01", True, [UNRESOLVED]), ("node02", True, [])]
+    assert session.lock.state()["released"] is True
+
+
+def test_status_carries_degraded_and_graceful_restart_to_the_fleet() -> None:
+    doc = status_doc()
+    doc["degraded"] = [UNRESOLVED]
+    doc["bgp"]["graceful_restart"] = {"198.51.100.1": True, "198.51.100.2": False}
+    view = ask(doc)
+    assert view.degraded == (UNRESOLVED,) and view.healthy  # it serves: degraded is said, not a failure
+    assert view.graceful_restart == {"198.51.100.1": True, "198.51.100.2": False}
+    assert view.to_dict()["degraded"] == [UNRESOLVED]
+    assert ask(status_doc()).graceful_restart is None  # an older ober on the node does not say
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("degraded", "not a list", "degraded is not a list of lines"),
+        ("graceful_restart", {"198.51.100.1": "yes"}, "bgp.graceful_restart holds something"),
+    ],
+)
+def test_malformed_degraded_or_graceful_restart_is_a_node_error(key: str, value: object, words: str) -> None:
+    doc = status_doc()
+    if key == "degraded":
+        doc[key] = value
+    else:
+        doc["bgp"][key] = value
+    view = ask(doc)
+    assert view.error is not None and words in view.error

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
+import os
+import socket
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ober.config import DrainPolicy, NodeConfig
 from ober.haproxy_runtime import BackendState, Snapshot, parse_show_stat
-from ober.health import Action, Observation, Rules, State, VipState, command, step
-from ober.healthd import HealthLoop, Pipe, servable
+from ober.health import UNKNOWN, Action, Observation, Rules, State, VipState, command, step
+from ober.healthd import ConfigSource, HealthLoop, Pipe, Seen, observe_haproxy, running, servable, watch_pid
 
 RULES = Rules(rise=2, fall=3)
 UP = VipState(State.UP, 0, Action.ANNOUNCE, 0.0)
@@ -43,6 +50,11 @@ TABLE: list[tuple[VipState, bool, bool, Rules, State, int, Action | None]] = [
     (VipState(State.DISABLED), False, False, RULES, State.DOWN, 0, None),
     # Make-before-break: announce less preferred first.
     (UP, True, True, Rules(2, 3, 5.0), State.DRAINING, 0, Action.ANNOUNCE_DRAIN),
+    # A restarted helper does not know what ExaBGP still announces: "not servable" and "drained" are sent out loud.
+    (UNKNOWN, False, False, RULES, State.DOWN, 0, Action.WITHDRAW),
+    (UNKNOWN, True, True, RULES, State.DISABLED, 0, Action.WITHDRAW),
+    (UNKNOWN, True, False, RULES, State.RISING, 1, None),
+    (VipState(State.RISING, 1, known=False), False, False, RULES, State.DOWN, 0, Action.WITHDRAW),
 ]
 
 
@@ -56,6 +68,22 @@ def test_transitions(
         assert after.announced is None
     if did in (Action.ANNOUNCE, Action.ANNOUNCE_DRAIN):
         assert after.announced is did
+
+
+def test_a_definite_failure_withdraws_without_waiting_for_fall() -> None:
+    # HAProxy gone, or its own checks report no live server: nothing left to confirm.
+    after, did = step(UP, Observation(False, False, 1.0, definite=True), Rules(2, 5))
+    assert (after.state, did) == (State.DOWN, Action.WITHDRAW)
+    # A HAProxy that is only slow to answer is a doubtful check: `fall` of them in a row.
+    after, did = step(UP, Observation(False, False, 1.0, definite=False), Rules(2, 5))
+    assert (after.state, did) == (State.FALLING, None)
+
+
+def test_a_known_state_sends_each_withdraw_once() -> None:
+    down, did = step(UNKNOWN, Observation(False, False, 1.0, definite=True), RULES)
+    assert did is Action.WITHDRAW and down.known
+    still, did = step(down, Observation(False, False, 2.0, definite=True), RULES)
+    assert did is None and still.state is State.DOWN
 
 
 def test_drain_waits_its_delay_then_withdraws() -> None:
@@ -121,11 +149,15 @@ def test_parse_show_stat() -> None:
 class FakeHAProxy:
     def __init__(self) -> None:
         self.up: dict[str, int] | None = {"be_ceph-a": 1, "be_ceph-b": 1}
+        self.gone = False
+        """HAProxy not running at all (its socket refuses); else ``up`` None means it does not answer in time."""
 
-    def __call__(self) -> Snapshot | None:
+    def __call__(self) -> Seen:
+        if self.gone:
+            return Seen(None, gone=True)
         if self.up is None:
-            return None
-        return Snapshot({name: BackendState(2, n) for name, n in self.up.items()}, {})
+            return Seen(None)
+        return Seen(Snapshot({name: BackendState(2, n) for name, n in self.up.items()}, {}))
 
 
 @pytest.fixture
@@ -159,13 +191,48 @@ def test_loop_announces_per_vip_and_withdraws_only_the_broken_one(
         "announce route 198.51.100.20/32 next-hop self",
     ]
     haproxy.up = {"be_ceph-a": 1, "be_ceph-b": 0}
-    health.tick()
-    health.tick()
+    health.tick()  # HAProxy's own checks found s3-b's group dead: withdrawn in this round, not `fall` rounds later
     assert lines(out) == ["withdraw route 198.51.100.20/32 next-hop self"]
-    haproxy.up = None  # HAProxy gone: every VIP falls
+    haproxy.up = None  # HAProxy does not answer in time: a doubtful check, `fall` (2) of them withdraw
     health.tick()
+    assert lines(out) == []
     health.tick()
     assert lines(out) == ["withdraw route 198.51.100.10/32 next-hop self"]
+
+
+def test_loop_withdraws_at_once_when_haproxy_is_not_running(loop: tuple[HealthLoop, FakeHAProxy, io.StringIO]) -> None:
+    health, haproxy, out = loop
+    health.tick()
+    health.tick()
+    lines(out)
+    haproxy.gone = True
+    health.tick()
+    assert lines(out) == [
+        "withdraw route 198.51.100.10/32 next-hop self",
+        "withdraw route 198.51.100.20/32 next-hop self",
+    ]
+    haproxy.gone = False  # back (systemd restarted it): `rise` good checks announce again
+    health.tick()
+    assert lines(out) == []
+    health.tick()
+    assert len(lines(out)) == 2
+
+
+def test_a_restarted_helper_withdraws_what_the_old_one_announced(
+    loop: tuple[HealthLoop, FakeHAProxy, io.StringIO],
+) -> None:
+    """ExaBGP restarts a killed helper and keeps the routes the old one announced: the new one must withdraw them
+    when the node is drained or cannot serve, though it never announced anything itself."""
+    health, haproxy, out = loop
+    Path(health.config.health.maintenance_file).touch()
+    haproxy.up = {"be_ceph-a": 1, "be_ceph-b": 0}
+    health.tick()
+    assert lines(out) == [
+        "withdraw route 198.51.100.10/32 next-hop self",
+        "withdraw route 198.51.100.20/32 next-hop self",
+    ]
+    health.tick()
+    assert lines(out) == []  # said once
 
 
 def test_loop_maintenance_file_and_shutdown(loop: tuple[HealthLoop, FakeHAProxy, io.StringIO]) -> None:
@@ -223,3 +290,120 @@ def test_acks_are_read_so_exabgp_never_blocks() -> None:
     assert done.wait(10.0), "the ack writer blocked: acks are not being read"
     assert pipe.gone.wait(5.0)  # EOF: ExaBGP closed our stdin
     assert pipe.errors == 1
+
+
+def _write(path: Path, data: dict[str, object]) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(yaml.safe_dump(data))
+    temp.replace(path)  # as `ober config` writes it: a new file under the name
+
+
+def test_config_changes_take_effect_in_the_running_loop(
+    node_data: dict[str, object], tmp_path: Path, loop: tuple[HealthLoop, FakeHAProxy, io.StringIO]
+) -> None:
+    """A new VIP is announced, a removed one withdrawn, a new `rise` honoured; the VIP that did not change keeps
+    its announcement throughout (no withdraw, no re-announce)."""
+    health, _, out = loop
+    data = copy.deepcopy(node_data)
+    data["health"] = {"rise": 2, "fall": 2, "maintenance_file": str(tmp_path / "maint")}
+    data["bgp"] = {"router_id": "100.64.0.11", "neighbors": "100.64.0.1"}
+    source = tmp_path / "ober.yaml"
+    _write(source, data)
+    watched = ConfigSource(source)
+    assert watched.changed() is None  # nothing changed since it was read
+    health.tick()
+    health.tick()
+    assert len(lines(out)) == 2
+    vips = data["vips"]
+    assert isinstance(vips, list)
+    data["vips"] = [vips[0], {"name": "s3-c", "address": "198.51.100.30", "backend": "ceph-b"}]
+    data["health"] = {"rise": 3, "fall": 2, "maintenance_file": str(tmp_path / "maint")}
+    _write(source, data)
+    new = watched.changed()
+    assert new is not None and watched.digest is not None
+    health.reconfigure(new, None, watched.digest)
+    health.tick()
+    assert lines(out) == ["withdraw route 198.51.100.20/32 next-hop self"]  # s3-b is gone from the config
+    health.tick()
+    assert lines(out) == []  # rise is 3 now
+    health.tick()
+    assert lines(out) == ["announce route 198.51.100.30/32 next-hop self"]
+    assert health.report()["config"] == watched.digest
+    assert health.report()["rules"] == {"interval": 0.5, "rise": 3, "fall": 2}
+    vips_now = health.report()["vips"]
+    assert isinstance(vips_now, dict) and set(vips_now) == {"198.51.100.10", "198.51.100.30"}
+
+
+def test_an_invalid_config_on_disk_is_not_taken(node_data: dict[str, object], tmp_path: Path) -> None:
+    source = tmp_path / "ober.yaml"
+    _write(source, node_data)
+    watched = ConfigSource(source)
+    before = watched.digest
+    source.write_text("health:\n  rise: many\n")
+    assert watched.changed() is None and watched.digest == before
+
+
+def test_watch_pid_wakes_the_loop_the_moment_haproxy_exits(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file = tmp_path / "haproxy.pid"
+        pid_file.write_text(f"{child.pid}\n")
+        wake, stop = threading.Event(), threading.Event()
+        threading.Thread(target=watch_pid, args=(lambda: pid_file, wake, stop), daemon=True).start()
+        time.sleep(0.3)
+        assert not wake.is_set()
+        child.kill()
+        child.wait()
+        started = time.monotonic()
+        assert wake.wait(1.0), "the watcher did not notice the process exit"
+        print(f"woken {time.monotonic() - started:.3f}s after the exit")
+        stop.set()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_running_tells_a_dead_master_from_a_live_one(tmp_path: Path) -> None:
+    pid_file = tmp_path / "haproxy.pid"
+    assert running(pid_file) is None  # no file: the runtime socket decides
+    child = subprocess.Popen(["sleep", "60"])
+    pid_file.write_text(f"{child.pid}\n")
+    assert running(pid_file)
+    child.kill()
+    child.wait()
+    assert running(pid_file) is False
+    pid_file.write_text("garbage\n")
+    assert running(pid_file) is None
+
+
+def test_observe_says_gone_when_the_master_is_not_running(
+    make_config: Callable[..., NodeConfig], tmp_path: Path
+) -> None:
+    config = make_config(install_path=str(tmp_path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    observe = observe_haproxy(lambda: config)
+    assert observe() == Seen(None, gone=True)  # no pid file and no socket: no HAProxy
+    (run_dir / "haproxy.pid").write_text("999999999\n")  # a master that is not running
+    assert observe() == Seen(None, gone=True)
+    (run_dir / "haproxy.pid").write_text(f"{os.getpid()}\n")  # a live master, but no runtime socket
+    assert observe() == Seen(None, gone=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(run_dir / "haproxy.sock"))
+        server.listen(1)  # accepts, never answers: a busy HAProxy, a doubtful check
+        config = make_config(install_path=str(tmp_path), health={"timeout": "100ms"})
+        assert observe() == Seen(None, gone=False)
+
+
+def test_running_counts_an_unreaped_zombie_as_gone(tmp_path: Path) -> None:
+    # A child we do not reap yet: dead, but still in the process table (as HAProxy's master is until systemd reaps).
+    child = subprocess.Popen(["true"])
+    pid_file = tmp_path / "haproxy.pid"
+    pid_file.write_text(f"{child.pid}\n")
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(child.pid, 0)  # signal 0 still "reaches" it
+    assert running(pid_file) is False
+    child.wait()

@@ -150,7 +150,8 @@ def test_haproxy_cfg_content_for_s3(make_config: Callable[..., NodeConfig]) -> N
         "http-request use-service prometheus-exporter if { path /metrics }",
         "tcp-request connection reject unless { src -f /opt/ober/etc/whitelist/frontend-http.lst }",
         "http-check send meth GET uri / ver HTTP/1.1",
-        "default-server init-addr last,libc,none check inter 1s rise 2 fall 3",
+        "default-server init-addr last,libc,none check inter 1s fastinter 200ms rise 2 fall 3 "
+        "observe layer4 error-limit 1 on-error fastinter",
     ):
         assert line in text, line
     # Nothing may rewrite Host (SigV4 signs it), buffer bodies, cap their size, or log each request.
@@ -176,7 +177,9 @@ def test_units_pair_bgp_with_http(make_config: Callable[..., NodeConfig]) -> Non
     rendered = render_node(make_config(), SECRETS)
     bgp = rendered.file("/etc/systemd/system/ober-bgp.service").content
     http = rendered.file("/etc/systemd/system/ober-http.service").content
-    assert "BindsTo=ober-http.service" in bgp and "After=ober-http.service" in bgp
+    # Not bound: ExaBGP outlives a dead HAProxy so ober health can withdraw over the live session.
+    assert "BindsTo=" not in bgp and "After=ober-http.service" in bgp
+    assert "StartLimitIntervalSec=0" in bgp and "StartLimitIntervalSec=0" in http
     assert "Type=notify" in http
     # Reload validates before signalling: the -c line comes before the USR2.
     assert http.index("ExecReload=/usr/sbin/haproxy -Ws -f $CONFIG -c -q") < http.index("ExecReload=/bin/kill -USR2")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -17,7 +18,8 @@ import pytest
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.haproxy_runtime import BackendState, Snapshot
-from ober.healthd import HealthLoop, Pipe
+from ober.healthd import HealthLoop, Pipe, Seen
+from ober.inventory import InventoryNode
 from ober.remote.lock import FleetLock, Holder, break_lock, holders
 from ober.remote.roll import Options, Roll, RollReport
 from ober.remote.rolling import (
@@ -36,11 +38,13 @@ from tests.conftest import SECRETS
 
 RESTART = Request(Operation.RESTART)
 GR = 120
+ROUTER = "100.64.0.1"
 V1 = {"ober": "0.1.0", "exabgp": "5.0.15", "haproxy": "3.0.11"}
 
 
 def node(name: str, **kw: object) -> NodeFacts:
     kw.setdefault("graceful_restart", GR)
+    kw.setdefault("negotiated", {ROUTER: True})
     kw.setdefault("versions", V1)
     return NodeFacts(name, **kw)  # type: ignore[arg-type]
 
@@ -52,6 +56,11 @@ CASES = [
     (Request(Operation.RESTART, reload_only=True), node("n1", graceful_restart=0), StepClass.RELOAD, "stays"),
     (Request(Operation.RESTART, full=True), node("n1"), StepClass.FULL, "--full"),
     (RESTART, node("n1", done=True), StepClass.SKIP, "resumed"),
+    # The node's setting is not enough: every established session must have negotiated it (issue 9 item 7).
+    (RESTART, node("n1", negotiated={ROUTER: False}), StepClass.FULL, f"not negotiated with {ROUTER}"),
+    (RESTART, node("n1", negotiated={ROUTER: True, "100.64.0.2": False}), StepClass.FULL, "with 100.64.0.2 (the"),
+    (RESTART, node("n1", negotiated=None), StepClass.FULL, "does not report whether graceful restart"),
+    (RESTART, node("n1", negotiated={}), StepClass.FULL, "no established BGP session negotiated"),
     (RESTART, node("n1", drained=True, live=False), StepClass.FULL, "drained by an operator"),
     (RESTART, node("n1", drained=True, drained_by_roll=True, live=False), StepClass.RESTART, "graceful"),
     # --reboot: every node is rebooted, withdrawn meanwhile, whatever else it would need.
@@ -251,7 +260,7 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
         config,
         list(config.vips),
         Pipe(out, io.StringIO()),
-        lambda: Snapshot({name: BackendState(2, n) for name, n in up.items()}, {}),
+        lambda: Seen(Snapshot({name: BackendState(2, n) for name, n in up.items()}, {})),
         lambda: next(clock),
     )
     sent: list[str] = []
@@ -260,7 +269,12 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
         sent += out.getvalue().splitlines()
         out.seek(0)
         out.truncate()
-    assert sent == ["announce route 198.51.100.10/32 next-hop self", "announce eor ipv4 unicast"]
+    # s3-b's withdraw: a new helper cannot know what ExaBGP still announces for it, so "down" is said out loud.
+    assert sent == [
+        "withdraw route 198.51.100.20/32 next-hop self",
+        "announce route 198.51.100.10/32 next-hop self",
+        "announce eor ipv4 unicast",
+    ]
     exabgp_conf = "/opt/ober/etc/exabgp.conf"
     assert "manual-eor true;" in render_node(config, SECRETS).file(exabgp_conf).content
     no_gr = make_config(bgp={"router_id": "100.64.0.11", "neighbors": "100.64.0.1"})
@@ -511,6 +525,9 @@ class FakeNode(DirRunner):
         self.boot, self.connected, self.refusals = 1, True, 0
         self.drained: str | None = None
         self.asked: list[list[str]] = []
+        self.graceful: dict[str, bool | None] | None = None
+        """What its ``ober status`` says of graceful restart per neighbor (None: nothing, as an older ober)."""
+        self.degraded: list[str] = []
 
     def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
         from tests.test_fleet_ops import status_doc
@@ -535,7 +552,9 @@ class FakeNode(DirRunner):
             self.drained = None
             self.fleet.events.append(f"{self.name} undrain")
             return Result(0, json.dumps({"drained": False, "was_drained": True}))
-        doc = status_doc(node=self.name)
+        doc = status_doc(node=self.name, degraded=self.degraded)
+        if self.graceful is not None:
+            doc["bgp"]["graceful_restart"] = self.graceful
         if self.drained is not None:
             doc["drained"] = {"by": "t", "since": 1.0, "reason": self.drained}
             doc["bgp"]["announced"] = {}
@@ -646,3 +665,81 @@ def test_a_roll_that_fails_before_its_first_node_says_the_lock_is_released(tmp_p
         roll.run()
     assert failed.value.message == "cannot reach node03 (the fleet lock is released)"
     assert not any((tmp_path / name / "lock").exists() for name in runners)
+
+
+# --- graceful restart as negotiated, degraded nodes (issue 9 items 5 and 7) --------------------------------------
+
+PEERS = ("198.51.100.1", "198.51.100.2")
+
+
+def gr_on(node: InventoryNode) -> InventoryNode:
+    """``node`` with ``bgp.graceful_restart: 120`` (the example inventory has it off)."""
+    bgp = dataclasses.replace(node.config.bgp, graceful_restart=GR)
+    return dataclasses.replace(node, config=dataclasses.replace(node.config, bgp=bgp))
+
+
+def with_graceful_restart(fleet: FakeFleet) -> FakeFleet:
+    """The fleet's inventory with ``bgp.graceful_restart: 120`` on every node."""
+    fleet.inventory = dataclasses.replace(fleet.inventory, nodes=tuple(gr_on(n) for n in fleet.inventory.nodes))
+    return fleet
+
+
+def test_the_plan_uses_what_each_routers_session_negotiated_not_the_nodes_setting(tmp_path: Path) -> None:
+    fleet = with_graceful_restart(FakeFleet(tmp_path))
+    fleet.nodes["node01"].graceful = dict.fromkeys(PEERS, True)
+    fleet.nodes["node02"].graceful = {PEERS[0]: True, PEERS[1]: False}
+    # node03 and node04 run an ober that does not report it.
+    options = Options(dry_run=True, state_dir=str(tmp_path))
+    nodes = [n for n in fleet.inventory.nodes if n.name in ("node01", "node02", "node03")]
+    assert all(n.config.bgp.graceful_restart > 0 for n in nodes)
+    steps = {s.node: s for s in Roll(fleet.inventory, nodes, fleet.nodes, RESTART, options=options).run().plan.steps}
+    assert steps["node01"].klass is StepClass.RESTART
+    assert steps["node02"].klass is StepClass.FULL
+    assert steps["node02"].reason == (
+        f"graceful restart not negotiated with {PEERS[1]} (the router did not advertise it): restarting ExaBGP "
+        "would drop the route, so withdraw first"
+    )
+    assert steps["node03"].klass is StepClass.FULL
+
+
+def test_a_session_not_established_does_not_count_against_graceful_restart() -> None:
+    from ober.remote.roll import facts_for
+    from tests.test_fleet_ops import ask, status_doc
+
+    doc = status_doc()
+    doc["bgp"]["sessions"][PEERS[1]] = "connect"
+    doc["bgp"]["graceful_restart"] = {PEERS[0]: True, PEERS[1]: None}
+    from tests.test_fleet_ops import NODE
+
+    facts = facts_for(gr_on(NODE), ask(doc), None, None)
+    assert facts.negotiated == {PEERS[0]: True}
+    assert classify(RESTART, facts).klass is StepClass.RESTART
+
+
+def degraded_roll(fleet: FakeFleet, *, allow: bool) -> RollReport:
+    options = Options(settle=0, probe=False, state_dir=str(fleet.base), allow_degraded=allow)
+    nodes = [n for n in fleet.inventory.nodes if n.name in ("node01", "node02")]
+    for name in ("node01", "node02"):
+        fleet.nodes[name].graceful = dict.fromkeys(PEERS, True)
+    return Roll(fleet.inventory, nodes, fleet.nodes, RESTART, options=options).run()
+
+
+def test_a_node_left_degraded_stops_the_roll_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ober.remote.nodeclient as nodeclient
+    import ober.remote.roll as roll
+
+    monkeypatch.setattr(roll, "DEGRADED_GRACE", 0.05)
+    monkeypatch.setattr(nodeclient, "POLL", 0.01)  # the verify's waits are the node client's
+    problem = "backend ceph-a server rgw2: rgw2.invalid does not resolve; HAProxy keeps it in maintenance"
+    fleet = with_graceful_restart(FakeFleet(tmp_path / "stopped"))
+    (tmp_path / "stopped").mkdir()
+    fleet.nodes["node01"].degraded = [problem]
+    report = degraded_roll(fleet, allow=False)
+    assert [(r.node, r.status) for r in report.results] == [("node01", "failed"), ("node02", "not reached")]
+    assert report.results[0].detail == f"verify: HAProxy serves degraded: {problem}"
+
+    fleet = with_graceful_restart(FakeFleet(tmp_path / "allowed"))
+    (tmp_path / "allowed").mkdir()
+    fleet.nodes["node01"].degraded = [problem]
+    report = degraded_roll(fleet, allow=True)
+    assert [(r.node, r.status) for r in report.results] == [("node01", "done"), ("node02", "done")]

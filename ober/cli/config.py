@@ -42,9 +42,12 @@ def report(out: Output, outcome: Outcome) -> None:
                 "changes": outcome.summary(),
                 "actions": outcome.actions,
                 "backup": str(outcome.backup) if outcome.backup else None,
+                "degraded": outcome.degraded,
             }
         )
         return
+    for problem in outcome.degraded:
+        out.warn(f"degraded: {problem}")
     if not outcome.changes:
         out.print("nothing to change: the node already has this configuration")
         return
@@ -55,7 +58,11 @@ def report(out: Output, outcome: Outcome) -> None:
     for change in outcome.changes:
         out.print(f"{change.kind:>6} {change.path}")
     done = ", ".join(outcome.actions) or ("none (--root)" if not outcome.live else "none needed")
-    out.print(f"[green]✓[/] applied {len(outcome.changes)} changes; backup in {outcome.backup}; services: {done}")
+    text = f"applied {len(outcome.changes)} changes; backup in {outcome.backup}; services: {done}"
+    if outcome.degraded:
+        out.print(f"[yellow]![/] {text}; but HAProxy serves degraded (the warnings above)")
+    else:
+        out.print(f"[green]✓[/] {text}")
 
 
 class InquirerAsker:

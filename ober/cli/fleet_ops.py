@@ -142,8 +142,15 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
         drained,
         "-" if view.sessions is None else str(view.sessions),
         drift_text,
-        f"[red]{escape(problems)}[/]" if problems else "[green]ok[/]",
+        _problems_cell(problems, view.degraded),
     ]
+
+
+def _problems_cell(problems: str, degraded: Sequence[str]) -> str:
+    """Problems in red; a node serving degraded in yellow (it serves, with less than its config says)."""
+    parts = [f"[red]{escape(problems)}[/]"] if problems else []
+    parts += [f"[yellow]degraded: {escape(line)}[/]" for line in degraded]
+    return "; ".join(parts) or "[green]ok[/]"
 
 
 drain_options = [
@@ -330,11 +337,20 @@ def diff_cmd(
     _fail_if(out, bool(failed))
 
 
+allow_degraded_option = click.option(
+    "--allow-degraded",
+    is_flag=True,
+    help="A node whose HAProxy serves less than its config (a server left out or down, a startup alert) is a "
+    "warning, not a failure that stops here.",
+)
+
+
 @click.command("push")
 @inventory_option
 @targets_argument
 @secrets_option
 @click.option("--dry-run", is_flag=True, help="Let each node check the new config and list its changes; apply nothing.")
+@allow_degraded_option
 @ssh_options
 @json_option
 @click.pass_obj
@@ -344,18 +360,22 @@ def push_cmd(
     targets: str | None,
     secrets_path: Path | None,
     dry_run: bool,
+    allow_degraded: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
     """Apply the rendered config node by node (validated, reloaded hitlessly, verified, rolled back on failure).
 
-    Stops at the first node that fails; the nodes after it are untouched. Nodes stay in the ECMP set.
+    Stops at the first node that fails, or whose HAProxy then serves degraded (unless --allow-degraded); the nodes
+    after it are untouched. Nodes stay in the ECMP set.
     """
     inventory, nodes = _load(inventory_path, targets)
     secrets = load_secrets(secrets_path, required=any(n.config.secret_names() for n in nodes))
     # A dry run changes nothing, so it neither needs the lock nor waits for one.
     with _session(out, inventory, "push", accept_new_host_keys, parallel, locked=not dry_run) as session:
-        results = fleetops.push(session, nodes, secrets, dry_run=dry_run, progress=_progress(out))
+        results = fleetops.push(
+            session, nodes, secrets, dry_run=dry_run, progress=_progress(out), allow_degraded=allow_degraded
+        )
     _report_pushes(out, results, len(nodes), session.lock)
 
 
@@ -378,7 +398,10 @@ def _report_pushes(out: Output, results: list[PushResult], total: int, lock: Fle
         what = _changes(r.changes)
         done = "would change" if r.dry_run else "changed"
         actions = f"; {', '.join(r.actions)}" if r.actions else ""
-        out.print(f"[green]✓[/] {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+        mark = "[yellow]![/]" if r.degraded else "[green]✓[/]"
+        out.print(f"{mark} {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
+        for problem in r.degraded:  # allowed (--allow-degraded), still said
+            out.warn(f"{r.node}: degraded: {problem}")
     held = _lock_left(out, lock, bool(failed))
     if failed:
         left = total - len(results)
@@ -406,6 +429,7 @@ def _changes(changes: list[dict[str, str]]) -> str:
 @click.option("--routers", default=None, metavar="HOSTLIST", help="BGP routers [default: the inventory's].")
 @click.option("--frontend-http", default=None, metavar="HOSTLIST", help="S3 clients [default: the inventory's].")
 @click.option("--backend-http", default=None, metavar="HOSTLIST", help="Monitoring hosts [default: the inventory's].")
+@allow_degraded_option
 @ssh_options
 @json_option
 @click.pass_obj
@@ -416,6 +440,7 @@ def sync_cmd(
     routers: str | None,
     frontend_http: str | None,
     backend_http: str | None,
+    allow_degraded: bool,
     accept_new_host_keys: bool,
     parallel: int | None,
 ) -> None:
@@ -432,7 +457,7 @@ def sync_cmd(
             "whitelists given on the command line: put them in the inventory too, or 'ober fleet push' reverts them"
         )
     with _session(out, inventory, "sync", accept_new_host_keys, parallel) as session:
-        results = fleetops.sync(session, nodes, overrides, progress=_progress(out))
+        results = fleetops.sync(session, nodes, overrides, progress=_progress(out), allow_degraded=allow_degraded)
     _report_pushes(out, results, len(nodes), session.lock)
 
 

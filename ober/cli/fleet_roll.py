@@ -39,6 +39,12 @@ roll_options = [
         help="Before withdrawing a node, wait up to SECONDS for a moment with no request in flight on it (0: no).",
     ),
     click.option(
+        "--allow-degraded",
+        is_flag=True,
+        help="A node whose HAProxy serves less than its config after its step (a server left out or down) does not "
+        "stop the roll.",
+    ),
+    click.option(
         "--probe/--no-probe",
         default=True,
         show_default=True,
@@ -79,6 +85,7 @@ def restart_cmd(
     settle: float,
     drain_timeout: float,
     quiesce: float,
+    allow_degraded: bool,
     probe: bool,
     reload_only: bool,
     reboot: bool,
@@ -97,6 +104,7 @@ def restart_cmd(
         probe=probe,
         reboot_timeout=reboot_timeout,
         dry_run=dry_run,
+        allow_degraded=allow_degraded,
     )
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=True)
 
@@ -126,6 +134,7 @@ def upgrade_cmd(
     settle: float,
     drain_timeout: float,
     quiesce: float,
+    allow_degraded: bool,
     probe: bool,
     reinstall: bool,
     haproxy_package: Path | None,
@@ -137,7 +146,14 @@ def upgrade_cmd(
     package = PackageFile.read(haproxy_package) if haproxy_package else None
     installer = Installer.build(progress=None if out.as_json or out.quiet else out.print, package=package)
     request = Request(Operation.UPGRADE, full=full, wanted=installer.wanted, reinstall=reinstall)
-    options = Options(settle=settle, drain_timeout=drain_timeout, quiesce=quiesce, probe=probe, dry_run=dry_run)
+    options = Options(
+        settle=settle,
+        drain_timeout=drain_timeout,
+        quiesce=quiesce,
+        probe=probe,
+        dry_run=dry_run,
+        allow_degraded=allow_degraded,
+    )
     _roll(out, inventory_path, targets, request, options, accept_new_host_keys, parallel, yes=yes, installer=installer)
 
 

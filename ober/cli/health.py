@@ -21,4 +21,4 @@ def health(vips: tuple[str, ...], config_path: Path) -> None:
     unknown = [vip for vip in vips if vip not in known]
     if unknown:
         raise click.BadParameter(f"{unknown[0]} is not a VIP of {config_path}", param_hint="VIPS")
-    run(config, list(vips))
+    run(config, list(vips), source=config_path)

@@ -12,7 +12,9 @@ from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
 from ober.config import load_config
 from ober.errors import OberError
+from ober.haproxy_state import after_reload, worker_pid
 from ober.lifecycle import graceful_stop
+from ober.render import paths
 from ober.services import systemctl, verify_haproxy
 
 UNITS = {"http": "ober-http", "bgp": "ober-bgp"}
@@ -79,10 +81,19 @@ def restart(out: Output, config_path: Path, timeout: float | None) -> None:
 def reload(out: Output, config_path: Path) -> None:
     """Hitless: HAProxy re-reads its files (checked first), ExaBGP re-reads its config; no connection drops."""
     config = load_config(config_path)
+    before = worker_pid(paths(config)["admin_socket"], config.health.timeout)
     systemctl("reload", "ober-http")
     systemctl("reload", "ober-bgp")
-    verify_haproxy(config)
-    out.print("[green]✓[/] reloaded")
+    # Not just "the socket answers": after a reload HAProxy could not load, the old worker answers.
+    problems = after_reload(config, before)
+    for problem in problems:
+        out.warn(f"degraded: {problem}")
+    if out.as_json:
+        out.json({"reloaded": True, "degraded": problems})
+        return
+    out.print(
+        "[yellow]![/] reloaded; HAProxy serves degraded (the warnings above)" if problems else "[green]✓[/] reloaded"
+    )
 
 
 @click.command()

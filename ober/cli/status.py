@@ -41,10 +41,11 @@ def _show(out: Output, data: dict[str, Any]) -> None:
         out.print("in service (not drained)")
     bgp = data["bgp"]
     table = Table(title="BGP (from ExaBGP)")
-    for column in ("neighbor", "state", "announced"):
+    for column in ("neighbor", "state", "graceful restart", "announced"):
         table.add_column(column)
+    graceful = bgp.get("graceful_restart", {})
     for peer, state in bgp["sessions"].items():
-        table.add_row(peer, state, ", ".join(bgp["announced"].get(peer, [])) or "-")
+        table.add_row(peer, state, _negotiated(graceful.get(peer)), ", ".join(bgp["announced"].get(peer, [])) or "-")
     if bgp.get("error"):
         out.print(f"BGP: [red]{bgp['error']}[/]")
     else:
@@ -61,6 +62,8 @@ def _show(out: Output, data: dict[str, Any]) -> None:
     if not haproxy["running"]:
         out.print(f"HAProxy: [red]{haproxy['error']}[/]")
         return
+    for problem in data.get("degraded", []):
+        out.warn(f"degraded: {problem}")
     out.print(f"HAProxy: {haproxy['sessions']} client sessions")
     servers = Table(title="backends")
     for column in ("backend", "servers up", "requests in flight"):
@@ -68,3 +71,10 @@ def _show(out: Output, data: dict[str, Any]) -> None:
     for name, state in haproxy["backends"].items():
         servers.add_row(name, f"{state['up']}/{state['servers']}", str(state.get("in_flight", "-")))
     out.table(servers)
+
+
+def _negotiated(value: bool | None) -> str:
+    """Graceful restart as negotiated with the router (both sides advertised it), for the BGP table."""
+    if value is None:
+        return "-"
+    return "negotiated" if value else "[yellow]not negotiated[/]"

@@ -123,7 +123,9 @@ def start_node(
         (venv_bin / program).symlink_to(found)
     logs = lab.path(name, "log")
     haproxy = lab.spawn(
-        ns, [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"]], log=logs / "haproxy.log"
+        ns,
+        [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"], "-p", p["pid_file"]],
+        log=logs / "haproxy.log",
     )
     _wait_for(lambda: Path(p["admin_socket"]).exists(), f"{name}: HAProxy did not start; see {logs}/haproxy.log")
     # Several ExaBGP on one host share the filesystem: each node's CLI pipes live under its own root
@@ -149,7 +151,9 @@ def _start_haproxy(lab: Lab, ns: str, config: NodeConfig, logs: Path) -> subproc
     p = paths(config)
     Path(p["admin_socket"]).unlink(missing_ok=True)
     haproxy = lab.spawn(
-        ns, [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"]], log=logs / "haproxy.log"
+        ns,
+        [find_program("haproxy") or "haproxy", "-W", "-f", p["haproxy_cfg"], "-p", p["pid_file"]],
+        log=logs / "haproxy.log",
     )
     _wait_for(lambda: Path(p["admin_socket"]).exists(), f"{config.name}: HAProxy did not start; see {logs}/haproxy.log")
     return haproxy

@@ -163,6 +163,7 @@ def start_router(
     asn: int = 65000,
     peer_as: int = 65001,
     hold_time: int = 3,
+    graceful_restart: bool = True,
 ) -> Router:
     """Create the router namespace and start BIRD in it, ready to accept the nodes' sessions.
 
@@ -175,6 +176,7 @@ def start_router(
         asn: the router's AS.
         peer_as: the nodes' AS (the same for every node, so BIRD can compare their MEDs).
         hold_time: the BGP hold time in seconds (3 is BIRD's minimum, and detects a hung node in 3 s).
+        graceful_restart: whether BIRD advertises graceful restart (off: a router that does not support it).
 
     Raises:
         OberError: a bad address, BIRD missing, its config refused, or BIRD not answering in time.
@@ -201,6 +203,7 @@ def start_router(
                 asn=asn,
                 peer_as=peer_as,
                 hold_time=hold_time,
+                graceful_restart=graceful_restart,
                 vip_prefixes=[str(prefix) for prefix in prefixes],
                 peers={protocol_name(node): node for node in nodes},
             ),

@@ -32,6 +32,7 @@ from ober.remote.push import (
     node_diff,
     node_drift,
     push_node,
+    refuse_degraded,
 )
 from ober.remote.push import secrets_file as node_secrets_file
 
@@ -365,12 +366,13 @@ def push(
     *,
     dry_run: bool = False,
     progress: Progress = _quiet,
+    allow_degraded: bool = False,
 ) -> list[PushResult]:
-    """Push node by node; stop at the first failure (the nodes after it are untouched)."""
+    """Push node by node; stop at the first failure, a node left degraded too (the nodes after it are untouched)."""
     return one_at_a_time(
         session,
         nodes,
-        lambda conn, node: push_node(conn, node, secrets, dry_run),
+        lambda conn, node: push_node(conn, node, secrets, dry_run, allow_degraded=allow_degraded),
         doing="checking" if dry_run else "pushing",
         dry_run=dry_run,
         progress=progress,
@@ -398,12 +400,13 @@ def sync(
     overrides: Mapping[str, str],
     *,
     progress: Progress = _quiet,
+    allow_degraded: bool = False,
 ) -> list[PushResult]:
     """``ober sync`` on each node in turn (names resolved on the node, now); stop at the first failure."""
 
     def work(conn: Remote, node: InventoryNode) -> PushResult:
         argv = [ober_program(node), "sync", "--config", config_file(node), "--json"]
         argv += ["--secrets", node_secrets_file(node), *whitelist_args(node, overrides)]
-        return config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT))
+        return refuse_degraded(config_outcome(node, conn.run(argv, timeout=APPLY_TIMEOUT)), allow_degraded)
 
     return one_at_a_time(session, nodes, work, doing="syncing whitelists", progress=progress)

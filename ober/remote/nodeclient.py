@@ -10,6 +10,10 @@ A node that did not answer (no SSH, or its ``ober status`` failed) is neither li
 Whether it still announces is known only to the routers, which the fleet controller does not ask; the guard counts
 an unknown node as out of service (the safe side) and says so.
 
+The view also carries what the node says of how it serves: ``degraded`` (its HAProxy serves less than its config:
+fleet status shows it, a roll's verify fails on it unless allowed) and per neighbor whether graceful restart was
+negotiated (the roll planner's restart class); being degraded does not make a node not live.
+
 A node's answer is untrusted input: anything malformed becomes a one-line error for that node, never a traceback.
 """
 
@@ -82,6 +86,10 @@ class NodeView:
     """VIP → ``ober health`` state (``up``, ``down``, ``disabled``…)."""
     health_stale: bool | None = None
     """True when ``ober health`` stopped publishing; None when it never did."""
+    degraded: tuple[str, ...] = ()
+    """How the node's HAProxy serves less than its config (servers left out or down, startup alerts)."""
+    graceful_restart: dict[str, bool | None] | None = None
+    """Neighbor → graceful restart negotiated with it (None inside: no OPEN yet); None: the node did not say."""
 
     @property
     def known(self) -> bool:
@@ -160,6 +168,8 @@ class NodeView:
             "haproxy_running": self.haproxy_running,
             "health": self.health,
             "health_stale": self.health_stale,
+            "degraded": list(self.degraded),
+            "graceful_restart": self.graceful_restart,
         }
 
 
@@ -417,7 +427,28 @@ def parse_status(node: InventoryNode, data: object) -> NodeView:
         haproxy_running=running,
         health=_health(top.get("health")),
         health_stale=_stale(top.get("health")),
+        degraded=_degraded(top.get("degraded", [])),
+        graceful_restart=_graceful(bgp.get("graceful_restart")),
     )
+
+
+MAX_PROBLEMS, MAX_PROBLEM = 50, 300
+"""A node's ``degraded`` list is its own words: bounded, as any answer from a node."""
+
+
+def _degraded(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+        raise BadStatus("malformed ober status: degraded is not a list of lines")
+    return tuple(line[:MAX_PROBLEM] for line in value[:MAX_PROBLEMS])
+
+
+def _graceful(value: object) -> dict[str, bool | None] | None:
+    if value is None:
+        return None  # an ober on the node that does not report it
+    data = _mapping(value, "bgp.graceful_restart")
+    if not all(item is None or isinstance(item, bool) for item in data.values()):
+        raise BadStatus("malformed ober status: bgp.graceful_restart holds something that is not true/false/null")
+    return dict(data)
 
 
 def _drained(value: object) -> Drained | None:

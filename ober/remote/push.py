@@ -18,7 +18,7 @@ import json
 import secrets as tokens
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import yaml
@@ -28,7 +28,7 @@ from ober.build import build_node
 from ober.config import NodeConfig, dump_config
 from ober.errors import OberError
 from ober.inventory import InventoryNode
-from ober.remote.nodeclient import NodeClient, NotReady, config_file, ober_program
+from ober.remote.nodeclient import MAX_PROBLEM, MAX_PROBLEMS, NodeClient, NotReady, config_file, ober_program
 from ober.render import Rendered
 from ober.runner import Result, Runner
 
@@ -231,6 +231,8 @@ class PushResult:
     error: str | None = None
     fix: str | None = None
     seconds: float = 0.0
+    degraded: list[str] = field(default_factory=list)
+    """How the node's HAProxy serves less than its config after the apply (``ober config``'s ``degraded``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` form."""
@@ -243,6 +245,7 @@ class PushResult:
             "error": self.error,
             "fix": self.fix,
             "seconds": round(self.seconds, 2),
+            "degraded": self.degraded,
         }
 
 
@@ -266,11 +269,14 @@ def push_node(
     *,
     settle: float = SETTLE_TIMEOUT,
     sleep: Callable[[float], None] = time.sleep,
+    allow_degraded: bool = False,
 ) -> PushResult:
     """Push the inventory's config to one node: validated, applied, reloaded hitlessly, verified, or rolled back.
 
     A node that was live before must be live again within ``settle`` seconds, or the push counts as failed (the
-    node's own verification covers HAProxy; this covers BGP). Never raises for a node's failure: the result says.
+    node's own verification covers HAProxy; this covers BGP). A node whose HAProxy then serves degraded fails the
+    push too, unless ``allow_degraded`` (:func:`refuse_degraded`). Never raises for a node's failure: the result
+    says.
     """
     started = time.monotonic()
     try:
@@ -324,7 +330,7 @@ def push_node(
         # If the connection is gone the node keeps a temp file, which the next push does not need.
         with contextlib.suppress(OberError):
             conn.run(["rm", "-f", "--", staged_config, staged_login], timeout=FACTS_TIMEOUT)
-    return PushResult(
+    pushed = PushResult(
         outcome.node,
         outcome.ok,
         dry_run,
@@ -333,6 +339,27 @@ def push_node(
         outcome.error,
         outcome.fix,
         time.monotonic() - started,
+        outcome.degraded,
+    )
+    return refuse_degraded(pushed, allow_degraded)
+
+
+def refuse_degraded(result: PushResult, allow: bool) -> PushResult:
+    """A successful result whose node serves degraded, as a failure naming the problems (unless ``allow``).
+
+    The config stays applied on that node (it is what the inventory says; rolling back would not fix a name that
+    does not resolve), but the push stops there, so the nodes after it do not get the same problem.
+    """
+    if not result.ok or not result.degraded or allow:
+        return result
+    shown = "; ".join(result.degraded[:3]) + (
+        f"; and {len(result.degraded) - 3} more" if len(result.degraded) > 3 else ""
+    )
+    return replace(
+        result,
+        ok=False,
+        error=f"{result.node}: applied, but HAProxy serves degraded: {shown}",
+        fix="fix the inventory and push again (or pass --allow-degraded to accept it)",
     )
 
 
@@ -354,7 +381,8 @@ def config_outcome(node: InventoryNode, result: Result) -> PushResult:
         )
     changes = data.get("changes")
     actions = data.get("actions")
-    if not isinstance(changes, list) or not isinstance(actions, list):
+    degraded = data.get("degraded", [])  # absent from an older ober on the node: it did not look
+    if not isinstance(changes, list) or not isinstance(actions, list) or not isinstance(degraded, list):
         return PushResult(node.name, False, False, error=f"{node.name}: ober config answered something unexpected")
     return PushResult(
         node.name,
@@ -362,4 +390,5 @@ def config_outcome(node: InventoryNode, result: Result) -> PushResult:
         False,
         changes=[{"path": str(c.get("path")), "change": str(c.get("change"))} for c in changes if isinstance(c, dict)],
         actions=[str(action) for action in actions],
+        degraded=[str(line)[:MAX_PROBLEM] for line in degraded[:MAX_PROBLEMS]],
     )

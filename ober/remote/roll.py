@@ -43,6 +43,8 @@ DRAIN_TIMEOUT = 30.0
 QUIESCE = 10.0
 RESTART_CUT = 5.0
 """Seconds a withdrawn node's restart lets connections left after the drain finish before cutting them."""
+DEGRADED_GRACE = 10.0
+"""Seconds a verified node may serve degraded (a server still coming up) before its step fails for it."""
 
 _WRITE_RECORD = """set -u
 mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/roll.json"
@@ -71,6 +73,8 @@ class Options:
     """A rebooted node must answer SSH from its new boot within this long, or the roll stops there."""
     state_dir: str = STATE_DIR
     dry_run: bool = False
+    allow_degraded: bool = False
+    """A node whose HAProxy serves degraded after its step (``ober status``'s ``degraded``) does not stop the roll."""
 
 
 @dataclass
@@ -188,11 +192,24 @@ class NodeOps:
         Healthy: units active, BGP established, HAProxy answering, health publishing, and (not drained) every VIP
         announced. Raises StepFailed with what is still wrong at the deadline.
         """
+        degraded_since: float | None = None
 
         def wrong(view: NodeView) -> list[str]:
+            nonlocal degraded_since
             found = view.problems()
             if not found and self.options.probe:
                 found = probe_vips(self.conn, self.node.config)
+            if not found and view.degraded and not self.options.allow_degraded:
+                # It serves, with less than its config says: give a server coming up a moment, not the whole
+                # verify timeout (a name that does not resolve never will).
+                now = self.client.clock()
+                degraded_since = now if degraded_since is None else degraded_since
+                if now - degraded_since >= DEGRADED_GRACE:
+                    raise StepFailed(
+                        f"verify: HAProxy serves degraded: {'; '.join(view.degraded)}",
+                        "fix it (ober fleet status), or pass --allow-degraded to roll on anyway",
+                    )
+                found = [f"degraded: {line}" for line in view.degraded]
             return found
 
         try:
@@ -241,9 +258,17 @@ def facts_for(node: InventoryNode, view: NodeView, record: dict[str, object] | N
         drained=drained is not None,
         drained_by_roll=drained is not None and drained.reason.startswith(ROLL_REASON),
         graceful_restart=node.config.bgp.graceful_restart,
+        negotiated=_negotiated(view),
         versions=view.versions,
         done=bool(record and roll_id and record.get("id") == roll_id and record.get("done")),
     )
+
+
+def _negotiated(view: NodeView) -> dict[str, bool | None] | None:
+    """Graceful restart per *established* session (what the routers agreed to); None when the node did not say."""
+    if view.graceful_restart is None:
+        return None
+    return {peer: view.graceful_restart.get(peer) for peer, state in view.bgp.items() if state == "established"}
 
 
 class Roll:

@@ -6,9 +6,10 @@ node broke none). So each node gets the least disruptive class of step that does
 
 - ``reload``: a config change or an HAProxy package upgrade. HAProxy's master re-executes the (new) binary and
   hands the listeners over; the node stays in the ECMP set.
-- ``restart``: ExaBGP and ``ober health`` restart under BGP graceful restart (the node's ``bgp.graceful_restart``):
-  the session drops without a NOTIFICATION, the router holds the node's routes as stale until it is back. Without
-  graceful restart the route would vanish anyway, so such a node is rolled ``full`` instead.
+- ``restart``: ExaBGP and ``ober health`` restart under BGP graceful restart: the session drops without a
+  NOTIFICATION, the router holds the node's routes as stale until it is back. Only when the node's
+  ``bgp.graceful_restart`` is set *and* every established session negotiated it (the router advertised it too, as
+  ``ober status`` reads from ExaBGP): otherwise the route would vanish anyway, so such a node is rolled ``full``.
 - ``full``: whatever stops the node serving (``--full``, no graceful restart): guard → withdraw at a quiet moment
   → wait until idle → act → verify → re-announce → settle. Out for as short a time as possible.
 - ``reboot`` (``--reboot``): like ``full``, but the act is rebooting the whole node and waiting until it answers
@@ -64,6 +65,8 @@ class NodeFacts:
         drained: the maintenance file is there.
         drained_by_roll: it was drained by an ``ober fleet`` roll (so a roll may put it back).
         graceful_restart: the node's ``bgp.graceful_restart`` seconds (0: off).
+        negotiated: established neighbor → graceful restart negotiated with it (both OPENs advertised it); None:
+            the node did not say (an older ober).
         versions: installed versions (``ober``, ``haproxy``, ``exabgp``), None where unknown.
         done: the roll being resumed already finished this node.
     """
@@ -74,6 +77,7 @@ class NodeFacts:
     drained: bool = False
     drained_by_roll: bool = False
     graceful_restart: int = 0
+    negotiated: Mapping[str, bool | None] | None = None
     versions: Mapping[str, str | None] = field(default_factory=dict)
     done: bool = False
 
@@ -191,21 +195,36 @@ def classify(request: Request, node: NodeFacts) -> Step:
     if not needs_restart:
         what = ", ".join(changes) if changes else "HAProxy"
         return Step(node.name, StepClass.RELOAD, f"hitless reload ({what}); stays in the ECMP set", changes, out)
-    if node.graceful_restart > 0:
+    held = graceful_restart_holds(node)
+    if held is None:
         return Step(
             node.name,
             StepClass.RESTART,
-            f"ExaBGP restart under graceful restart ({node.graceful_restart}s): route held",
+            f"ExaBGP restart under graceful restart ({node.graceful_restart}s, negotiated): route held",
             changes,
             out,
         )
     return Step(
-        node.name,
-        StepClass.FULL,
-        "bgp.graceful_restart is off: restarting ExaBGP would drop the route, so withdraw first",
-        changes,
-        out,
+        node.name, StepClass.FULL, f"{held}: restarting ExaBGP would drop the route, so withdraw first", changes, out
     )
+
+
+def graceful_restart_holds(node: NodeFacts) -> str | None:
+    """None when the routers will hold the node's routes while ExaBGP restarts; else why not, in words.
+
+    The node's own setting is not enough: a router that did not advertise graceful restart in its OPEN flushes the
+    routes the moment the session closes, whatever the node advertised.
+    """
+    if node.graceful_restart <= 0:
+        return "bgp.graceful_restart is off"
+    if node.negotiated is None:
+        return "the node's ober does not report whether graceful restart was negotiated"
+    if not node.negotiated:
+        return "no established BGP session negotiated graceful restart"
+    refused = sorted(peer for peer, agreed in node.negotiated.items() if not agreed)
+    if refused:
+        return f"graceful restart not negotiated with {', '.join(refused)} (the router did not advertise it)"
+    return None
 
 
 def plan(request: Request, nodes: Sequence[NodeFacts], *, resumed: str | None = None) -> Plan:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from ober.inventory import load_inventory
-from ober.remote.facts import Drained, NodeView, node_view
 from ober.remote.guard import GuardRefused, decide, enforce
+from ober.remote.nodeclient import Drained, NodeClient, NodeView
 from ober.runner import Result
 from tests.conftest import REPO
 
@@ -64,12 +65,12 @@ def status_doc(**changes: Any) -> dict[str, Any]:
 
 def ask(doc: object, returncode: int = 0) -> NodeView:
     text = doc if isinstance(doc, str) else json.dumps(doc)
-    return node_view(FakeRunner(Result(returncode, text, "")), NODE)
+    return NodeClient(FakeRunner(Result(returncode, text, "")), NODE).status()
 
 
 def test_healthy_node_is_live_and_has_no_problems() -> None:
     runner = FakeRunner(Result(0, json.dumps(status_doc()), ""))
-    view = node_view(runner, NODE)
+    view = NodeClient(runner, NODE).status()
     assert view.live and view.healthy
     assert view.announced == ("100.64.100.10", "100.64.100.20")
     assert view.sessions == 7
@@ -144,7 +145,7 @@ def test_malformed_answers_are_one_line_errors_for_that_node(answer: str, return
 def test_a_transport_error_makes_the_node_unreachable() -> None:
     from ober.errors import OberError
 
-    view = node_view(FakeRunner(OberError("node01: connection refused")), NODE)
+    view = NodeClient(FakeRunner(OberError("node01: connection refused")), NODE).status()
     assert not view.reachable and not view.live
     assert view.problems() == ["unreachable: node01: connection refused"]
 
@@ -460,30 +461,46 @@ def test_config_replace_drops_what_the_new_file_leaves_out(tmp_path: Any, capsys
     assert "--replace needs --from FILE" in capsys.readouterr().err
 
 
-# --- drain sequencing (the fleet faked at the transport; the real thing is in test_fleet_ops_lab.py) -------------
+# --- drain sequencing and the fleet lock (the fleet faked at the transport; the real thing: test_fleet_ops_lab.py) -
 
 
 class ScriptedNode(FakeRunner):
-    """A node over a fake connection: `ober drain` withdraws (status then announces nothing)."""
+    """A node over a fake connection: `ober drain` withdraws (status then announces nothing); the fleet lock's
+    scripts run for real in ``base``/NAME (a temp dir standing in for the node's state dir)."""
 
-    def __init__(self, name: str, drained: set[str]) -> None:
+    def __init__(self, name: str, drained: set[str], base: Path, gone: Callable[[], bool] = lambda: False) -> None:
         super().__init__(Result(0, "", ""))
-        self.name, self.drained = name, drained
+        self.name, self.drained, self.base, self.gone = name, drained, base, gone
+        self.closed = False
+        self.degraded: list[str] = []
+        """What its ``ober sync`` says HAProxy serves degraded after it."""
 
-    def __enter__(self) -> ScriptedNode:
-        return self
+    def close(self) -> None:
+        self.closed = True
 
-    def __exit__(self, *exc: object) -> None:
-        pass
+    def put(self, data: bytes, remote: str, mode: int = 0o644, *, timeout: float | None = None) -> None:
+        raise AssertionError("no upload expected")
 
     def run(self, argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        from ober.errors import OberError
+        from ober.runner import LocalRunner
+
         self.asked.append((list(argv), timeout))
-        if argv[1] == "drain":
+        if argv[0] == "sh":
+            return LocalRunner().run([*argv[:4], f"{self.base}/{self.name}", *argv[5:]], timeout, env)
+        if self.gone():
+            raise OberError(f"{self.name}: lost the SSH connection: the connection is closed")
+        command = next(word for word in argv[1:3] if word != "--json")
+        if command == "drain":
             self.drained.add(self.name)
             return Result(0, json.dumps({"drained": True, "by": "t", "since": 1.0, "sessions_left": 0}), "")
-        if argv[1] == "undrain":
+        if command == "undrain":
             self.drained.discard(self.name)
             return Result(0, json.dumps({"drained": False, "was_drained": True}), "")
+        if command == "sync":
+            held = (self.base / self.name / "lock").is_dir()
+            answer = {"changes": [], "actions": [f"lock held: {held}"], "degraded": self.degraded}
+            return Result(0, json.dumps(answer), "")
         doc = status_doc(node=self.name)
         if self.name in self.drained:
             doc["drained"] = {"by": "t", "since": 1.0, "reason": ""}
@@ -491,55 +508,200 @@ class ScriptedNode(FakeRunner):
         return Result(0, json.dumps(doc), "")
 
 
-def scripted_fleet(monkeypatch: pytest.MonkeyPatch, broken_after_first: str | None = None) -> set[str]:
-    """Fake the sweep and the connections; ``broken_after_first`` becomes unreachable once a node is drained."""
-    import ober.remote.fleetops as fleetops
+def scripted_session(
+    tmp_path: Path, drained: set[str], operation: str = "drain", broken_after_first: str | None = None
+) -> tuple[Any, dict[str, ScriptedNode]]:
+    """A Session over scripted nodes; ``broken_after_first`` stops answering once a node is drained."""
+    from ober.remote.fleetops import Session
 
-    drained: set[str] = set()
-
-    def sweep(inventory: Any, **_kw: Any) -> list[NodeView]:
-        views = []
-        for node in inventory.nodes:
-            if node.name == broken_after_first and drained:
-                views.append(NodeView(node.name, node.address, reachable=False, error="gone"))
-            else:
-                views.append(node_view(ScriptedNode(node.name, drained), node))
-        return views
-
-    monkeypatch.setattr(fleetops, "sweep", sweep)
-    monkeypatch.setattr(fleetops, "_connected", lambda _inv, node, _accept: ScriptedNode(node.name, drained))
-    return drained
+    nodes = {
+        n.name: ScriptedNode(
+            n.name, drained, tmp_path, (lambda: bool(drained)) if n.name == broken_after_first else bool
+        )
+        for n in EXAMPLE.nodes
+    }
+    return Session(EXAMPLE, operation, opener=lambda: (nodes, {}), state_dir=str(tmp_path)), nodes
 
 
-def test_drain_goes_one_node_at_a_time_and_rechecks_the_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_drain_goes_one_node_at_a_time_and_rechecks_the_guard_before_each_withdraw(tmp_path: Path) -> None:
     from ober.remote.fleetops import Drain
 
-    drained = scripted_fleet(monkeypatch, broken_after_first="node04")
+    drained: set[str] = set()
+    session, nodes = scripted_session(tmp_path, drained, broken_after_first="node04")
     run = Drain(EXAMPLE, EXAMPLE.nodes[:2], reason="r", max_unavailable=2)
-    steps = run.run()
-    # node01 drained; then node04 failed meanwhile: node02 would make 3 out of service, more than 2.
+    with session:
+        steps = run.run(session)
+        assert (tmp_path / "node01" / "lock").is_dir()  # held while it drains
+    # node01 drained; then node04 stopped answering: node02 would make 3 out of service, more than 2.
     assert [(s.node, s.ok) for s in steps] == [("node01", True), ("node02", False)]
-    assert "more than max_unavailable 2" in steps[1].detail
+    assert "more than max_unavailable 2" in steps[1].detail and "node04 unknown" in steps[1].detail
+    assert "undrain node01" in str(steps[1].fix) and "node04 did not answer over SSH" in str(steps[1].fix)
+    assert drained == {"node01"}
+    assert session.lock.state()["released"] is True and all(node.closed for node in nodes.values())
+    assert not (tmp_path / "node01" / "lock").exists()
+
+
+def test_drain_refuses_the_whole_set_up_front_and_releases_the_lock(tmp_path: Path) -> None:
+    from ober.remote.fleetops import Drain
+
+    drained: set[str] = set()
+    session, _nodes = scripted_session(tmp_path, drained)
+    with pytest.raises(GuardRefused), session:
+        Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=1).run(session)
+    assert drained == set()
+    assert not any((tmp_path / n.name / "lock").exists() for n in EXAMPLE.nodes)
+
+
+def test_two_operators_cannot_drain_together_below_min_available(tmp_path: Path) -> None:
+    """The issue's case: each drain alone passes the guard; together they would leave too few nodes live."""
+    from ober.errors import OberError
+    from ober.remote.fleetops import Drain
+
+    drained: set[str] = set()
+    first, _ = scripted_session(tmp_path, drained)
+    second, _ = scripted_session(tmp_path, drained)
+    with first:
+        with pytest.raises(OberError, match=r"the fleet is locked by .*\(pid \d+, drain\)"), second:
+            pass
+        Drain(EXAMPLE, EXAMPLE.nodes[:1], max_unavailable=4).run(first)
     assert drained == {"node01"}
 
 
-def test_drain_refuses_the_whole_set_up_front(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_drain_stops_if_the_lock_was_taken_from_it(tmp_path: Path) -> None:
     from ober.remote.fleetops import Drain
+    from ober.remote.lock import break_lock
 
-    drained = scripted_fleet(monkeypatch)
-    with pytest.raises(GuardRefused):
-        Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=1).run()
-    assert drained == set()
+    drained: set[str] = set()
+    session, nodes = scripted_session(tmp_path, drained)
+
+    def someone_breaks_it_after_node01(line: str) -> None:
+        if line.startswith("node01: withdrawn"):
+            break_lock({"node03": nodes["node03"]}, str(tmp_path))
+            session.lock.renew()  # what the background renewal finds
+
+    with session:
+        steps = Drain(EXAMPLE, EXAMPLE.nodes[:2], max_unavailable=4, progress=someone_breaks_it_after_node01).run(
+            session
+        )
+    assert [(s.node, s.ok) for s in steps] == [("node01", True), ("node02", False)]
+    assert "fleet lock was taken from this operation on node03" in steps[1].detail
+    assert drained == {"node01"}
 
 
-def test_undrain_waits_until_each_node_is_live(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undrain_holds_the_lock_and_waits_until_each_node_is_live(tmp_path: Path) -> None:
     from ober.remote.fleetops import undrain
 
-    drained = scripted_fleet(monkeypatch)
-    drained.update({"node01", "node02"})
-    steps = undrain(EXAMPLE, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
+    drained = {"node01", "node02"}
+    session, _ = scripted_session(tmp_path, drained, operation="undrain")
+    with session:
+        owner = json.loads((tmp_path / "node03" / "lock" / "owner").read_text())
+        assert owner["operation"] == "undrain" and owner["lease"] == 900
+        steps = undrain(session, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
     assert [(s.node, s.ok, s.facts["live"]) for s in steps] == [("node01", True, True), ("node02", True, True)]
     assert drained == set()
+    assert not (tmp_path / "node03" / "lock").exists()
+
+
+def test_a_node_without_ssh_stops_the_command_at_it_saying_why(tmp_path: Path) -> None:
+    from ober.remote.fleetops import Session, undrain
+
+    drained = {"node01"}
+    nodes = {n.name: ScriptedNode(n.name, drained, tmp_path) for n in EXAMPLE.nodes if n.name != "node01"}
+    failed = {"node01": "node01: root@198.51.100.11:22: connection refused"}
+    with Session(EXAMPLE, "undrain", opener=lambda: (nodes, failed), state_dir=str(tmp_path)) as session:
+        steps = undrain(session, EXAMPLE.nodes[:2], wait=5, sleep=lambda _s: None)
+    assert [(s.node, s.ok, s.detail) for s in steps] == [("node01", False, failed["node01"])]
+    assert "fix SSH to it" in str(steps[0].fix)
+
+
+def test_fleet_sync_and_drain_hold_the_lock_and_refuse_while_another_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ober.remote.facts as facts
+    from ober.cli import main
+    from ober.remote.lock import Holder
+
+    drained: set[str] = set()
+    monkeypatch.setattr(facts, "connect", lambda target: ScriptedNode(target.name, drained, tmp_path))
+    inventory = str(REPO / "inventory" / "example.yaml")
+    assert main(["--json", "fleet", "sync", "node[01-02]", "-i", inventory]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [n["actions"] for n in report["nodes"]] == [["lock held: True"], ["lock held: True"]]
+    assert report["lock"] == {"released": True, "held_on": [], "how_to_release": None}
+    # Another operator's live roll holds the lock: drain changes nothing and says who holds it.
+    other = Holder("alice@ws2", 4242, 1.0, "restart", "theirs", lease=900)
+    (tmp_path / "node02" / "lock").mkdir(parents=True)
+    (tmp_path / "node02" / "lock" / "owner").write_text(other.record())
+    assert main(["fleet", "drain", "node03", "-i", inventory]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the fleet is locked by alice@ws2 (pid 4242, restart) since 1970-01-01")
+    assert "(on node02)" in err and "--break" in err and len(err.strip().splitlines()) == 1
+    assert drained == set() and not (tmp_path / "node01" / "lock").exists()
+
+
+# --- a node that does not answer is unknown, not "not live" (the controller cannot see the routers) -------------
+
+
+def fake_ssh(monkeypatch: pytest.MonkeyPatch, answers: Mapping[str, dict[str, Any] | None]) -> None:
+    """Connections to the example's nodes: ``ober status`` answers the node's document; None: no SSH answer."""
+    import ober.remote.facts as facts
+    from ober.errors import OberError
+
+    class Conn(FakeRunner):
+        def __enter__(self) -> Conn:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    def connect(target: Any) -> Conn:
+        doc = answers.get(target.name, status_doc(node=target.name))
+        if doc is None:
+            raise OberError(f"{target.name}: root@{target.host}:22: no SSH answer within 10s")
+        return Conn(Result(0, json.dumps(doc), ""))
+
+    monkeypatch.setattr(facts, "connect", connect)
+
+
+def test_fleet_status_calls_a_node_without_ssh_unknown_not_not_live(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ober.cli import main
+
+    drained = status_doc(node="node03", drained={"by": "ops", "since": 1.0, "reason": "disk"})
+    drained["bgp"]["announced"] = {}
+    fake_ssh(monkeypatch, {"node02": None, "node03": drained})
+    inventory = str(REPO / "inventory" / "example.yaml")
+    assert main(["--json", "fleet", "status", "-i", inventory]) == 1
+    report = json.loads(capsys.readouterr().out)
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert (nodes["node02"]["live"], nodes["node02"]["liveness"], nodes["node02"]["announced"]) == (
+        None,
+        "unknown",
+        None,
+    )
+    assert (nodes["node03"]["live"], nodes["node03"]["liveness"]) == (False, "not live")
+    assert report["live"] == ["node01", "node04"] and report["unknown"] == ["node02"]
+    assert main(["fleet", "status", "-i", inventory]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "2 of 4 nodes live" in text
+    assert "node02 unknown: no answer, so whether it still announces only the routers know" in text
+
+
+def test_the_guard_does_not_suggest_undrain_for_a_node_that_did_not_answer() -> None:
+    views = [view(n, s) for n, s in zip(FLEET4, ("live", "unreachable", "live", "live"), strict=True)]
+    decision = decide(views, ["node03"], 3, 4)
+    assert not decision.allowed and decision.unknown == ("node02",)
+    assert "node02 unknown (no answer), counted as not live" in decision.message
+    assert "undrain" not in decision.fix
+    assert "node02 did not answer over SSH" in decision.fix and "ober fleet status node02" in decision.fix
+    # A drained node is another matter: undrain is the remedy for it, and only for it.
+    views[0] = view("node01", "drained")
+    with pytest.raises(GuardRefused) as refused:
+        enforce(decide(views, ["node03"], 2, 4))
+    assert "ober fleet undrain node01;" in str(refused.value.fix)
+    assert "node02 did not answer" in str(refused.value.fix)
+    assert decide(views, ["node03"], 2, 4).to_dict()["unknown"] == ["node02"]
 
 
 # --- a node that serves degraded after a push (issue 9 item 5) ---------------------------------------------------
@@ -593,14 +755,17 @@ def test_fleet_push_cli_stops_at_a_degraded_node_unless_allowed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
 ) -> None:
     """`ober fleet push` exits 1 naming the node and problem; with --allow-degraded it succeeds and warns."""
+    import ober.remote.facts as facts
     from ober.cli import main
     from ober.remote import fleetops
     from ober.remote.push import PushResult, refuse_degraded
 
-    def push(*_args: Any, allow_degraded: bool = False, **_kw: Any) -> list[PushResult]:
+    def push(session: Any, *_args: Any, allow_degraded: bool = False, **_kw: Any) -> list[PushResult]:
+        assert (tmp_path / "node01" / "lock").is_dir()  # a push holds the fleet lock
         return [refuse_degraded(PushResult("node01", True, False, degraded=[UNRESOLVED]), allow_degraded)]
 
     monkeypatch.setattr(fleetops, "push", push)
+    monkeypatch.setattr(facts, "connect", lambda target: ScriptedNode(target.name, set(), tmp_path))
     secrets = tmp_path / "login"
     secrets.write_text(yaml.safe_dump(SECRET_VALUES))
     secrets.chmod(0o600)
@@ -609,7 +774,25 @@ def test_fleet_push_cli_stops_at_a_degraded_node_unless_allowed(
     err = capsys.readouterr().err
     assert "push stopped at node01: applied, but HAProxy serves degraded: backend ceph-a server rgw2" in err
     assert main(["--json", *argv, "--allow-degraded"]) == 0
-    assert json.loads(capsys.readouterr().out)["nodes"][0]["degraded"] == [UNRESOLVED]
+    report = json.loads(capsys.readouterr().out)
+    assert report["nodes"][0]["degraded"] == [UNRESOLVED] and report["lock"]["released"] is True
+
+
+def test_fleet_sync_under_the_lock_stops_at_a_degraded_node_unless_allowed(tmp_path: Path) -> None:
+    from ober.remote.fleetops import sync
+
+    session, nodes = scripted_session(tmp_path, set(), operation="sync")
+    nodes["node01"].degraded = [UNRESOLVED]
+    with session:
+        results = sync(session, EXAMPLE.nodes[:2], {})
+    assert [(r.node, r.ok) for r in results] == [("node01", False)]  # node02 untouched
+    assert results[0].error == f"node01: applied, but HAProxy serves degraded: {UNRESOLVED}"
+    session, nodes = scripted_session(tmp_path, set(), operation="sync")
+    nodes["node01"].degraded = [UNRESOLVED]
+    with session:
+        results = sync(session, EXAMPLE.nodes[:2], {}, allow_degraded=True)
+    assert [(r.node, r.ok, r.degraded) for r in results] == [("node01", True, [UNRESOLVED]), ("node02", True, [])]
+    assert session.lock.state()["released"] is True
 
 
 def test_status_carries_degraded_and_graceful_restart_to_the_fleet() -> None:

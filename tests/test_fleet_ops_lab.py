@@ -128,11 +128,17 @@ def test_an_unreachable_node_is_reported_not_a_crash(
     status, out, _ = ober(capsys, "fleet", "status", "-i", str(inventory), "--json")
     assert status == 1
     ghost = out["nodes"][-1]
-    assert ghost["name"] == "node09" and not ghost["reachable"] and not ghost["live"]
+    # No SSH answer: whether it still announces is unknown (only the routers know), not "not live".
+    assert ghost["name"] == "node09" and not ghost["reachable"] and ghost["live"] is None
+    assert ghost["liveness"] == "unknown" and out["unknown"] == ["node09"]
     assert "node09" in ghost["error"] and "Traceback" not in json.dumps(out)
     assert [n["reachable"] for n in out["nodes"][:4]] == [True] * 4
     status, text, err = ober(capsys, "fleet", "status", "-i", str(inventory))
     assert status == 1 and "unreachable" in text and "node09" in text and "Traceback" not in err
+    assert "node09 unknown: no answer" in " ".join(text.split())
+    # The guard counts it as not live, says so, and does not tell the operator to undrain it.
+    status, out, err = ober(capsys, "fleet", "drain", "-i", str(inventory), "node01", "--dry-run", "--json")
+    assert out["guard"]["unknown"] == ["node09"] and "node09 unknown (no answer), counted as not live" in out["message"]
 
 
 def test_drain_then_undrain_moves_the_routers_next_hops(fleet: LabFleet, capsys: pytest.CaptureFixture[str]) -> None:

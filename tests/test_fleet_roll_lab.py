@@ -236,6 +236,8 @@ def test_a_node_failing_verify_stops_the_roll_withdrawn_and_a_rerun_resumes(lab:
         assert {results[n]["status"] for n in names[2:]} == {"not reached"}
         assert "run `ober fleet restart --reload` again" in report["summary"]
         assert "left withdrawn" in report["summary"]
+        # A failed roll says where its lock stands: released here (every node still answered SSH).
+        assert "(the fleet lock is released)" in report["summary"] and report["lock"]["released"], report
         others = {lab.addresses[n] for n in names if n != bad}
         for vip in lab.vips.values():
             lab.wait_hops(vip, others, timeout=30)
@@ -281,6 +283,17 @@ def test_ssh_lost_mid_roll_stops_it_with_that_node_withdrawn_and_a_rerun_finishe
     assert statuses[names[0]] == "done"
     others = {lab.addresses[n] for n in names if n != victim}
     assert set(lab.hops(vip)) == others  # the victim stays withdrawn, the other three serve
+    # The roll could not release its lock on the victim, and says so with how to free it. The lease still
+    # runs (nothing proves the holder dead from elsewhere), so the operator breaks it.
+    assert report["lock"] == {
+        "released": False,
+        "held_on": [victim],
+        "how_to_release": "it expires 15m after its last renewal, or remove it now with: ober fleet lock --break",
+    }, report
+    assert f"the fleet lock is still held on {victim}" in report["summary"]
+    refused = _ober("fleet", "restart", targets, "--full", "-i", inventory, *FAST)
+    assert refused.returncode == 1 and f"(on {victim})" in refused.stderr and "lease renewed" in refused.stderr
+    assert _ober("fleet", "lock", "--break", "-i", inventory).returncode == 0
     again = _json(_ober("--json", "fleet", "restart", targets, "--full", "-i", inventory, *FAST))
     assert {r["node"]: r["status"] for r in again["results"]} == {names[0]: "skipped", victim: "done"}, again
     lab.wait_in_service()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,6 @@ from ober.remote.rolling import (
     Request,
     StepClass,
     classify,
-    guard_allows,
     plan,
     summary,
 )
@@ -126,12 +126,6 @@ def test_out_of_service_nodes_go_first_skipped_are_listed_and_order_is_otherwise
     rebooted = plan(Request(Operation.RESTART, reboot=True), nodes, resumed="abc").steps
     assert [s.node for s in rebooted] == ["n3", "n2", "n4", "n1", "n5"]
     assert [s.klass for s in rebooted] == [StepClass.SKIP] + [StepClass.REBOOT] * 4
-
-
-def test_guard_refuses_a_step_that_would_leave_fewer_than_min_available() -> None:
-    assert guard_allows(4, 3)
-    assert not guard_allows(3, 3)
-    assert not guard_allows(1, 1)
 
 
 def test_summary_of_a_failed_roll_names_the_node_its_state_and_how_to_resume() -> None:
@@ -287,21 +281,87 @@ def test_under_graceful_restart_end_of_rib_follows_the_first_decision_on_every_v
     assert "manual-eor" not in render_node(no_gr, SECRETS).file(exabgp_conf).content
 
 
-def test_a_lock_left_by_a_dead_roll_of_this_workstation_is_taken_over(tmp_path: Path) -> None:
+def _left_lock(tmp_path: Path, node: str, holder: Holder, renewed_ago: float) -> Path:
+    """A lock on ``node`` as another run left it, its lease last renewed ``renewed_ago`` seconds ago."""
+    owner = tmp_path / node / "lock" / "owner"
+    owner.parent.mkdir(parents=True)
+    owner.write_text(holder.record())  # no trailing newline: the scripts must not glue the next line to it
+    then = time.time() - renewed_ago
+    os.utime(owner, (then, then))
+    return owner
+
+
+def test_a_lock_with_a_live_lease_is_never_taken_over_even_from_this_user_and_host(tmp_path: Path) -> None:
+    """user@hostname and this machine's /proc prove nothing (another workstation may share the hostname)."""
     runners = fleet(2)
     base = str(tmp_path)
-    # A PID above the kernel's pid_max: no process runs with it.
-    gone = Holder(Holder.me("restart").owner, 2**22 + 12345, time.time(), "restart", "old")
-    (tmp_path / "n2" / "lock").mkdir(parents=True)
-    (tmp_path / "n2" / "lock" / "owner").write_text(json.dumps(asdict(gone)))
-    with FleetLock(runners, Holder.me("restart"), base) as lock:
+    # Same user@host as us, a PID that runs nowhere here, but a lease renewed a minute ago: a live operation.
+    twin = Holder(Holder.me("restart").owner, 2**22 + 12345, time.time() - 600, "restart", "theirs", lease=900)
+    _left_lock(tmp_path, "n2", twin, renewed_ago=60)
+    with pytest.raises(OberError) as refused:
+        FleetLock(runners, Holder.me("drain"), base).acquire()
+    assert f"locked by {twin.owner} (pid {2**22 + 12345}, restart) since " in refused.value.message
+    # The node's clock says how long ago: a second may pass between setting the time and the script reading it.
+    assert re.search(r"lease renewed 6[0-2]s ago, expires in 14m \(on n2\)$", refused.value.message)
+    assert holders(runners, base)["n2"].token == "theirs"
+    assert not (tmp_path / "n1" / "lock").exists()  # what was taken before the refusal is given back
+
+
+def test_a_lock_whose_lease_ran_out_is_taken_over_and_the_log_says_whose(tmp_path: Path) -> None:
+    runners = fleet(2)
+    base = str(tmp_path)
+    gone = Holder("alice@elsewhere", 42, time.time() - 3600, "restart", "old", lease=900)
+    _left_lock(tmp_path, "n2", gone, renewed_ago=1000)
+    said: list[str] = []
+    with FleetLock(runners, Holder.me("drain"), base, log=said.append) as lock:
         assert lock.held == ["n1", "n2"]
-    # Someone else's lock (another user or machine) is never taken over.
-    other = Holder("alice@elsewhere", 2**22 + 12345, time.time(), "restart", "t")
-    (tmp_path / "n2" / "lock").mkdir(parents=True)
-    (tmp_path / "n2" / "lock" / "owner").write_text(json.dumps(asdict(other)))
-    with pytest.raises(OberError, match="alice@elsewhere"):
-        FleetLock(runners, Holder.me("restart"), base).acquire()
+        assert holders(runners, base)["n2"].token == lock.holder.token
+    took = "took over the fleet lock of alice@elsewhere (pid 42, restart): its lease had run out"
+    assert said == [f"n2: {took} (last renewed 17m ago)"]
+    # A lock from an ober without leases (no "lease" in its owner file) is never taken over: only --break.
+    owner = _left_lock(tmp_path, "n2", Holder("bob@old", 7, time.time(), "restart", "t"), renewed_ago=10**6)
+    record = json.loads(owner.read_text())
+    del record["lease"]
+    owner.write_text(json.dumps(record))
+    os.utime(owner, (0, 0))
+    with pytest.raises(OberError, match=r"bob@old \(pid 7, restart\) .*no lease \(an older ober\): held until broken"):
+        FleetLock(runners, Holder.me("drain"), base).acquire()
+
+
+def test_the_holder_renews_its_lease_and_stops_when_the_lock_is_taken_from_it(tmp_path: Path) -> None:
+    runners = fleet(2)
+    base = str(tmp_path)
+    said: list[str] = []
+    lock = FleetLock(runners, Holder.me("drain"), base, renew_every=0.05, log=said.append).acquire()
+    try:
+        owner = tmp_path / "n1" / "lock" / "owner"
+        os.utime(owner, (time.time() - 800, time.time() - 800))
+        deadline = time.monotonic() + 10
+        while time.time() - owner.stat().st_mtime > 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert time.time() - owner.stat().st_mtime < 60  # renewed on the node, in the background
+        lock.ensure()  # still ours
+        assert break_lock({"n2": runners["n2"]}, base) == ["n2"]
+        while not lock.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(OberError, match="fleet lock was taken from this operation on n2"):
+            lock.ensure()
+        assert said == ["n2: the fleet lock is no longer ours (broken, or taken over)"]
+    finally:
+        assert lock.release() == []
+    assert lock.note() == "the fleet lock is released" and lock.state()["released"] is True
+    assert holders(runners, base) == {}
+
+
+def test_a_lock_that_could_not_be_released_says_where_and_how_to_free_it(tmp_path: Path) -> None:
+    lock = FleetLock({"n1": DirRunner("n1")}, Holder.me("restart"), str(tmp_path)).acquire()
+    lock.runners["n1"] = Unreachable()  # the node is lost before the end
+    assert lock.release() == ["n1"]
+    assert lock.note() == (
+        "the fleet lock is still held on n1: it expires 15m after its last renewal, "
+        "or remove it now with: ober fleet lock --break"
+    )
+    assert lock.state() == {"released": False, "held_on": ["n1"], "how_to_release": lock.note().split(": ", 1)[1]}
 
 
 def _deb(tmp_path: Path, package: str, version: str) -> Path:
@@ -563,8 +623,14 @@ def test_a_node_not_back_in_time_stops_the_roll_withdrawn_and_a_reboot_roll_resu
     assert "connection refused" in failed.detail
     ok, text = summary(report.results, "ober fleet restart --reboot")
     assert not ok and "left withdrawn" in text and "run `ober fleet restart --reboot` again" in text
-    # The node is back later. The roll could not release its lock there (no connection): a re-run from this
-    # workstation takes it over once this roll's process has ended; here the process lives on, so it is broken.
+    # The roll could not release its lock on node02 (no connection) and says so, with how to free it.
+    assert report.lock == {
+        "released": False,
+        "held_on": ["node02"],
+        "how_to_release": "it expires 15m after its last renewal, or remove it now with: ober fleet lock --break",
+    }
+    assert report.lock_note.startswith("the fleet lock is still held on node02: it expires 15m after")
+    # The node is back later: its lock would be taken over once its lease runs out; here it is broken.
     fleet.nodes["node02"].never = False
     fleet.nodes["node02"].refusals = 0
     fleet.nodes["node02"].reconnect()
@@ -589,6 +655,16 @@ def test_reboot_contradicts_full_and_reload_in_one_line(capsys: pytest.CaptureFi
         assert main(["fleet", "restart", "--reboot", other, "-i", inventory]) == 1
         err = capsys.readouterr().err
         assert err == f"error: {other} and --reboot contradict each other (fix: choose one)\n"
+
+
+def test_a_roll_that_fails_before_its_first_node_says_the_lock_is_released(tmp_path: Path) -> None:
+    fleet = FakeFleet(tmp_path)
+    runners = {name: node for name, node in fleet.nodes.items() if name != "node03"}  # no SSH to node03
+    roll = Roll(fleet.inventory, fleet.inventory.nodes, runners, RESTART, options=Options(state_dir=str(tmp_path)))
+    with pytest.raises(OberError) as failed:
+        roll.run()
+    assert failed.value.message == "cannot reach node03 (the fleet lock is released)"
+    assert not any((tmp_path / name / "lock").exists() for name in runners)
 
 
 # --- graceful restart as negotiated, degraded nodes (issue 9 items 5 and 7) --------------------------------------
@@ -649,10 +725,11 @@ def degraded_roll(fleet: FakeFleet, *, allow: bool) -> RollReport:
 
 
 def test_a_node_left_degraded_stops_the_roll_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ober.remote.nodeclient as nodeclient
     import ober.remote.roll as roll
 
     monkeypatch.setattr(roll, "DEGRADED_GRACE", 0.05)
-    monkeypatch.setattr(roll, "POLL", 0.01)
+    monkeypatch.setattr(nodeclient, "POLL", 0.01)  # the verify's waits are the node client's
     problem = "backend ceph-a server rgw2: rgw2.invalid does not resolve; HAProxy keeps it in maintenance"
     fleet = with_graceful_restart(FakeFleet(tmp_path / "stopped"))
     (tmp_path / "stopped").mkdir()

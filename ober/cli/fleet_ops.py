@@ -15,10 +15,12 @@ from ober.cli.fleet import inventory_option, targets_argument
 from ober.cli.options import secrets_option, ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
+from ober.hostlists import collect
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.remote import fleetops
-from ober.remote.facts import NodeView
 from ober.remote.guard import Decision
+from ober.remote.lock import FleetLock
+from ober.remote.nodeclient import Liveness, NodeView
 from ober.remote.push import Drift, PushResult
 from ober.remote.routerconfig import FLAVORS, router_config
 from ober.secrets import load_secrets
@@ -63,11 +65,15 @@ def status_cmd(
     secrets = load_secrets(secrets_path, required=False)
     rows = fleetops.status(inventory, nodes, secrets, parallel=parallel, accept_new_host_keys=accept_new_host_keys)
     bad = [view.name for view, _drift, _why in rows if not view.healthy]
+    live = [view.name for view, _drift, _why in rows if view.liveness is Liveness.LIVE]
+    unknown = [view.name for view, _drift, _why in rows if view.liveness is Liveness.UNKNOWN]
     if out.as_json:
         out.json(
             {
                 "site": inventory.site,
                 "ok": not bad,
+                "live": live,
+                "unknown": unknown,
                 "nodes": [
                     {**view.to_dict(), "drift": drift.to_dict() if drift else None, "drift_error": why}
                     for view, drift, why in rows
@@ -83,12 +89,17 @@ def status_cmd(
     for view, drift, why in rows:
         table.add_row(*_status_row(view, drift, why))
     out.table(table)
-    live = sum(view.live for view, _drift, _why in rows)
-    summary = f"{live} of {len(rows)} nodes live (announcing, not drained)"
+    summary = f"{len(live)} of {len(rows)} nodes live (announcing, not drained)"
+    if unknown:
+        # The controller sees the nodes, not the routers: a node that does not answer may still be announcing.
+        summary += (
+            f"; {collect(unknown)} unknown: no answer, so whether it still announces only the routers know "
+            f"(check SSH to it, or the routers' BGP sessions)"
+        )
     if bad:
-        out.print(f"[red]✗[/] {summary}; unreachable or unhealthy: {', '.join(bad)}", force=True)
+        out.print(f"[red]✗[/] {escape(summary)}; unreachable or unhealthy: {', '.join(bad)}", force=True)
     else:
-        out.print(f"[green]✓[/] {summary}")
+        out.print(f"[green]✓[/] {escape(summary)}")
     _fail_if(out, bool(bad))
 
 
@@ -101,7 +112,7 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
             "-",
             "-",
             "-",
-            "-",
+            "[yellow]unknown[/]",
             "-",
             "-",
             "-",
@@ -127,7 +138,7 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
         *versions,
         units,
         bgp,
-        ", ".join(view.announced) or "none",
+        "[yellow]unknown[/]" if not view.known else ", ".join(view.announced) or "none",
         drained,
         "-" if view.sessions is None else str(view.sessions),
         drift_text,
@@ -199,8 +210,9 @@ def drain_cmd(
         _report_guard(out, decision, dry_run=True)
         _fail_if(out, not decision.allowed)
         return
-    results = run.run()
-    _report_steps(out, "drain", results, run.decision)
+    with _session(out, inventory, "drain", accept_new_host_keys, parallel) as session:
+        results = run.run(session)
+    _report_steps(out, "drain", results, run.decision, session.lock)
 
 
 @click.command("undrain")
@@ -222,14 +234,9 @@ def undrain_cmd(
 ) -> None:
     """Put TARGETS back in service one at a time, each announcing again before the next."""
     inventory, nodes = _load(inventory_path, targets)
-    results = fleetops.undrain(
-        inventory,
-        nodes,
-        wait=0.0 if no_wait else timeout,
-        accept_new_host_keys=accept_new_host_keys,
-        progress=_progress(out),
-    )
-    _report_steps(out, "undrain", results, None)
+    with _session(out, inventory, "undrain", accept_new_host_keys, parallel) as session:
+        results = fleetops.undrain(session, nodes, wait=0.0 if no_wait else timeout, progress=_progress(out))
+    _report_steps(out, "undrain", results, None, session.lock)
 
 
 def _report_guard(out: Output, decision: Decision, *, dry_run: bool) -> None:
@@ -242,7 +249,30 @@ def _report_guard(out: Output, decision: Decision, *, dry_run: bool) -> None:
     )
 
 
-def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision: Decision | None) -> None:
+def _session(
+    out: Output, inventory: Inventory, operation: str, accept: bool, parallel: int | None, *, locked: bool = True
+) -> fleetops.Session:
+    """Connections to the whole fleet holding the fleet lock (``locked``), as every changing command needs."""
+    return fleetops.Session(
+        inventory,
+        operation,
+        accept_new_host_keys=accept,
+        parallel=parallel,
+        progress=_progress(out),
+        locked=locked,
+    )
+
+
+def _lock_left(out: Output, lock: FleetLock, failed: bool) -> str:
+    """Where the lock stands, said on stderr when it is still held somewhere; the phrase for a failure."""
+    if lock.kept and not failed:
+        out.warn(lock.note())
+    return f" ({lock.note()})" if lock.kept else ""
+
+
+def _report_steps(
+    out: Output, verb: str, results: list[fleetops.Step], decision: Decision | None, lock: FleetLock
+) -> None:
     failed = [r for r in results if not r.ok]
     if out.as_json:
         out.json(
@@ -250,6 +280,7 @@ def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision
                 "ok": not failed,
                 "guard": decision.to_dict() if decision else None,
                 "nodes": [r.to_dict() for r in results],
+                "lock": lock.state(),
             }
         )
         _fail_if(out, bool(failed))
@@ -257,8 +288,9 @@ def _report_steps(out: Output, verb: str, results: list[fleetops.Step], decision
     for r in results:
         mark = "[green]✓[/]" if r.ok else "[red]✗[/]"
         out.print(f"{mark} {r.node}: {escape(r.detail)} ({r.seconds:.1f}s)", force=not r.ok)
+    left = _lock_left(out, lock, bool(failed))
     if failed:
-        raise OberError(f"{verb} stopped at {failed[0].node}: {failed[0].detail}", failed[0].fix)
+        raise OberError(f"{verb} stopped at {failed[0].node}: {failed[0].detail}{left}", failed[0].fix)
 
 
 @click.command("diff")
@@ -339,22 +371,25 @@ def push_cmd(
     """
     inventory, nodes = _load(inventory_path, targets)
     secrets = load_secrets(secrets_path, required=any(n.config.secret_names() for n in nodes))
-    results = fleetops.push(
-        inventory,
-        nodes,
-        secrets,
-        dry_run=dry_run,
-        accept_new_host_keys=accept_new_host_keys,
-        progress=_progress(out),
-        allow_degraded=allow_degraded,
-    )
-    _report_pushes(out, results, len(nodes))
+    # A dry run changes nothing, so it neither needs the lock nor waits for one.
+    with _session(out, inventory, "push", accept_new_host_keys, parallel, locked=not dry_run) as session:
+        results = fleetops.push(
+            session, nodes, secrets, dry_run=dry_run, progress=_progress(out), allow_degraded=allow_degraded
+        )
+    _report_pushes(out, results, len(nodes), session.lock)
 
 
-def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
+def _report_pushes(out: Output, results: list[PushResult], total: int, lock: FleetLock) -> None:
     failed = [r for r in results if not r.ok]
     if out.as_json:
-        out.json({"ok": not failed, "nodes": [r.to_dict() for r in results], "untouched": total - len(results)})
+        out.json(
+            {
+                "ok": not failed,
+                "nodes": [r.to_dict() for r in results],
+                "untouched": total - len(results),
+                "lock": lock.state(),
+            }
+        )
         _fail_if(out, bool(failed))
         return
     for r in results:
@@ -367,10 +402,11 @@ def _report_pushes(out: Output, results: list[PushResult], total: int) -> None:
         out.print(f"{mark} {r.node}: {done}: {escape(what)}{escape(actions)} ({r.seconds:.1f}s)")
         for problem in r.degraded:  # allowed (--allow-degraded), still said
             out.warn(f"{r.node}: degraded: {problem}")
+    held = _lock_left(out, lock, bool(failed))
     if failed:
         left = total - len(results)
         raise OberError(
-            f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else ""),
+            f"push stopped at {failed[0].error}" + (f" ({left} nodes after it untouched)" if left else "") + held,
             failed[0].fix or "fix it and push again: nodes already done are skipped as unchanged",
         )
 
@@ -420,15 +456,9 @@ def sync_cmd(
         out.warn(
             "whitelists given on the command line: put them in the inventory too, or 'ober fleet push' reverts them"
         )
-    results = fleetops.sync(
-        inventory,
-        nodes,
-        overrides,
-        accept_new_host_keys=accept_new_host_keys,
-        progress=_progress(out),
-        allow_degraded=allow_degraded,
-    )
-    _report_pushes(out, results, len(nodes))
+    with _session(out, inventory, "sync", accept_new_host_keys, parallel) as session:
+        results = fleetops.sync(session, nodes, overrides, progress=_progress(out), allow_degraded=allow_degraded)
+    _report_pushes(out, results, len(nodes), session.lock)
 
 
 @click.command("router-config")

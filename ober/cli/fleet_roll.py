@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ober.cli.fleet import inventory_option, targets_argument
@@ -15,9 +16,10 @@ from ober.cli.options import ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
 from ober.inventory import load_inventory
+from ober.remote.facts import close_all, open_connections
 from ober.remote.lock import break_lock, holders
 from ober.remote.reboot import REBOOT_TIMEOUT
-from ober.remote.roll import QUIESCE, Options, Roll, RollReport, close_all, open_connections
+from ober.remote.roll import QUIESCE, Options, Roll, RollReport
 from ober.remote.rolling import Operation, Plan, Request, summary
 from ober.remote.upgrade import Installer, PackageFile
 
@@ -204,11 +206,14 @@ def _roll(
             _show_plan(out, report.plan)
         return
     ok, text = summary(report.results, command)
+    if not ok or report.lock.get("held_on"):
+        # A failed roll is where an operator wonders whether the fleet is still locked: say it either way.
+        text = f"{text} ({report.lock_note})"
     if out.as_json:
-        out.json({**_report_json(report), "ok": ok, "summary": text})
+        out.json({**_report_json(report), "ok": ok, "summary": text, "lock": report.lock})
     else:
         _show_results(out, report)
-        out.print(("[green]✓[/] " if ok else "[red]✗[/] ") + text, force=not ok)
+        out.print(("[green]✓[/] " if ok else "[red]✗[/] ") + escape(text), force=not ok)
     if not ok:
         click.get_current_context().exit(1)
 

@@ -22,7 +22,7 @@ import yaml
 from ober.config import dump_config
 from ober.errors import OberError
 from ober.inventory import FileSpec, Inventory, InventoryNode
-from ober.remote.facts import NodeView, node_view
+from ober.remote.nodeclient import NodeClient, NodeView
 from ober.runner import Result
 from ober.secrets import pick
 
@@ -267,7 +267,7 @@ class NodeJob:
 
     def activate(self) -> tuple[str, str]:
         """Start the units unless the node is in service already, then wait until it is verified."""
-        view = node_view(self.conn, self.node)
+        view = NodeClient(self.conn, self.node).status()
         if view.drained is not None:
             return "ok", f"drained by {view.drained.by} ({view.drained.reason}): left out of service"
         problem = self._problem(view)
@@ -281,7 +281,7 @@ class NodeJob:
         started = time.monotonic()
         deadline = started + self.options.activate_timeout
         while True:
-            view = node_view(self.conn, self.node)
+            view = NodeClient(self.conn, self.node).status()
             problem = self._problem(view)
             if problem is None:
                 return "changed", f"started; in service after {time.monotonic() - started:.1f}s: {_serving(view)}"

@@ -1,8 +1,9 @@
 """The availability guard: never take nodes out of service if too few would stay live.
 
 Before a node is withdrawn the fleet asks *every* node of the inventory (not only the targets) what it announces
-right now; a node that does not answer counts as not live. The decision itself is a pure function of those views,
-so every rule is table-tested without a fleet.
+right now. A node that does not answer is *unknown* (only the routers know whether it still announces, and the fleet
+controller does not ask them): the guard counts it as not live, the safe side, and says so. The decision itself is
+a pure function of those views, so every rule is table-tested without a fleet.
 
 Rules, for the nodes an operation takes out (``candidates``):
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from ober.errors import OberError
 from ober.hostlists import collect
-from ober.remote.facts import NodeView
+from ober.remote.nodeclient import Liveness, NodeView
 
 
 class GuardRefused(OberError):
@@ -43,14 +44,41 @@ class Decision:
     max_unavailable: int
     reasons: tuple[str, ...]
     """Why it was refused (empty when allowed)."""
+    unknown: tuple[str, ...] = ()
+    """Nodes that did not tell their state (counted as not live: the safe side)."""
+    drained: tuple[str, ...] = ()
+    """Nodes other than the candidates that are drained now."""
+    down: tuple[str, ...] = ()
+    """Nodes other than the candidates that answered, are not drained, and announce nothing."""
 
     @property
     def message(self) -> str:
         """One line: the verdict and the numbers behind it."""
         counts = f"{len(self.live)} live now, {self.left} after; {len(self.unavailable)} out of service after"
+        if self.unknown:
+            counts += f"; {collect(self.unknown)} unknown (no answer), counted as not live"
         if self.allowed:
             return f"guard: ok ({counts})"
         return f"guard refused: {'; '.join(self.reasons)} ({counts})"
+
+    @property
+    def fix(self) -> str:
+        """What would let it through, for the nodes that are out: each kind of out gets its own remedy."""
+        fixes: list[str] = []
+        if self.drained:
+            fixes.append(f"put drained nodes back if they are ready: ober fleet undrain {collect(self.drained)}")
+        if self.unknown:
+            fixes.append(
+                f"{collect(self.unknown)} did not answer over SSH (or its ober status failed), so whether it still "
+                "announces is known only to the routers: check SSH to it and 'ober fleet status "
+                f"{collect(self.unknown)}', or the routers' BGP sessions"
+            )
+        if self.down:
+            fixes.append(
+                f"{collect(self.down)} answers but announces nothing: see 'ober fleet status {collect(self.down)}'"
+            )
+        fixes.append("or lower fleet.min_available / raise --max-unavailable if that is really safe")
+        return "; ".join(fixes)
 
     def to_dict(self) -> dict[str, object]:
         """The ``--json`` form."""
@@ -63,6 +91,7 @@ class Decision:
             "min_available": self.min_available,
             "max_unavailable": self.max_unavailable,
             "reasons": list(self.reasons),
+            "unknown": list(self.unknown),
         }
 
 
@@ -81,10 +110,12 @@ def decide(views: Sequence[NodeView], candidates: Iterable[str], min_available: 
     taken_out = [name for name in live if name in wanted]
     left = len(live) - len(taken_out)
     unavailable = [view.name for view in views if not view.live or view.name in wanted]
+    others = [view for view in views if view.name not in wanted]
+    unknown = [view.name for view in views if view.liveness is Liveness.UNKNOWN]
     reasons: list[str] = []
-    unknown = sorted(wanted - names)
-    if unknown:
-        reasons.append(f"{collect(unknown)} not asked (not in the sweep)")
+    not_asked = sorted(wanted - names)
+    if not_asked:
+        reasons.append(f"{collect(not_asked)} not asked (not in the sweep)")
     if taken_out and left < min_available:
         reasons.append(
             f"taking out {collect(taken_out)} would leave {left} live node{'s' if left != 1 else ''}, "
@@ -105,6 +136,9 @@ def decide(views: Sequence[NodeView], candidates: Iterable[str], min_available: 
         min_available=min_available,
         max_unavailable=max_unavailable,
         reasons=tuple(reasons),
+        unknown=tuple(unknown),
+        drained=tuple(view.name for view in others if view.known and view.drained is not None),
+        down=tuple(view.name for view in others if view.liveness is Liveness.NOT_LIVE and view.drained is None),
     )
 
 
@@ -112,8 +146,4 @@ def enforce(decision: Decision) -> Decision:
     """Return an allowed decision; raise :class:`GuardRefused` (nothing changed) otherwise."""
     if decision.allowed:
         return decision
-    raise GuardRefused(
-        f"{decision.message}; nothing was changed",
-        "bring nodes back first (ober fleet undrain, ober fleet status shows which are out), "
-        "or lower fleet.min_available / raise --max-unavailable if that is really safe",
-    )
+    raise GuardRefused(f"{decision.message}; nothing was changed", decision.fix)

@@ -28,7 +28,7 @@ from ober.build import build_node
 from ober.config import NodeConfig, dump_config
 from ober.errors import OberError
 from ober.inventory import InventoryNode
-from ober.remote.facts import STATUS_TIMEOUT, NodeView, config_file, node_view, ober_program
+from ober.remote.nodeclient import MAX_PROBLEM, MAX_PROBLEMS, NodeClient, NotReady, config_file, ober_program
 from ober.render import Rendered
 from ober.runner import Result, Runner
 
@@ -38,8 +38,6 @@ APPLY_TIMEOUT = 300.0
 SETTLE_TIMEOUT = 30.0
 """After a push, how long a node that was live may take to be live again before the push counts as failed."""
 SECRET_MODE = 0o600
-MAX_PROBLEMS, MAX_PROBLEM = 50, 300
-"""A node's ``degraded`` list is its own words: bounded, as any answer from a node."""
 
 # Runs on the node with its own Python: each path's mode and SHA-256 (None: missing), plus the paths ober's
 # manifest owns, so files a push would remove show up too. Reads only.
@@ -285,7 +283,8 @@ def push_node(
         config_text, login_text = node_files(node.config, secrets)
     except PushError as exc:
         return PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
-    before = node_view(conn, node) if not dry_run else None
+    client = NodeClient(conn, node, sleep=sleep)
+    before = client.status() if not dry_run else None
     etc = f"{node.config.install_path}/etc"
     suffix = tokens.token_hex(4)
     staged_config, staged_login = f"{etc}/.ober-push-{suffix}.yaml", f"{etc}/.login-push-{suffix}"
@@ -313,15 +312,16 @@ def push_node(
                     f"{node.name}: config applied but the secrets file was not updated: {moved.last_line()}"
                 )
             if before is not None and before.live:
-                problem = _wait_live(conn, node, settle, sleep)
-                if problem:
+                try:
+                    client.wait_until_live(settle)
+                except NotReady as exc:
                     outcome = PushResult(
                         node.name,
                         False,
                         dry_run,
                         outcome.changes,
                         outcome.actions,
-                        error=f"{node.name}: applied, but {problem}",
+                        error=f"{node.name}: applied, but it is not live any more ({'; '.join(exc.problems)})",
                         fix="check 'ober fleet status' and the node's journal (ober logs)",
                     )
     except OberError as exc:
@@ -392,15 +392,3 @@ def config_outcome(node: InventoryNode, result: Result) -> PushResult:
         actions=[str(action) for action in actions],
         degraded=[str(line)[:MAX_PROBLEM] for line in degraded[:MAX_PROBLEMS]],
     )
-
-
-def _wait_live(conn: Runner, node: InventoryNode, timeout: float, sleep: Callable[[float], None]) -> str | None:
-    """None once the node is live again; else what it looks like at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        view: NodeView = node_view(conn, node, timeout=STATUS_TIMEOUT)
-        if view.live:
-            return None
-        if time.monotonic() >= deadline:
-            return f"it is not announcing its VIPs any more ({', '.join(view.problems()) or 'not live'})"
-        sleep(1.0)

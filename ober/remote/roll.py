@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
-from ober.remote.connection import Connection, connect, targets
-from ober.remote.facts import NodeView, config_file, node_view, ober_program, unreachable
+from ober.remote.facts import ask_all
 from ober.remote.guard import decide
 from ober.remote.lock import STATE_DIR, FleetLock, Holder
-from ober.remote.pool import for_each
+from ober.remote.nodeclient import NodeClient, NodeView, NotReady
 from ober.remote.probe import probe_vips
 from ober.remote.reboot import REBOOT_TIMEOUT, boot_identity, request_reboot, wait_back
 from ober.remote.rolling import (
@@ -44,7 +43,6 @@ DRAIN_TIMEOUT = 30.0
 QUIESCE = 10.0
 RESTART_CUT = 5.0
 """Seconds a withdrawn node's restart lets connections left after the drain finish before cutting them."""
-POLL = 0.5
 DEGRADED_GRACE = 10.0
 """Seconds a verified node may serve degraded (a server still coming up) before its step fails for it."""
 
@@ -87,6 +85,10 @@ class RollReport:
     results: list[NodeResult] = field(default_factory=list)
     roll_id: str = ""
     seconds: float = 0.0
+    lock: dict[str, object] = field(default_factory=dict)
+    """Where the fleet lock stands at the end (``FleetLock.state``)."""
+    lock_note: str = ""
+    """The same in words: released, or still held where and how to free it."""
 
     @property
     def waits(self) -> float:
@@ -109,8 +111,9 @@ class NodeOps:
         self.node = node
         self.conn = conn
         self.options = options
-        self.ober = ober_program(node)
-        self.config = config_file(node)
+        self.client = NodeClient(conn, node)
+        self.ober = self.client.program
+        self.config = self.client.config
         self.in_flight_at_withdraw: int | None = None
         """Requests in flight when the quiesced drain withdrew the node (None: no quiesce ran)."""
 
@@ -134,38 +137,22 @@ class NodeOps:
 
     def view(self) -> NodeView:
         """The node's status now."""
-        return node_view(self.conn, self.node)
+        return self.client.status()
 
     def drain(self, reason: str, *, quiesce: bool = False) -> None:
         """Withdraw and wait (bounded) until the node's connections end; a timeout still counts as withdrawn.
 
         With ``quiesce``, the node withdraws at a moment with no request in flight (``ober drain --quiesce``).
         """
-        argv = [self.ober, "--json", "drain", "--config", self.config, "--reason", reason, "--wait"]
-        argv += ["--timeout", f"{self.options.drain_timeout:g}"]
-        limit = self.options.drain_timeout + self.options.command_timeout
-        if quiesce and self.options.quiesce > 0:
-            result = self.conn.run([*argv, "--quiesce", f"{self.options.quiesce:g}"], limit + self.options.quiesce)
-            if "No such option: --quiesce" not in result.stderr:
-                self._drained(result)
-                return
-            # An older ober on the node (one an upgrade is about to replace) has no --quiesce: drain without it.
-        self._drained(self.conn.run(argv, limit))
-
-    def _drained(self, result: Result) -> None:
-        # Exit 1 with sessions_left: withdrawn, some connections still open (clients keep idle keep-alives open).
-        if not result.ok and '"sessions_left"' not in result.stdout:
-            raise StepFailed(f"drain: {result.last_line()}")
-        try:
-            quiet = json.loads(result.stdout).get("quiesce")
-        except (ValueError, AttributeError):
-            quiet = None
-        if isinstance(quiet, dict) and isinstance(quiet.get("in_flight"), int):
-            self.in_flight_at_withdraw = int(quiet["in_flight"])
+        answer = self.client.drain(
+            reason, wait=self.options.drain_timeout, quiesce=self.options.quiesce if quiesce else 0.0
+        )
+        if answer.in_flight_at_withdraw is not None:
+            self.in_flight_at_withdraw = answer.in_flight_at_withdraw
 
     def undrain(self) -> None:
         """Back in service (the health process announces after ``rise`` good checks)."""
-        self.run([self.ober, "undrain", "--config", self.config], "undrain")
+        self.client.undrain()
 
     def reload_http(self) -> None:
         """Hitless HAProxy reload: the unit validates the config first; the master re-executes the binary."""
@@ -200,35 +187,37 @@ class NodeOps:
             raise StepFailed(f"reboot: {exc.message}", exc.fix or f"see: ober fleet status {self.node.name}") from None
 
     def verify(self, *, announced: bool) -> NodeView:
-        """Wait until the node is healthy (and, when ``announced``, announces every VIP).
+        """Wait until the node is healthy and answers through its VIPs; when ``announced``, also live.
 
-        Healthy: units active, BGP established, HAProxy answering, health publishing. Raises StepFailed with what
-        is still wrong at the deadline.
+        Healthy: units active, BGP established, HAProxy answering, health publishing, and (not drained) every VIP
+        announced. Raises StepFailed with what is still wrong at the deadline.
         """
-        deadline = time.monotonic() + self.options.verify_timeout
         degraded_since: float | None = None
-        while True:
-            seen = self.view()
-            problems = seen.problems()
-            if announced and seen.drained is None and set(seen.expected) - set(seen.announced):
-                problems = problems or ["VIPs not announced yet"]
-            if not problems and self.options.probe:
-                problems = probe_vips(self.conn, self.node.config)
-            if not problems and seen.degraded and not self.options.allow_degraded:
+
+        def wrong(view: NodeView) -> list[str]:
+            nonlocal degraded_since
+            found = view.problems()
+            if not found and self.options.probe:
+                found = probe_vips(self.conn, self.node.config)
+            if not found and view.degraded and not self.options.allow_degraded:
                 # It serves, with less than its config says: give a server coming up a moment, not the whole
                 # verify timeout (a name that does not resolve never will).
-                degraded_since = degraded_since if degraded_since is not None else time.monotonic()
-                if time.monotonic() - degraded_since >= DEGRADED_GRACE:
+                now = self.client.clock()
+                degraded_since = now if degraded_since is None else degraded_since
+                if now - degraded_since >= DEGRADED_GRACE:
                     raise StepFailed(
-                        f"verify: HAProxy serves degraded: {'; '.join(seen.degraded)}",
+                        f"verify: HAProxy serves degraded: {'; '.join(view.degraded)}",
                         "fix it (ober fleet status), or pass --allow-degraded to roll on anyway",
                     )
-                problems = [f"degraded: {line}" for line in seen.degraded]
-            if not problems:
-                return seen
-            if time.monotonic() >= deadline or not seen.reachable:
-                raise StepFailed(f"verify: {'; '.join(problems)}", f"see: ober fleet status {self.node.name}")
-            time.sleep(POLL)
+                found = [f"degraded: {line}" for line in view.degraded]
+            return found
+
+        try:
+            if announced:
+                return self.client.wait_until_live(self.options.verify_timeout, also=wrong)
+            return self.client.wait_until(wrong, self.options.verify_timeout, "healthy")
+        except NotReady as exc:
+            raise StepFailed(f"verify: {'; '.join(exc.problems)}", f"see: ober fleet status {self.node.name}") from None
 
     def record(self, roll_id: str, operation: str, done: bool) -> None:
         """Remember on the node that this roll reached it (and whether it finished it)."""
@@ -306,20 +295,13 @@ class Roll:
         self.command = command
         self.install = install
         """Upgrade: installs a step's ``changes`` on its node (before the reload/restart that activates them)."""
+        holder = Holder.me(request.operation.value)
+        self.lock = FleetLock(self.runners, holder, self.options.state_dir, log=log)
+        """Taken by :meth:`run`; renewed while the roll runs."""
 
     def views(self) -> list[NodeView]:
-        """Every node of the inventory, asked now, in parallel (one that has no connection is unreachable)."""
-
-        def ask(node: InventoryNode) -> NodeView:
-            conn = self.runners.get(node.name)
-            return node_view(conn, node) if conn else unreachable(node, "no SSH connection")
-
-        nodes = list(self.inventory.nodes)
-        outcomes = for_each(nodes, ask, parallel=self.inventory.ssh.parallel, name=lambda node: node.name)
-        return [
-            o.value if o.value is not None else unreachable(node, o.error or "failed")
-            for node, o in zip(nodes, outcomes, strict=True)
-        ]
+        """Every node of the inventory, asked now, in parallel (one that has no connection is unknown)."""
+        return ask_all(self.inventory, self.runners)
 
     def prepare(self) -> tuple[Plan, dict[str, NodeView]]:
         """Read the fleet and plan (no change anywhere)."""
@@ -339,17 +321,30 @@ class Roll:
         return plan(self.request, facts, resumed=roll_id), views
 
     def run(self) -> RollReport:
-        """Lock the fleet, plan, and roll node by node; the lock is released however it ends."""
+        """Lock the fleet, plan, and roll node by node; the lock is released however it ends.
+
+        The report (or the error raised) says whether the lock was released everywhere, and how to free it if not.
+        """
         started = time.monotonic()
-        holder = Holder.me(self.request.operation.value)
-        with FleetLock(self.runners, holder, self.options.state_dir):
+        self.lock.acquire()
+        try:
             the_plan, _ = self.prepare()
             report = RollReport(the_plan, roll_id=the_plan.resumed or uuid.uuid4().hex[:12])
-            if self.options.dry_run:
-                return report
-            if the_plan.resumed:
-                self.log(f"resuming roll {the_plan.resumed}")
-            self._roll(report)
+            if not self.options.dry_run:
+                if the_plan.resumed:
+                    self.log(f"resuming roll {the_plan.resumed}")
+                self._roll(report)
+        except OberError as exc:
+            self.lock.release()
+            # The error is all the operator sees of this roll: it says where the lock stands too.
+            exc.message = f"{exc.message} ({self.lock.note()})"
+            raise
+        except BaseException:
+            self.lock.release()
+            raise
+        self.lock.release()
+        report.lock = self.lock.state()
+        report.lock_note = self.lock.note()
         report.seconds = time.monotonic() - started
         return report
 
@@ -442,12 +437,13 @@ class Roll:
             waited(lambda: ops.verify(announced=True))
 
     def _guard(self, name: str) -> None:
-        """Refuse (StepFailed) to withdraw ``name`` if too few nodes would stay live."""
+        """Refuse to withdraw ``name`` if too few nodes would stay live (every node asked now) or the lock is lost."""
+        self.lock.ensure()
         decision = decide(
             self.views(), [name], self.inventory.fleet.min_available, self.inventory.fleet.max_unavailable
         )
         if not decision.allowed:
-            raise StepFailed(decision.message, "bring the other nodes back first (ober fleet status)")
+            raise StepFailed(decision.message, decision.fix)
 
     def _withdraw_failed(self, ops: NodeOps, step: Step, withdrawn: bool, roll_id: str) -> bool:
         """Leave a failed node out of the ECMP set when the guard allows; returns whether it is withdrawn."""
@@ -460,28 +456,3 @@ class Roll:
             self.log(f"{step.node}: not withdrawn after the failure: {exc.message}")
             return False
         return True
-
-
-def open_connections(
-    inventory: Inventory, *, accept_new_host_keys: bool = False, parallel: int | None = None
-) -> tuple[dict[str, Connection], dict[str, str]]:
-    """Connect to every node of the inventory at once (bounded); returns the connections and why others failed.
-
-    The roll needs every node, not only its targets: the guard counts the whole fleet and the lock is held on it.
-    """
-    nodes = list(inventory.nodes)
-    outcomes = for_each(
-        targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys),
-        connect,
-        parallel=parallel or inventory.ssh.parallel,
-        name=lambda target: target.name,
-    )
-    opened = {o.name: o.value for o in outcomes if o.ok and o.value is not None}
-    failed = {o.name: o.error or "failed" for o in outcomes if not o.ok}
-    return opened, failed
-
-
-def close_all(connections: Mapping[str, Connection]) -> None:
-    """Close every connection."""
-    for conn in connections.values():
-        conn.close()

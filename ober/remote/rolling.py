@@ -250,11 +250,6 @@ def unreachable(nodes: Sequence[NodeFacts]) -> list[str]:
     return [node.name for node in nodes if not node.reachable]
 
 
-def guard_allows(live_before: int, min_available: int) -> bool:
-    """Whether taking one more node out leaves at least ``min_available`` live nodes."""
-    return live_before - 1 >= min_available
-
-
 @dataclass
 class NodeResult:
     """What happened to one node."""

@@ -83,7 +83,6 @@ def haproxy_dead(fleet: LabFleet, log: RouteLog, node: str) -> Measured:
         fixed = faults.fix_haproxy(fleet, node)
     result.seconds["gone"] = gone
     result.seconds["back after fix"] = log.wait(fixed, vip, with_(fleet.nodes[node].address), BACK_WITHIN)
-    result.facts["held"] = not log.held(vip, at, time.time(), without(fleet.nodes[node].address))
     return result
 
 

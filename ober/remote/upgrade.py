@@ -14,11 +14,9 @@ HAProxy's master re-executes the new binary and the node stays in the ECMP set.
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import subprocess
 import tarfile
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,22 +25,17 @@ from ober import __version__
 from ober.errors import OberError
 from ober.remote.connection import Connection
 from ober.remote.lock import STATE_DIR
+from ober.remote.ownwheel import pinned
 from ober.remote.roll import NodeOps, StepFailed
 from ober.remote.rolling import Step
-from ober.remote.wheelhouse import PROJECT, build_wheelhouse
+from ober.remote.wheelhouse import build_wheelhouse
 
-_PIN = re.compile(r"^exabgp==(\S+)$")
 PIP_TIMEOUT = 300.0
 
 
-def pinned_exabgp(project: Path = PROJECT) -> str | None:
-    """The ExaBGP version ober's pyproject pins."""
-    meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
-    for dependency in meta.get("dependencies", []):
-        match = _PIN.match(str(dependency).replace(" ", ""))
-        if match:
-            return match.group(1)
-    return None
+def pinned_exabgp() -> str | None:
+    """The ExaBGP version this ober pins (its source tree's pyproject, or its installed metadata)."""
+    return pinned("exabgp")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ whole path, a pip-less venv bootstrapping and upgrading a lab node, is in tests/
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -43,7 +45,7 @@ def use_install(monkeypatch: pytest.MonkeyPatch, site: Path) -> None:
     """Make ``site``'s ober the running ober's distribution, as when ober runs from an installed wheel."""
     dist = importlib.metadata.PathDistribution(next(site.glob("ober-*.dist-info")))
     monkeypatch.setattr(ownwheel, "source_tree", lambda: None)
-    monkeypatch.setattr(ownwheel.importlib.metadata, "distribution", lambda name: dist)
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: dist)
 
 
 def no_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -52,10 +54,8 @@ def no_pip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty.mkdir(exist_ok=True)
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.delenv("OBER_PIP", raising=False)
-    real = wheelhouse.importlib.util.find_spec
-    monkeypatch.setattr(
-        wheelhouse.importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a)
-    )
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
 
 
 def contents(wheel: Path) -> dict[str, bytes]:
@@ -96,7 +96,7 @@ def test_a_wheelhouse_from_an_installed_ober_needs_no_pip_for_ober_itself(
     # The dependencies were downloaded by an earlier run (that needs pip, or uv); ober's own wheel needs neither.
     source = ownwheel.find_source()
     key_data = ["3.13", wheelhouse.TARGET_GLIBC, list(source.requirements)]
-    deps = cache / f"deps-cp313-{ownwheel.digest(wheelhouse.json.dumps(key_data).encode())}"
+    deps = cache / f"deps-cp313-{ownwheel.digest(json.dumps(key_data).encode())}"
     deps.mkdir(parents=True)
     (deps / "click-8.1.7-py3-none-any.whl").write_bytes(b"a dependency wheel")
     (deps / wheelhouse.STAMP).write_text("click-8.1.7-py3-none-any.whl\n")

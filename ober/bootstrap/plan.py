@@ -17,6 +17,7 @@ from ober.bootstrap.facts import (
     JOURNALD_DROP_INS,
     NETWORKD_UNIT,
     NETWORKD_WAIT_ONLINE,
+    PATH_LINK,
     SELINUX_BOOLEAN,
     Facts,
     HostFacts,
@@ -112,6 +113,7 @@ def plan_bootstrap(facts: Facts, options: BootstrapOptions) -> list[Step]:
     steps.append(_plan_packages(host, need_venv))
     steps.append(_plan_distro_unit(host))
     steps.append(_plan_venv(host, install, options))
+    steps.append(_plan_path(install, options.install_path))
     steps.append(_plan_network(host))
     if host.selinux is not None:
         steps.append(_plan_selinux(host))
@@ -216,6 +218,23 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
     return Step(
         "venv", title, f"{verb} {venv}: ExaBGP {EXABGP_VERSION} and ober {host.ober_version} {origin}", tuple(actions)
     )
+
+
+def _plan_path(install: InstallFacts, path: str) -> Step:
+    title = "Put ober on PATH"
+    program = f"{path}/venv/bin/ober"
+    if install.path_link == program:
+        return Step("path", title, f"{PATH_LINK} links to {program}")
+    if install.path_link is not None or install.path_taken:
+        what = f"a link to {install.path_link}" if install.path_link else "a file ober did not write"
+        warning = f"{PATH_LINK} is {what}: left alone, so 'ober' may not be this node's; run {program}"
+        return Step("path", title, f"{PATH_LINK} is {what}", warnings=(warning,))
+    if not install.path_dir:
+        directory = PurePosixPath(PATH_LINK).parent
+        return Step("path", title, f"{directory} does not exist", warnings=(f"no {directory}: run {program}",))
+    # Recorded first: removing a link that was never made is harmless (uninstall checks where it points).
+    link = Run(("ln", "-s", program, PATH_LINK), record=Entry("symlink", PATH_LINK, names=(program,)))
+    return Step("path", title, f"link {PATH_LINK} to {program}", (link,))
 
 
 def _plan_network(host: HostFacts) -> Step:

@@ -200,6 +200,24 @@ def test_quiet_silences_tables_but_not_errors(capsys: pytest.CaptureFixture[str]
     assert status == 1 and out == "" and "nodeXX" in err
 
 
+def test_global_options_work_after_the_subcommand_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "-q")
+    assert status == 0 and out == "" and err == ""
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "-v")  # was: no such option
+    assert status == 0 and "node01" in out, err
+    status, out, _ = run(capsys, "fleet", "-q", "inventory", "-i", str(EXAMPLE))
+    assert status == 0 and out == ""
+    missing = ["-c", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "o")]
+    status, out, _ = run(capsys, "render", *missing, "--json")
+    assert status == 1 and json.loads(out)["error"].endswith("no such file")
+    status, _, err = run(capsys, "render", *missing, "-vv")
+    assert status == 1 and "Traceback" in err
+    # Commands of plain click groups get them too.
+    for argv in (("certs", "reload"), ("lab", "status"), ("fleet", "restart")):
+        status, out, _ = run(capsys, *argv, "--help")
+        assert status == 0 and all(flag in out for flag in ("--json", "--quiet", "--verbose")), argv
+
+
 def test_every_command_is_found_under_its_name() -> None:
     from ober.cli import COMMANDS, cli
     from ober.cli.fleet import FLEET_COMMANDS, fleet

@@ -157,6 +157,6 @@ def config_cmd(
         wizard(out, config_path, root, secrets_path, check=not no_check, dry_run=dry_run)
         return
     if replace and from_file is None:
-        raise OberError("--replace needs --from FILE", "give the whole config with --from FILE --replace")
+        raise click.UsageError("--replace needs --from FILE: give the whole config with --from FILE --replace")
     data = edited(current_data(config_path, root), from_file, assignments, replace=replace)
     report(out, configure(data, root=root, secrets_path=secrets_path, check=not no_check, dry_run=dry_run))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -216,6 +217,40 @@ def test_global_options_work_after_the_subcommand_too(capsys: pytest.CaptureFixt
     for argv in (("certs", "reload"), ("lab", "status"), ("fleet", "restart")):
         status, out, _ = run(capsys, *argv, "--help")
         assert status == 0 and all(flag in out for flag in ("--json", "--quiet", "--verbose")), argv
+
+
+def complete(cwd: Path, *words: str) -> list[str]:
+    """What bash completion offers for the last of ``words`` (the protocol click's bash script speaks)."""
+    env = {
+        **os.environ,
+        "_OBER_COMPLETE": "bash_complete",
+        "COMP_WORDS": " ".join(["ober", *words]),
+        "COMP_CWORD": str(len(words)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ober"], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [line.split(",", 1)[1] for line in done.stdout.splitlines() if line]
+
+
+def test_shell_completion_offers_the_inventorys_node_names(tmp_path: Path) -> None:
+    inventory = ["-i", str(EXAMPLE)]
+    assert complete(tmp_path, "fleet", "status", *inventory, "") == ["node01", "node02", "node03", "node04"]
+    assert complete(tmp_path, "fleet", "drain", *inventory, "node0") == ["node01", "node02", "node03", "node04"]
+    # After a comma: the names not given yet, each completing the whole word.
+    assert complete(tmp_path, "fleet", "undrain", *inventory, "node02,node0") == [
+        "node02,node01",
+        "node02,node03",
+        "node02,node04",
+    ]
+    # The default inventory ($OBER_INVENTORY, else ./inventory/): none here, so nothing, and no error.
+    assert complete(tmp_path, "fleet", "status", "") == []
+    (tmp_path / "inventory").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "inventory" / "site.yaml")
+    assert complete(tmp_path, "fleet", "restart", "--full", "node04") == ["node04"]
+    # Subcommands complete as click always did.
+    assert "bootstrap" in complete(tmp_path, "fleet", "")
 
 
 def test_every_command_is_found_under_its_name() -> None:

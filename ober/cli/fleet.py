@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.shell_completion import CompletionItem
 from rich.progress import Progress
 from rich.table import Table
 
@@ -13,6 +14,7 @@ from ober.cli.lazy import LazyGroup
 from ober.cli.options import no_check_option, secrets_option
 from ober.cli.output import Output, json_option
 from ober.config import config_to_dict
+from ober.errors import OberError
 from ober.files import write_tree
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.secrets import load_secrets
@@ -25,7 +27,25 @@ inventory_option = click.option(
     default=None,
     help="Inventory file or directory [default: $OBER_INVENTORY or inventory/].",
 )
-targets_argument = click.argument("targets", required=False, default=None)
+
+
+def complete_targets(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Shell completion of TARGETS: the inventory's node names (after a comma too: ``node01,no<TAB>``)."""
+    try:
+        inventory = load_inventory(ctx.params.get("inventory_path"))
+    except OberError:
+        return []  # no inventory here (yet): nothing to offer, and never an error while the user types
+    head, comma, last = incomplete.rpartition(",")
+    named = set(head.split(","))
+    return [
+        CompletionItem(f"{head}{comma}{node.name}")
+        for node in inventory.nodes
+        if node.name.startswith(last) and node.name not in named
+    ]
+
+
+targets_argument = click.argument("targets", required=False, default=None, shell_complete=complete_targets)
+required_targets_argument = click.argument("targets", shell_complete=complete_targets)
 
 
 FLEET_COMMANDS = {

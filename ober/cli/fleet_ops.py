@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ober.cli.fleet import inventory_option, targets_argument
+from ober.cli.fleet import inventory_option, required_targets_argument, targets_argument
 from ober.cli.options import secrets_option, ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
@@ -175,7 +175,7 @@ def _with(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 
 @click.command("drain")
 @inventory_option
-@click.argument("targets")
+@required_targets_argument
 @click.option("--reason", default="", help="Why, shown by status.")
 @click.option("--timeout", type=float, default=None, help="Per node: seconds to wait for its connections to end.")
 @_with(drain_options)
@@ -217,7 +217,7 @@ def drain_cmd(
 
 @click.command("undrain")
 @inventory_option
-@click.argument("targets")
+@required_targets_argument
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Per node: seconds to wait until live.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for each node to announce again.")
 @ssh_options

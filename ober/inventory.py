@@ -160,7 +160,7 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     source = inventory_path(path)
     if not source.exists():
         raise ConfigError(
-            f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or see inventory/example.yaml"
+            f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or write one: ober fleet init"
         )
     data, where = _read_source(source)
     return resolve_inventory(data, where)

@@ -219,6 +219,40 @@ def test_global_options_work_after_the_subcommand_too(capsys: pytest.CaptureFixt
         assert status == 0 and all(flag in out for flag in ("--json", "--quiet", "--verbose")), argv
 
 
+def test_fleet_init_writes_a_commented_starter_that_loads_and_renders(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    site = tmp_path / "site1"
+    status, out, err = run(capsys, "fleet", "init", str(site))
+    assert status == 0, err
+    written = site / "site.yaml"
+    text = written.read_text()
+    assert f"wrote {written}" in out and "ober fleet bootstrap -i" in out and "--accept-new-host-keys" in out
+    assert text.startswith("# A starter inventory") and text.count("# CHANGE") >= 8
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(site), "--json")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert [node["name"] for node in doc["nodes"]] == ["node01", "node02"]
+    assert doc["nodes"][1]["address"] == "198.51.100.12"
+    # HAProxy and ExaBGP accept every node's files as rendered from it (the certificate stood in by a placeholder).
+    status, _, err = run(capsys, "fleet", "render", "-i", str(site), "-o", str(tmp_path / "out"))
+    assert status == 0, err
+    assert (tmp_path / "out/node02/opt/ober/etc/haproxy.cfg").is_file()
+    # A second init does not overwrite (or mix into) an inventory.
+    status, _, err = run(capsys, "fleet", "init", str(site))
+    assert status == 1 and "holds an inventory already (site.yaml)" in err
+    assert written.read_text() == text
+
+
+def test_fleet_init_example_writes_the_example_site(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = run(capsys, "fleet", "init", "--example", str(tmp_path / "ex"))
+    assert status == 0, err
+    assert (tmp_path / "ex/site.yaml").read_text() == EXAMPLE.read_text()
+    (tmp_path / "file").write_text("")
+    status, _, err = run(capsys, "fleet", "init", str(tmp_path / "file"))
+    assert status == 1 and "is a file, not a directory" in err
+
+
 def complete(cwd: Path, *words: str) -> list[str]:
     """What bash completion offers for the last of ``words`` (the protocol click's bash script speaks)."""
     env = {

@@ -76,6 +76,10 @@ def test_an_installed_ober_packs_again_the_wheel_it_was_installed_from(
     assert packed.name == wheel.name
     assert contents(packed) == contents(wheel)
     assert "ober/templates/haproxy/haproxy.cfg.j2" in contents(packed)
+    # `ober fleet init` works from an installed ober: the starter and the example site are in the wheel.
+    shipped = contents(packed)
+    assert shipped["ober/templates/inventory/example.yaml"] == (REPO / "inventory/example.yaml").read_bytes()
+    assert shipped["ober/templates/inventory/starter.yaml"] == (REPO / "templates/inventory/starter.yaml").read_bytes()
     # pip checks every file against the RECORD we wrote: it installs the packed wheel.
     again = tmp_path / "again"
     subprocess.run(

@@ -18,6 +18,7 @@ from ober.errors import OberError
 from ober.files import write_tree
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.secrets import load_secrets
+from ober.starter import write_starter
 
 inventory_option = click.option(
     "-i",
@@ -71,6 +72,32 @@ def fleet() -> None:
 def _selected(inventory_path: Path | None, targets: str | None) -> tuple[Inventory, list[InventoryNode]]:
     inventory = load_inventory(inventory_path)
     return inventory, inventory.select(targets)
+
+
+@fleet.command("init")
+@click.argument("directory", type=click.Path(path_type=Path), default="inventory", required=False)
+@click.option("--example", is_flag=True, help="Write the 4-node example site instead of the starter.")
+@json_option
+@click.pass_obj
+def init_cmd(out: Output, directory: Path, example: bool) -> None:
+    """Write a commented starter inventory to DIRECTORY/site.yaml [default: inventory/, what -i reads]."""
+    written = write_starter(directory, example=example)
+    option = "" if directory == Path("inventory") else f" -i {directory}"
+    steps = [
+        f"edit {written}: every value marked CHANGE (nodes, addresses, routers, VIPs, RGW servers)",
+        f"put the certificate with its key at {directory}/certs/s3.pem (files: copies it to every node, mode 600)",
+        "put secrets (if the inventory names any, e.g. md5_secret: bgp_md5) in ~/.ober/login, mode 600: "
+        "'bgp_md5: VALUE' lines",
+        f"check: ober fleet inventory{option}; ober fleet render{option} -o out",
+        f"routers: ober fleet router-config{option} --flavor frr|bird",
+        f"then: ober fleet bootstrap{option} --accept-new-host-keys (records each node's SSH host key)",
+    ]
+    if out.as_json:
+        out.json({"written": str(written), "next": steps})
+        return
+    out.print(f"[green]✓[/] wrote {written}")
+    for number, step in enumerate(steps, 1):
+        out.print(f"  {number}. {step}")
 
 
 @fleet.command("inventory")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import click
@@ -9,7 +11,7 @@ from click.shell_completion import CompletionItem
 from rich.progress import Progress
 from rich.table import Table
 
-from ober.build import Built, build_node
+from ober.build import Built, HaproxyCheck, build_node
 from ober.cli.lazy import LazyGroup
 from ober.cli.options import no_check_option, secrets_option
 from ober.cli.output import Output, json_option
@@ -19,6 +21,7 @@ from ober.files import write_tree
 from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.secrets import load_secrets
 from ober.starter import write_starter
+from ober.validate import CheckResult, check_haproxy
 
 inventory_option = click.option(
     "-i",
@@ -147,6 +150,19 @@ def inventory_cmd(out: Output, inventory_path: Path | None, targets: str | None)
 )
 @secrets_option
 @no_check_option
+@click.option(
+    "--check-on",
+    "check_on",
+    metavar="NODE",
+    default=None,
+    shell_complete=complete_targets,
+    help="Run haproxy -c on NODE over SSH (the HAProxy the nodes run) instead of this workstation's HAProxy.",
+)
+@click.option(
+    "--accept-new-host-keys",
+    is_flag=True,
+    help="With --check-on: trust and record NODE's host key if it is not in known_hosts yet.",
+)
 @json_option
 @click.pass_obj
 def render_cmd(
@@ -156,29 +172,46 @@ def render_cmd(
     out_dir: Path,
     secrets_path: Path | None,
     no_check: bool,
+    check_on: str | None,
+    accept_new_host_keys: bool,
 ) -> None:
-    """Render every selected node's files, check them, and write them all (or nothing)."""
-    _, nodes = _selected(inventory_path, targets)
+    """Render every selected node's files, check them, and write them all (or nothing).
+
+    The check runs haproxy -c with this workstation's HAProxy, which must be installed here and may be another
+    version than the nodes' (haproxy.version): --check-on NODE checks with NODE's instead.
+    """
+    if check_on and no_check:
+        raise click.UsageError("--check-on and --no-check contradict each other: choose one")
+    inventory, nodes = _selected(inventory_path, targets)
     needs_secrets = any(n.config.secret_names() for n in nodes)
     secrets = load_secrets(secrets_path, required=needs_secrets)
     built: list[tuple[str, Built]] = []
-    with Progress(console=out.errors, transient=True, disable=out.quiet or out.as_json) as progress:
-        task = progress.add_task("rendering", total=len(nodes))
-        for node in nodes:
-            progress.update(task, description=f"rendering {node.name}")
-            built.append((node.name, build_node(node.config, secrets, check=not no_check)))
-            progress.advance(task)
+    with contextlib.ExitStack() as stack:
+        haproxy: HaproxyCheck = check_haproxy
+        if check_on:
+            haproxy = _check_on_node(stack, inventory, check_on, accept_new_host_keys)
+        with Progress(console=out.errors, transient=True, disable=out.quiet or out.as_json) as progress:
+            task = progress.add_task("rendering", total=len(nodes))
+            for node in nodes:
+                progress.update(task, description=f"rendering {node.name}")
+                built.append((node.name, build_node(node.config, secrets, check=not no_check, haproxy=haproxy)))
+                progress.advance(task)
     write_tree(out_dir, [(name, b.rendered) for name, b in built])
     for name, b in built:
         for note in b.notes:
             out.warn(f"{name}: {note}")
         if b.placeholders and out.verbose:
             out.print(f"{name}: checked with placeholders for {', '.join(b.placeholders)}")
+    checker = _checker(built)
+    if checker and checker.host is None:
+        for note in version_notes(checker.version, [node.config.haproxy.version for node in nodes]):
+            out.warn(note)
     if out.as_json:
         out.json(
             {
                 "out": str(out_dir.absolute()),
                 "checked": not no_check,
+                "checked_by": {"host": checker.host or "here", "haproxy": checker.version} if checker else None,
                 "nodes": [
                     {"name": name, "digest": b.rendered.digest, "files": len(b.rendered.files), "notes": b.notes}
                     for name, b in built
@@ -186,5 +219,47 @@ def render_cmd(
             }
         )
         return
-    checked = "checked by haproxy -c and exabgp validate" if not no_check else "not checked (--no-check)"
+    if no_check or checker is None:
+        checked = "not checked (--no-check)"
+    else:
+        where = f"on {checker.host}" if checker.host else "here"
+        checked = f"checked by haproxy -c {where} (HAProxy {checker.version or '?'}) and exabgp validate"
     out.print(f"[green]✓[/] {len(built)} nodes rendered to {out_dir} ({checked})")
+
+
+def _check_on_node(
+    stack: contextlib.ExitStack, inventory: Inventory, name: str, accept_new_host_keys: bool
+) -> HaproxyCheck:
+    """``haproxy -c`` on the inventory's node ``name``, over one SSH connection closed when ``stack`` ends."""
+    from ober.remote.connection import connect, targets  # Fabric and paramiko: only when a node is asked
+    from ober.remote.nodecheck import check_haproxy_on
+
+    chosen = [node for node in inventory.nodes if node.name == name]
+    if not chosen:
+        raise OberError(f"--check-on {name}: no such node in {inventory.source}", "name one node of the inventory")
+    conn = connect(targets(inventory, chosen, accept_new_host_keys=accept_new_host_keys)[0])
+    stack.callback(conn.close)
+    return functools.partial(check_haproxy_on, conn, chosen[0].name)
+
+
+def _checker(built: list[tuple[str, Built]]) -> CheckResult | None:
+    """The haproxy check's result of the first node (every node is checked by the same HAProxy)."""
+    for _, b in built:
+        for check in b.checks:
+            if check.tool == "haproxy":
+                return check
+    return None
+
+
+def version_notes(here: str | None, wanted: list[str]) -> list[str]:
+    """Warnings when this workstation's HAProxy is another MAJOR.MINOR than the nodes' ``haproxy.version``."""
+    if here is None:
+        return []
+    mine = ".".join(here.split(".")[:2])
+    others = sorted({version for version in wanted if version != mine})
+    if not others:
+        return []
+    return [
+        f"checked with this workstation's HAProxy {mine}, but the nodes run {', '.join(others)} (haproxy.version): "
+        "what only one of them accepts or refuses is not caught; check with a node's: --check-on NODE"
+    ]

@@ -120,6 +120,8 @@ def test_an_installed_ober_without_pip_upgrades_and_bootstraps_a_node(
     assert Path(house).parent == installed.cache  # built here, in the cache this user chose, from nothing
     wheels = sorted(path.name for path in Path(house).glob("*.whl"))
     assert "ober-0.1.0-py3-none-any.whl" in wheels and any(name.startswith("exabgp-5.0.15") for name in wheels)
+    timings = ", ".join(f"{step['step']} {step['seconds']:.0f}s" for step in node["steps"])
+    print(f"bootstrap of {NODE} from nothing by a pip-less installed ober: {timings}; {len(wheels)} wheels")
     for relative in ("remote/ownwheel.py", "cli/fleet.py"):
         local = hashlib.sha256((REPO / "ober" / relative).read_bytes()).hexdigest()
         assert digest_on(fleet_lab, f"{site}/{relative}") == local, relative

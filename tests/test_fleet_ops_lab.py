@@ -8,6 +8,9 @@ test leaves every node in service.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -296,3 +299,39 @@ def test_a_push_that_leaves_a_node_degraded_stops_and_says_why(
     finally:
         status, out, err = ober(capsys, "fleet", "push", "-i", original, "node01", "--secrets", secrets, "--json")
     assert status == 0, (out, err)
+
+
+OPERATOR_A = """
+import sys, time
+from ober.inventory import load_inventory
+from ober.remote.fleetops import Session
+with Session(load_inventory(sys.argv[1]), "drain (operator A)"):
+    print("held", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+def test_a_second_operator_is_refused_while_the_first_holds_the_fleet_lock(
+    fleet: LabFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 6: drains by two operators at once could together go below min_available; now the second one
+    is refused while the first one's command runs, and nothing changes."""
+    inventory = str(fleet.inventory_path)
+    vip = fleet.vips["ceph-a"]
+    first = subprocess.Popen(
+        [sys.executable, "-c", OPERATOR_A, inventory], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "held", first.stderr
+        status, out, err = ober(capsys, "fleet", "drain", "-i", inventory, "node02", "--reason", "b", "--json")
+        assert status != 0, out
+        assert "lock" in json.dumps(out) + err and "operator A" in json.dumps(out) + err, (out, err)
+        assert set(fleet.router.next_hops(vip)) == {n.address for n in fleet.nodes.values()}
+    finally:
+        first.send_signal(signal.SIGINT)  # operator A's command ends: its lock is released on the way out
+        first.wait(60)
+    status, out, err = ober(capsys, "fleet", "lock", "-i", inventory, "--json")
+    assert status == 0 and "operator A" not in json.dumps(out), out

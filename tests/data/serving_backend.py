@@ -99,9 +99,7 @@ class Handler(BaseHTTPRequestHandler):
             "x_forwarded_proto": self.headers.get_all("X-Forwarded-Proto", []),
             # Every header radosgw would read as a forwarding one ('_' and '-' alike), as [name, value] in order.
             "forwarding": [
-                [name, value]
-                for name, value in self.headers.items()
-                if name.lower().replace("_", "-") in FORWARDING
+                [name, value] for name, value in self.headers.items() if name.lower().replace("_", "-") in FORWARDING
             ],
             "body_bytes": count,
             "body_sha256": sha256,

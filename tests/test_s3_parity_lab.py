@@ -39,10 +39,9 @@ from ober.checks import TRUST_FORWARDED_FIX, check_sse_c
 from ober.config import NodeConfig
 from ober.facts import find_program
 from ober.lab.netns import Lab, add_address, run
-from ober.lab.procnode import lab_config
+from ober.lab.procnode import lab_config, write_install
 from ober.lab.rgw import RGW_PORT, RGW_TLS_PORT, RgwCluster, in_netns, port_refuses, start_cluster
 from ober.lab.site import node_data
-from ober.render import paths, render_node
 from ober.s3probe import Credentials, s3_error, sign_v4, sse_c_headers
 from tests.conftest import require
 from tests.test_lab_rgw import lab_prerequisites
@@ -131,16 +130,8 @@ def _start_haproxy(lab: Lab, ns: str, pem: Path) -> NodeConfig:
     data = node_data(HOST, "100.64.0.11", pem)
     data["vips"] = [{"name": "s3", "address": VIP, "backend": "ceph"}]
     data["backends"] = {"ceph": {**data["backends"]["ceph-a"], "servers": [RGW]}}
-    install = lab.path("node", "opt", "ober")
-    config = lab_config(data, install)
-    for item in render_node(config, {}).files:
-        if item.path.startswith(str(install)):
-            target = Path(item.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(item.content)
-            target.chmod(item.mode)
-    Path(paths(config)["run_dir"]).mkdir(parents=True, exist_ok=True)
-    cfg = paths(config)["haproxy_cfg"]
+    config = lab_config(data, lab.path("node", "opt", "ober"))
+    cfg = write_install(config, {})["haproxy_cfg"]
     haproxy = find_program("haproxy") or "haproxy"
     run([haproxy, "-c", "-q", "-f", cfg])
     lab.spawn(ns, [haproxy, "-W", "-f", cfg], log=lab.path("node") / "haproxy.log")

@@ -124,10 +124,9 @@ def _wait(what: str, ready: Callable[[], bool]) -> None:
 
 def _start_haproxy(lab: Lab, ns: str, pem: Path) -> NodeConfig:
     """Render a node with one VIP in front of the radosgw (plain HTTP served too) and run its HAProxy."""
-    # HAProxy's health check sends the node's name as Host; with 'rgw dns name' set, radosgw takes any other name
-    # that is not an address for a bucket (404 NoSuchBucket: the server would be down). So the node is named after
-    # the S3 name here.
-    data = node_data(HOST, "100.64.0.11", pem)
+    # A node name that is not the S3 name: with 'rgw dns name' set, radosgw takes any other Host name for a bucket,
+    # so a health check that sent one would see 404 and mark the server down (the check sends no Host).
+    data = node_data("n1", "100.64.0.11", pem)
     data["vips"] = [{"name": "s3", "address": VIP, "backend": "ceph"}]
     data["backends"] = {"ceph": {**data["backends"]["ceph-a"], "servers": [RGW]}}
     config = lab_config(data, lab.path("node", "opt", "ober"))

@@ -8,6 +8,9 @@ test leaves every node in service.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +21,7 @@ import pytest
 import yaml
 
 from ober.cli import main
+from ober.lab.demo import load_client
 from ober.lab.fleet import LabFleet
 from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (registers the shared fixture fleet_lab)
 
@@ -263,3 +267,71 @@ def test_sync_reapplies_whitelists_without_dropping_the_node(
     status, out, err = ober(capsys, "fleet", "sync", "-i", inventory, "node02", "--json")
     assert status == 0, (out, err)
     assert "100.64.0.0/24" not in fleet.run_on("node02", "cat /opt/ober/etc/whitelist/backend-http.lst").stdout
+
+
+def test_a_push_that_leaves_a_node_degraded_stops_and_says_why(
+    fleet: LabFleet, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Issue 9, item 5: an RGW name that does not resolve is accepted by `haproxy -c` and left in maintenance by
+    HAProxy; the push must not say ✓ for that node, and must not go on to the next one."""
+
+    def unresolvable_rgw(data: dict[str, Any]) -> None:
+        data["config"]["backends"]["ceph-a"]["servers"] = [
+            *data["config"]["backends"]["ceph-a"]["servers"],
+            "rgw9.invalid",
+        ]
+
+    changed = str(inventory_copy(fleet, tmp_path, unresolvable_rgw))
+    original, secrets = str(fleet.inventory_path), str(fleet.secrets_path)
+    vip = fleet.vips["ceph-a"]
+    try:
+        with load_client(fleet, tmp_path / "load") as load, HopWatch(fleet, vip) as watch:
+            time.sleep(1)
+            status, out, err = ober(
+                capsys, "fleet", "push", "-i", changed, "node[01-02]", "--secrets", secrets, "--json"
+            )
+            seen = load.stop()
+        assert status == 1, (out, err)
+        assert [n["node"] for n in out["nodes"]] == ["node01"] and out["untouched"] == 1, out
+        assert "rgw9.invalid" in json.dumps(out) and "resolve" in json.dumps(out), out
+        # Degraded, not down: node01 kept serving with the RGWs it has, and the client never noticed.
+        assert watch.missing == set() and seen.failed == 0, (watch.missing, seen.errors)
+    finally:
+        status, out, err = ober(capsys, "fleet", "push", "-i", original, "node01", "--secrets", secrets, "--json")
+    assert status == 0, (out, err)
+
+
+OPERATOR_A = """
+import sys, time
+from ober.inventory import load_inventory
+from ober.remote.fleetops import Session
+with Session(load_inventory(sys.argv[1]), "drain (operator A)"):
+    print("held", flush=True)
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+def test_a_second_operator_is_refused_while_the_first_holds_the_fleet_lock(
+    fleet: LabFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 6: drains by two operators at once could together go below min_available; now the second one
+    is refused while the first one's command runs, and nothing changes."""
+    inventory = str(fleet.inventory_path)
+    vip = fleet.vips["ceph-a"]
+    first = subprocess.Popen(
+        [sys.executable, "-c", OPERATOR_A, inventory], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "held", first.stderr
+        status, out, err = ober(capsys, "fleet", "drain", "-i", inventory, "node02", "--reason", "b", "--json")
+        assert status != 0, out
+        assert "lock" in json.dumps(out) + err and "operator A" in json.dumps(out) + err, (out, err)
+        assert set(fleet.router.next_hops(vip)) == {n.address for n in fleet.nodes.values()}
+    finally:
+        first.send_signal(signal.SIGINT)  # operator A's command ends: its lock is released on the way out
+        first.wait(60)
+    status, out, err = ober(capsys, "fleet", "lock", "-i", inventory, "--json")
+    assert status == 0 and "operator A" not in json.dumps(out), out

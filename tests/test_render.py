@@ -149,7 +149,7 @@ def test_haproxy_cfg_content_for_s3(make_config: Callable[..., NodeConfig]) -> N
         "hard-stop-after 3600s",
         "http-request use-service prometheus-exporter if { path /metrics }",
         "tcp-request connection reject unless { src -f /opt/ober/etc/whitelist/frontend-http.lst }",
-        "http-check send meth GET uri / ver HTTP/1.1",
+        "http-check send meth GET uri / ver HTTP/1.0",
         "default-server init-addr last,libc,none check inter 1s fastinter 200ms rise 2 fall 3 "
         "observe layer4 error-limit 1 on-error fastinter",
     ):

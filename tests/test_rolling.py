@@ -748,3 +748,26 @@ def test_a_node_left_degraded_stops_the_roll_unless_allowed(tmp_path: Path, monk
     fleet.nodes["node01"].degraded = [problem]
     report = degraded_roll(fleet, allow=True)
     assert [(r.node, r.status) for r in report.results] == [("node01", "done"), ("node02", "done")]
+
+
+def test_a_reload_haproxy_could_not_load_fails_the_step(tmp_path: Path) -> None:
+    """`ober reload` on the node fails when no new HAProxy worker came (the old one kept serving the old config)."""
+    fleet = FakeFleet(tmp_path)
+    refused = fleet.nodes["node02"]
+    original = refused.run
+
+    def run(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> Result:
+        if "reload" in argv:
+            refused.asked.append(list(argv))
+            error = {"error": "HAProxy did not load the new configuration: [ALERT] Cannot raise FD limit"}
+            return Result(1, json.dumps(error), "")
+        return original(argv, timeout, env)
+
+    refused.run = run  # type: ignore[method-assign]
+    options = Options(settle=0, quiesce=1, probe=False, state_dir=str(fleet.base))
+    request = Request(Operation.RESTART, reload_only=True)
+    report = Roll(fleet.inventory, list(fleet.inventory.nodes), fleet.nodes, request, options=options).run()
+    assert [(r.node, r.status) for r in report.results][:2] == [("node01", "done"), ("node02", "failed")]
+    assert {r.status for r in report.results[2:]} == {"not reached"}  # the first failure stops the roll
+    assert "Cannot raise FD limit" in report.results[1].detail
+    assert any(argv[1:2] == ["reload"] for argv in fleet.nodes["node01"].asked)

@@ -155,8 +155,13 @@ class NodeOps:
         self.client.undrain()
 
     def reload_http(self) -> None:
-        """Hitless HAProxy reload: the unit validates the config first; the master re-executes the binary."""
-        self.run(["systemctl", "reload", "ober-http"], "reload ober-http")
+        """Hitless HAProxy reload: the unit validates the config first; the master re-executes the binary.
+
+        Through ``ober reload``, not ``systemctl reload``: a reload HAProxy could not load (a ``maxconn`` beyond the
+        file-descriptor limit passes ``haproxy -c``) leaves the old worker serving and systemd content; ober reload
+        waits for the new worker and fails the step otherwise.
+        """
+        self.run([self.ober, "reload", "--config", self.config], "reload ober-http")
 
     def restart_bgp(self) -> None:
         """Restart ExaBGP and ober health without a NOTIFICATION, so the router's graceful restart holds the route.

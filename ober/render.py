@@ -191,6 +191,11 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
     return plan
 
 
+def planned_paths(config: NodeConfig) -> list[str]:
+    """The node paths :func:`render_node` writes besides ``ober.yaml``."""
+    return [path for _template, path, _mode in _plan(config, paths(config))]
+
+
 def render_node(
     config: NodeConfig,
     secrets: Mapping[str, str] | None = None,
@@ -215,7 +220,7 @@ def render_node(
         RenderError: a whitelist still holds unresolved names, or a template failed.
         SecretsError: a referenced secret is missing.
     """
-    used = pick(secrets or {}, config.secret_names())
+    used = pick(secrets or {}, config.secret_refs())
     context = _context(config, used, root, resolved or config.whitelists)
     files = [RenderedFile(paths(config)["config"], dump_config(config), 0o644)]
     for template, path, mode in _plan(config, paths(config)):

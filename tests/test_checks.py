@@ -261,7 +261,11 @@ def test_rendered_files_checked_by_the_real_tools(node: Callable[..., NodeConfig
     assert "secret" not in check.detail  # the real values were there
     # On a node without the secrets file, stand-ins are used and named (never a value).
     [check] = check_rendered(config, {})
-    assert check.status == "ok" and "secret bgp_md5" in check.detail and "secret stats_password" in check.detail
+    assert (
+        check.status == "ok"
+        and "the secret of bgp.md5_secret" in check.detail
+        and "the secret of stats.auth.password_secret" in check.detail
+    )
 
 
 @pytest.mark.usefixtures("_tools")

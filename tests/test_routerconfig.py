@@ -101,7 +101,7 @@ def test_secrets_are_placeholders_unless_asked_for() -> None:
         assert SECRETS["bgp_md5"] in shown and "SECRET-bgp_md5" not in shown
     with pytest.raises(ConfigError) as missing:
         router_config(inventory, "bird", secrets={})
-    assert "bgp_md5" in missing.value.message and "--with-secrets" in (missing.value.fix or "")
+    assert "bgp.md5_secret" in missing.value.message and "--with-secrets" in (missing.value.fix or "")
 
 
 def test_mixed_node_ases_and_ibgp(example: dict[str, Any]) -> None:

@@ -99,7 +99,7 @@ def payloads(inventory: Inventory, nodes: Sequence[InventoryNode], secrets: Mapp
     result: dict[str, Payload] = {}
     for node in nodes:
         etc = f"{node.config.install_path}/etc"
-        mine = pick(secrets, node.config.secret_names(), "the secrets file")
+        mine = pick(secrets, node.config.secret_refs(), "the secrets file")
         login = yaml.safe_dump(mine, default_flow_style=False).encode() if mine else b""
         staged = f"{etc}/fleet.yaml"
         files = {f"{etc}/login": (login, 0o600), staged: (dump_config(node.config).encode(), 0o644), **shared}

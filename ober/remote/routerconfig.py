@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ober.errors import ConfigError
 from ober.inventory import Inventory, InventoryNode
 from ober.render import render_template
+from ober.secrets import missing_secret
 
 FLAVORS = ("frr", "bird")
 FRR_MAX_PATHS = 64
@@ -147,10 +148,8 @@ def _peer(node: InventoryNode, protocol: str, secrets: Mapping[str, str] | None)
         elif bgp.md5_secret in secrets:
             password = secrets[bgp.md5_secret]
         else:
-            raise ConfigError(
-                f"node {node.name}: secret {bgp.md5_secret!r} is not in the secrets file",
-                f"add '{bgp.md5_secret}: VALUE' to it (mode 600), or leave out --with-secrets",
-            )
+            missing = missing_secret("bgp.md5_secret", secrets)
+            raise ConfigError(f"node {node.name}: {missing.message}", f"{missing.fix}; or leave out --with-secrets")
     return Peer(
         node=node.name,
         protocol=protocol,

@@ -99,6 +99,16 @@ def stop_timeout(config: NodeConfig) -> float:
     return config.health.drain_timeout + STOP_MARGIN
 
 
+EPHEMERAL = (1024, 65535)
+"""The source port range the kernel profile sets (net.ipv4.ip_local_port_range)."""
+
+
+def listening_ports(config: NodeConfig, within: tuple[int, int] = (1, 65535)) -> list[int]:
+    """The TCP ports HAProxy listens on (S3 on the VIPs, the stats page), those ``within`` the range, sorted."""
+    ports = {443, config.stats.port} | ({80} if config.certificates.http != "off" else set())
+    return sorted(port for port in ports if within[0] <= port <= within[1])
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -153,6 +163,8 @@ def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: W
         # HAProxy 2.8 added ssl-default-bind-curves; older versions take the OpenSSL default groups.
         "haproxy_has_curves": version >= (2, 8),
         "groups_in_use": sorted({vip.backend for vip in config.vips}),
+        "ephemeral": EPHEMERAL,
+        "reserved_ports": listening_ports(config, EPHEMERAL),
     }
 
 

@@ -202,9 +202,13 @@ class NodeJob:
         program = self.ober
         throwaway = f"{self.install}/{THROWAWAY}"
         if not installed:
+            # Only the pinned wheels, each checked against its hash, when the wheelhouse pins them (ober's always does).
             script = (
-                'rm -rf "$1" && python3 -m venv "$1" && '
-                '"$1/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$2" ober'
+                'venv="$1" links="$2"; '
+                'if [ -f "$links/requirements.txt" ]; then set -- --require-hashes -r "$links/requirements.txt"; '
+                "else set -- ober; fi; "
+                'rm -rf "$venv" && python3 -m venv "$venv" && '
+                '"$venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$links" "$@"'
             )
             made = self.conn.run(["sh", "-c", script, "throwaway", throwaway, wheels], INSTALL_TIMEOUT)
             _need(made, "a throwaway venv to run ober bootstrap")

@@ -13,6 +13,9 @@ Two caches under ``dest``, each built in a temporary directory and renamed into 
   always gets the code being tested while a second call with unchanged sources returns at once. It holds hard
   links to the dependency wheels, so each source change costs only ober's own wheel (about 100 KiB).
 
+Each holds ``requirements.txt`` (:mod:`ober.wheelpins`): every wheel's exact version and SHA-256, written when it
+is built and checked again before a cached one is used; nodes install from it with ``pip --require-hashes``.
+
 A dependency PyPI has only as an sdist (python-hostlist) is built here with ``pip wheel --no-deps``; that is only
 accepted when the result is pure Python (``*-none-any.whl``), since a compiled wheel built here would be for this
 machine's Python, not the node's.
@@ -35,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ober.errors import OberError
+from ober.wheelpins import verify_requirements, write_requirements
 
 DEFAULT_CACHE = Path(os.environ.get("OBER_WHEELHOUSE_CACHE", "/var/cache/ober/wheelhouse"))
 PROJECT = Path(__file__).resolve().parents[2]
@@ -92,11 +96,15 @@ def build_wheelhouse(
     deps_key = _digest(json.dumps(key_data).encode())
     final = dest / f"{label}-ober{meta['version']}-{_digest(deps_key.encode(), source_digest(project).encode())}"
     if (final / STAMP).is_file():
+        verify_requirements(final)  # a cached wheelhouse is pushed only as it was built
         return final
     deps = dest / f"deps-{label}-{deps_key}"
     if not (deps / STAMP).is_file():
         with _building(deps) as work:
             _download(dependencies, work, target_python, tag, glibc, arch)
+            # Pinned as downloaded (pip checked PyPI's TLS): a later change to the cache is caught below.
+            write_requirements(work)
+    verify_requirements(deps)
     with _building(final) as work:
         _pip(["wheel", "--no-deps", "--wheel-dir", str(work), *_isolation(), str(project)], BUILD_TIMEOUT)
         for wheel in deps.glob("*.whl"):
@@ -105,6 +113,8 @@ def build_wheelhouse(
                 os.link(wheel, work / wheel.name)
             except OSError:
                 shutil.copy2(wheel, work / wheel.name)
+        # Every wheel's exact version and hash: the node installs with pip --require-hashes from this file.
+        write_requirements(work)
     return final
 
 

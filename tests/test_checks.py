@@ -624,6 +624,9 @@ def test_doctor_bootstrapped_but_nothing_running(
     # No session, so the router's TCP reachability is probed to narrow it down.
     assert found["bgp tcp 127.0.0.1"] == "ok" and found[f"rgw ceph-a 127.0.0.1:{server.port}"] == "ok"
     assert found["cert valid.pem expiry"] == "ok"
+    # The stats page: this config has a login but no TLS, so its password would cross plain HTTP.
+    [stats] = [check for check in checks if check.name == "stats page"]
+    assert stats.status == "warn" and "crosses plain HTTP" in stats.detail and stats.fix is not None
     assert {found["unit ober-http"], found["unit ober-bgp"]} <= {"ok", "fail", "skip"}
 
 

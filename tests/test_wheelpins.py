@@ -91,3 +91,20 @@ def test_a_wheel_added_or_missing_is_refused(house: Path) -> None:
     (house / REQUIREMENTS).unlink()
     with pytest.raises(OberError, match="not a pinned wheelhouse"):
         verify_requirements(house)
+
+
+def test_the_fleet_upgrade_ships_the_pins_with_the_wheels(
+    house: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import tarfile
+
+    from ober.remote import upgrade
+
+    monkeypatch.setattr(upgrade, "build_wheelhouse", lambda python, arch: house)
+    archive = upgrade.Installer({"ober": "0.1.0"})._archive("3.13", "x86_64")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp_path / "node", filter="data")
+    # What the node unpacks is a pinned wheelhouse pip can check (the same as built here).
+    verify_requirements(tmp_path / "node")
+    assert pip_install(tmp_path / "node", tmp_path / "site").returncode == 0

@@ -30,7 +30,7 @@ from ober.remote.lock import STATE_DIR
 from ober.remote.roll import NodeOps, StepFailed
 from ober.remote.rolling import Step
 from ober.remote.wheelhouse import PROJECT, build_wheelhouse
-from ober.wheelpins import pinned_install
+from ober.wheelpins import REQUIREMENTS, pinned_install
 
 _PIN = re.compile(r"^exabgp==(\S+)$")
 PIP_TIMEOUT = 300.0
@@ -113,7 +113,8 @@ class Installer:
             wheels = build_wheelhouse(python, arch=arch)
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for wheel in sorted(wheels.glob("*.whl")):
+                # The pins go along: the node installs with pip --require-hashes from them.
+                for wheel in [*sorted(wheels.glob("*.whl")), wheels / REQUIREMENTS]:
                     tar.add(wheel, arcname=wheel.name)
             self._built[key] = buffer.getvalue()
         return self._built[key]

@@ -9,6 +9,7 @@ port, ``ober status`` data, a CA file); everything else is real: sockets, HTTP(S
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
 import re
 import socket
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ober.build import build_node
-from ober.config import BackendGroup, NodeConfig, Server, load_config
+from ober.config import BackendGroup, NodeConfig, Server, load_config, stats_exposure
 from ober.errors import OberError, SecretsError
 from ober.hostlists import is_ipv4
 from ober.resolve import Lookup, lookup_ipv4
@@ -203,13 +204,15 @@ def check_rendered(config: NodeConfig, secrets: Mapping[str, str] | None = None)
     hold a secret value.
     """
     known = dict(secrets or {})
-    standing_in = [name for name in config.secret_names() if name not in known]
-    values = {**known, **dict.fromkeys(standing_in, _STAND_IN_SECRET)}
+    refs = config.secret_refs()
+    standing_in = [field for field, name in refs.items() if name not in known]
+    values = {**known, **{refs[field]: _STAND_IN_SECRET for field in standing_in}}
     try:
         built = build_node(config, values)
     except OberError as exc:
         return [Check("rendered files", "fail", _scrub(exc.message, known), _scrub(exc.fix, known))]
-    stand_ins = built.placeholders + [f"secret {name}" for name in standing_in]
+    # The field, not the name it gives: that may be a secret pasted in the wrong place.
+    stand_ins = built.placeholders + [f"the secret of {field}" for field in standing_in]
     note = f" (stand-ins for what this machine lacks: {', '.join(stand_ins)})" if stand_ins else ""
     checks = [Check("rendered files", "ok", f"haproxy -c and exabgp validate accept them{note}")]
     if built.notes:
@@ -832,6 +835,31 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
     return checks
 
 
+# --- exposure ---------------------------------------------------------------------------------------------------
+
+
+def check_stats_exposure(config: NodeConfig) -> list[Check]:
+    """Warn when the stats page is open to anyone (``stats.allow_open``) or its password crosses plain HTTP."""
+    found = stats_exposure(config.stats, config.whitelists)
+    if not found.open and not found.weak:
+        guard = "a login" if config.stats.auth else "an allow-list"
+        if ipaddress.IPv4Address(config.stats.bind).is_loopback:
+            guard = "loopback only"
+        return [Check("stats page", "ok", f"{config.stats.bind}:{config.stats.port}: {guard}")]
+    checks = [
+        Check(
+            "stats page",
+            "warn",
+            f"open: {why} (stats.allow_open is set)",
+            "list the monitoring hosts in whitelists.backend_http, or set stats.auth with stats.tls",
+        )
+        for why in found.open
+    ]
+    fix = "set stats.tls: true, or bind stats to 127.0.0.1"
+    checks += [Check("stats page", "warn", why, fix) for why in found.weak]
+    return checks
+
+
 # --- composing them -------------------------------------------------------------------------------------------
 
 
@@ -928,6 +956,7 @@ def run_doctor(
         return scrub(checks, secrets)
     checks += check_units()
     checks += check_rendered(config, secrets)
+    checks += check_stats_exposure(config)
     status = node_status(config, exabgp_root=exabgp_root(config))
     checks.append(check_haproxy_state(status))
     checks += check_bgp_state(config, status)

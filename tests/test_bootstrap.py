@@ -206,6 +206,16 @@ def test_venv_from_a_wheelhouse_is_offline_and_pinned() -> None:
     assert commands(tree)[1].endswith("exabgp==5.0.15 /src/ober")
 
 
+def test_venv_from_a_pinned_wheelhouse_installs_exactly_its_hashed_wheels() -> None:
+    steps = plan_bootstrap(Facts(host(), fresh()), BootstrapOptions(INSTALL, "/root/wh", pinned=True))
+    [venv] = [step for step in steps if step.name == "venv"]
+    assert commands(venv)[1] == (
+        "PIP_NO_INPUT=1 /opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check --no-index "
+        "--find-links /root/wh --require-hashes -r /root/wh/requirements.txt"
+    )
+    assert "checked against its pinned hash" in venv.why
+
+
 def test_venv_with_an_older_ober_is_updated_and_only_new_names_are_recorded() -> None:
     old = InstallFacts(INSTALL, EVERY_DIR, True, {"ober": "0.0.9"})
     step = plan(host(), old)["venv"]

@@ -405,7 +405,7 @@ def test_push_without_a_needed_secret_touches_nothing() -> None:
 
     node = FakeNode({})
     result = push_node(node, NODE, {"bgp_md5": "x"}, dry_run=False)
-    assert not result.ok and "stats_password" in (result.error or "")
+    assert not result.ok and "stats.auth.password_secret" in (result.error or "")
     assert node.ran == [] and node.put_files == {}
 
 

@@ -24,6 +24,7 @@ import pytest
 from ober.errors import OberError
 from ober.remote import ownwheel, wheelhouse
 from ober.remote.upgrade import Installer
+from ober.wheelpins import write_requirements
 from tests.conftest import REPO
 
 PIP_TIMEOUT = 300
@@ -104,6 +105,7 @@ def test_a_wheelhouse_from_an_installed_ober_needs_no_pip_for_ober_itself(
     deps.mkdir(parents=True)
     (deps / "click-8.1.7-py3-none-any.whl").write_bytes(b"a dependency wheel")
     (deps / wheelhouse.STAMP).write_text("click-8.1.7-py3-none-any.whl\n")
+    write_requirements(deps)  # pinned as an earlier run left them
     built = wheelhouse.build_wheelhouse("3.13", cache)
     assert sorted(path.name for path in built.glob("*.whl")) == [
         "click-8.1.7-py3-none-any.whl",

@@ -29,6 +29,7 @@ from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPac
 from ober.checks import check_os, check_python
 from ober.config import CONFIG_RELATIVE
 from ober.errors import OberError
+from ober.wheelpins import pinned_install
 
 EXABGP_VERSION = "5.0.15"
 """ExaBGP's release ober runs (5.0 keeps the text API; 6, unreleased, defaults to a JSON-only API)."""
@@ -41,6 +42,8 @@ class BootstrapOptions:
 
     install_path: str
     wheels: str | None = None
+    pinned: bool = False
+    """The wheels directory pins every wheel by hash (``requirements.txt``): install exactly those, checked."""
 
 
 def check_host(host: HostFacts) -> list[str]:
@@ -204,7 +207,12 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
         missing = tuple(name for name in wanted if name not in have)
         record = Entry("pip", venv, names=missing) if missing else None
     source: list[str] = []
-    if options.wheels:
+    pins: list[str] = [f"exabgp=={EXABGP_VERSION}"]
+    if options.wheels and options.pinned:
+        # Every wheel at its pinned version and hash (pip refuses any other); ober and ExaBGP among them.
+        ober, origin = "", f"from {options.wheels} only, each wheel checked against its pinned hash"
+        source, pins = pinned_install(options.wheels), []
+    elif options.wheels:
         ober, origin = f"ober=={host.ober_version}", f"from {options.wheels} only (--no-index)"
         source = ["--no-index", "--find-links", options.wheels]
     elif host.ober_source:
@@ -213,7 +221,7 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
         ober, origin = f"ober=={host.ober_version}", "from the package index"
     pip = (f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *source)
     env = (("PIP_NO_INPUT", "1"),)
-    actions.append(Run((*pip, f"exabgp=={EXABGP_VERSION}", ober), PIP_TIMEOUT, env, record=record))
+    actions.append(Run((*pip, *pins, *([ober] if ober else [])), PIP_TIMEOUT, env, record=record))
     verb = "create" if not install.venv_python else "update"
     return Step(
         "venv", title, f"{verb} {venv}: ExaBGP {EXABGP_VERSION} and ober {host.ober_version} {origin}", tuple(actions)

@@ -58,7 +58,9 @@ def report(out: Output, outcome: Outcome) -> None:
     for change in outcome.changes:
         out.print(f"{change.kind:>6} {change.path}")
     done = ", ".join(outcome.actions) or ("none (--root)" if not outcome.live else "none needed")
-    text = f"applied {len(outcome.changes)} changes; backup in {outcome.backup}; services: {done}"
+    # No backup when every file it held was a secret file (those copies are removed once the apply worked).
+    kept = f"backup in {outcome.backup}" if outcome.backup else "no backup kept (only secret files changed)"
+    text = f"applied {len(outcome.changes)} changes; {kept}; services: {done}"
     if outcome.degraded:
         out.print(f"[yellow]![/] {text}; but HAProxy serves degraded (the warnings above)")
     else:

@@ -18,6 +18,9 @@ place when complete:
   always gets the code being tested while a second call with unchanged sources returns at once. It holds hard
   links to the dependency wheels, so each source change costs only ober's own wheel (about 100 KiB).
 
+Each holds ``requirements.txt`` (:mod:`ober.wheelpins`): every wheel's exact version and SHA-256, written when it
+is built and checked again before a cached one is used; nodes install from it with ``pip --require-hashes``.
+
 A dependency PyPI has only as an sdist (python-hostlist) is built here with ``pip wheel --no-deps``; that is only
 accepted when the result is pure Python (``*-none-any.whl``), since a compiled wheel built here would be for this
 machine's Python, not the node's.
@@ -40,6 +43,7 @@ from pathlib import Path
 
 from ober.errors import OberError
 from ober.remote.ownwheel import Source, digest, find_source, pack, source_digest
+from ober.wheelpins import verify_requirements, write_requirements
 
 __all__ = ["build_wheelhouse", "default_cache", "find_pip", "platforms", "source_digest"]
 
@@ -161,6 +165,7 @@ def build_wheelhouse(
     deps_key = digest(json.dumps(key_data).encode())
     final = dest / f"{label}-ober{source.version}-{digest(deps_key.encode(), source.digest.encode())}"
     if (final / STAMP).is_file():
+        verify_requirements(final)  # a cached wheelhouse is pushed only as it was built
         return final
     pip: list[str] | None = None
     deps = dest / f"deps-{label}-{deps_key}"
@@ -168,6 +173,9 @@ def build_wheelhouse(
         pip = find_pip()
         with _building(deps) as work:
             _download(pip, dependencies, work, target_python, tag, glibc, arch)
+            # Pinned as downloaded (pip checked PyPI's TLS): a later change to the cache is caught below.
+            write_requirements(work)
+    verify_requirements(deps)
     with _building(final) as work:
         if source.tree is None:
             pack(source, work)  # from the installed files: no pip, no build backend
@@ -181,6 +189,8 @@ def build_wheelhouse(
                 os.link(wheel, work / wheel.name)
             except OSError:
                 shutil.copy2(wheel, work / wheel.name)
+        # Every wheel's exact version and hash: the node installs with pip --require-hashes from this file.
+        write_requirements(work)
     return final
 
 

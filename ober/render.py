@@ -99,6 +99,11 @@ def stop_timeout(config: NodeConfig) -> float:
     return config.health.drain_timeout + STOP_MARGIN
 
 
+FLEET_STATE_DIR = "/var/lib/ober/fleet"
+"""The fleet controller's state on a node: its lock, the roll records (``roll.json`` until a roll finished with the
+whole fleet, ``last-roll.json`` after; ``ober health``'s metrics show them), uploads."""
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -112,6 +117,9 @@ def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
         "crt": config.certificates.crt_path(config.install_path),
         "run_dir": run,
         "admin_socket": f"{run}/haproxy.sock",
+        # As long as haproxy.sock (HAProxy caps socket paths): ober health serves its metrics here, HAProxy's stats
+        # frontend passes /ober/metrics on to it.
+        "metrics_socket": f"{run}/metrics.sock",
         "pid_file": f"{run}/haproxy.pid",
         "venv": f"{config.install_path}/venv",
         "maintenance_file": config.health.maintenance_file,

@@ -52,7 +52,8 @@ mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/rol
 _READ_RECORD = """[ -f "$1/roll.json" ] || exit 0
 cat "$1/roll.json"
 """
-_CLEAR_RECORD = 'rm -f "$1/roll.json"'
+# Kept as the last roll (ober health's metrics show it); only roll.json is read to resume.
+_CLEAR_RECORD = '[ ! -f "$1/roll.json" ] || mv -f "$1/roll.json" "$1/last-roll.json"'
 
 
 @dataclass(frozen=True)

@@ -252,16 +252,26 @@ class NodeMetrics:
 
 
 def service_digest(config: NodeConfig) -> str:
-    """A digest of what every node serving the same VIPs must agree on: VIPs, backend groups, TLS, HAProxy.
+    """A digest of what clients of the VIPs see, which every node serving them must agree on.
 
-    Node-specific settings (name, BGP addresses and neighbors, health timing, network manager, kernel profile, stats,
-    whitelists) are left out: they differ between nodes by design, per group or per host.
+    In: the VIPs, each backend group's RGW servers, its check request (method, path, expected status) and TLS, the
+    certificates and plain-HTTP mode, HAProxy's timeouts. Out: what differs between nodes by design, per group or
+    per host: name, BGP, check timing (it follows ``health`` unless set), health, HAProxy's target version and
+    maxconn, network, kernel profile, stats, whitelists.
     """
     shared = {
         "vips": [asdict(vip) for vip in config.vips],
-        "backends": [asdict(group) for group in config.backends],
+        "backends": [
+            {
+                "name": group.name,
+                "servers": [asdict(server) for server in group.servers],
+                "check": [group.check.method, group.check.path, group.check.expect_status],
+                "tls": asdict(group.tls),
+            }
+            for group in config.backends
+        ],
         "certificates": asdict(config.certificates),
-        "haproxy": asdict(config.haproxy),
+        "timeouts": asdict(config.haproxy.timeouts),
     }
     return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:16]
 

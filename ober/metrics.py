@@ -106,7 +106,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "ober_drained_since_timestamp_seconds", "gauge", "When the node was drained (Unix time; only while drained)."
     ),
-    Family("ober_drain_info", "gauge", "Who drained the node and why (only while drained).", ("by", "reason")),
+    Family("ober_drain_info", "gauge", "Who drained the node and why (only while drained).", ("drained_by", "reason")),
     Family(
         "ober_config_info",
         "gauge",
@@ -412,7 +412,7 @@ def _drain(out: Exposition, drain: Drain | None) -> None:
     out.add("ober_drained", drain is not None)
     if drain is not None:
         out.add("ober_drained_since_timestamp_seconds", drain.since)
-        out.add("ober_drain_info", 1, by=drain.by, reason=drain.reason)
+        out.add("ober_drain_info", 1, drained_by=drain.by, reason=drain.reason)
 
 
 def parse_exposition(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -210,7 +210,7 @@ def test_drain_shows_who_why_and_since_and_the_vips_say_maintenance(node: Node) 
     node.loop.tick()
     drained = node.scrape()
     assert value(drained, "ober_drained") == 1
-    assert value(drained, "ober_drain_info", by="alice@ws1", reason=reason) == 1
+    assert value(drained, "ober_drain_info", drained_by="alice@ws1", reason=reason) == 1
     assert value(drained, "ober_drained_since_timestamp_seconds") == pytest.approx(info.since)
     for vip in (A, B):
         assert value(drained, "ober_vip_announced", vip=vip) == 0

@@ -9,6 +9,7 @@ the route; a drained node says who drained it and why.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -77,7 +78,9 @@ def site() -> Iterator[Site]:
         yield Site(**{f.name: getattr(started, f.name) for f in dataclasses.fields(started)})
 
 
-def test_a_scrape_shows_sessions_vips_versions_and_the_config_in_effect(site: Site) -> None:
+def test_a_scrape_shows_sessions_vips_versions_and_the_config_in_effect(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     services = set()
     for name, node in site.nodes.items():
         samples = scrape(node)
@@ -101,6 +104,10 @@ def test_a_scrape_shows_sessions_vips_versions_and_the_config_in_effect(site: Si
         assert value(samples, "ober_drained") == 0
         assert value(samples, "ober_health_checks_total") > 0
         assert value(samples, "ober_health_haproxy_up") == 1
+        # The metrics backend (a server without checks) never makes a node look degraded to a push or a roll.
+        capsys.readouterr()
+        assert main(["--json", "status", "-c", paths(node.config)["config"]]) == 0
+        assert json.loads(capsys.readouterr().out)["degraded"] == []
     assert len(services) == 1, "both nodes serve the same: no drift"
 
 

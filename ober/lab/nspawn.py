@@ -289,7 +289,7 @@ def boot_node(
     Args:
         lab: the lab that owns the namespace, the nspawn process, the files and the node's stop.
         router: the lab router the node's ``eth0`` is linked to (its default route).
-        name: the node's short name: its namespace suffix and hostname.
+        name: the node's short name: its namespace suffix, hostname and machine name.
         address: the node's address on the router's link (``100.64.0.11``).
         image: the read-only root image (`ober.lab.image.ensure_image`).
         timeout: seconds for the whole boot.
@@ -317,10 +317,8 @@ def boot_node(
         str(root),
         "--register=no",  # no machined on this host
         "--keep-unit",  # and no systemd to make a scope unit
-        # The machine name keys nspawn's state under /run/systemd/nspawn: the namespace's name is unique per lab, so
-        # two labs' node04 can run side by side (the hostname stays `name`, from /etc/hostname).
         "-M",
-        ns,
+        name,
         "--boot",
         f"--network-namespace-path={NETNS_DIR / ns}",
         "--capability=CAP_NET_ADMIN",  # for `ip addr add` of the VIPs inside

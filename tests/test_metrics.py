@@ -541,3 +541,50 @@ def test_the_example_sites_nodes_agree_on_the_service_though_their_configs_diffe
     nodes = load_inventory(REPO / "inventory" / "example.yaml").nodes
     assert len({service_digest(node.config) for node in nodes}) == 1
     assert len({dump_config(node.config) for node in nodes}) == len(nodes)
+
+
+def test_the_demos_scrape_sends_the_stats_login_from_secrets_env(
+    make_config: Callable[..., NodeConfig], short: Path
+) -> None:
+    """What `make demo` runs on a node: the login read from secrets.env, given to curl on stdin, never in argv."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from ober.lab.demo import metrics_lines, scrape_script
+
+    require(shutil.which("curl") is not None, "curl is not installed")
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            body = render(full_facts()).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    password = "a|b&c(d)<e>*{f}[g]~x"  # allowed in a secret (ober.secrets), and each means something to a shell
+    (short / "etc").mkdir()
+    (short / "etc" / "secrets.env").write_text(f"# Rendered by ober\nOBER_STATS_PASSWORD={password}\n")
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        config = make_config(
+            install_path=str(short),
+            stats={"bind": "127.0.0.1", "port": server.server_port, "auth": {"user": "admin", "password_secret": "s"}},
+        )
+        script = scrape_script(config)
+        assert password not in script
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert seen == ["Basic " + base64.b64encode(f"admin:{password}".encode()).decode()]
+    lines = metrics_lines(done.stdout)
+    assert 'ober_vip_announced{vip="198.51.100.10",name="s3-a",backend="ceph-a"} 1' in lines
+    assert 'ober_vip_reason{vip="198.51.100.10",name="s3-a",reason="healthy"} 1' in lines
+    assert not any('reason="maintenance"' in line for line in lines), "state sets show only what is 1"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.inventory import load_inventory
 from ober.lab import fleet as lab_fleet
@@ -89,10 +90,11 @@ def _show(args: Sequence[str]) -> None:
         raise OberError(f"ober {' '.join(args)} failed (exit {done.returncode})", "see its output above")
 
 
-# On the node: the stats login from secrets.env handed to curl on stdin (never on a command line), then the scrape.
+# On the node: the stats login read from secrets.env (parsed, not sourced: a secret may hold | & < > ( ) *, which a
+# shell would act on) and handed to curl on stdin, never on a command line; then the scrape.
 _SCRAPE = """set -eu
-. {secrets}
-printf 'user = "%s:%s"\\n' {user} "$OBER_STATS_PASSWORD" | curl -sS --fail -K - http://127.0.0.1:{port}/ober/metrics
+pw=$(sed -n 's/^OBER_STATS_PASSWORD=//p' {secrets})
+printf 'user = "%s:%s"\\n' {user} "$pw" | curl -sS --fail -K - http://127.0.0.1:{port}/ober/metrics
 """
 _SCRAPE_OPEN = "curl -sS --fail http://127.0.0.1:{port}/ober/metrics"
 
@@ -112,16 +114,19 @@ SHOWN = (
 """The families the demo prints (with state sets and per-action counters, only the series that are not 0)."""
 
 
+def scrape_script(config: NodeConfig) -> str:
+    """The shell script that scrapes ``/ober/metrics`` on the node itself, with the stats login when there is one."""
+    if config.stats.auth is None:
+        return _SCRAPE_OPEN.format(port=config.stats.port)
+    return _SCRAPE.format(
+        secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, port=config.stats.port
+    )
+
+
 def node_metrics(fleet: LabFleet, node: str) -> str:
     """A node's ``/ober/metrics`` as a monitoring host gets it: through HAProxy's stats listener, with its login."""
     config = next(n.config for n in load_inventory(fleet.inventory_path).nodes if n.name == node)
-    if config.stats.auth is None:
-        script = _SCRAPE_OPEN.format(port=config.stats.port)
-    else:
-        script = _SCRAPE.format(
-            secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, port=config.stats.port
-        )
-    return fleet.run_on(node, script).stdout
+    return fleet.run_on(node, scrape_script(config)).stdout
 
 
 def metrics_lines(text: str) -> list[str]:

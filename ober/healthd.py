@@ -346,7 +346,8 @@ class HealthLoop:
                 name=vip.name,
                 backend=vip.backend,
                 state=(state := self.states.get(vip.address, UNKNOWN)).state.value,
-                reason=self.reasons.get(vip.address, Reason.HAPROXY_NOT_ANSWERING).value,
+                # No reason before the VIP's first check: every series of the state set is 0 then.
+                reason=why.value if (why := self.reasons.get(vip.address)) else "",
                 announced=state.announced is not None,
                 since=wall - (now - state.since) if state.known else self.loaded,
                 live_servers=self.live.get(vip.address),
@@ -484,6 +485,7 @@ def run(
     # Here, not at the top: ober.metrics_server reads the drain record through ober.drain, which imports this module.
     from ober.metrics_server import Gatherer, serve
 
+    loop.publish(haproxy_up=False)  # a scrape before the first round shows every VIP (in "init"), not none
     metrics = serve(Gatherer(loop, pipe, watched), Path(paths(config)["metrics_socket"]))
     threading.Thread(
         target=watch_pid,

@@ -8,6 +8,7 @@ tests/test_haproxy_serving.py and tests/test_metrics_lab.py.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,8 +29,7 @@ import yaml
 
 from ober.config import NodeConfig
 from ober.drain import set_drain
-from ober.haproxy_runtime import BackendState, Snapshot
-from ober.healthd import ConfigSource, HealthLoop, Pipe, Seen
+from ober.healthd import ConfigSource, HealthLoop, Pipe
 from ober.metrics import (
     BY_NAME,
     CONTENT_TYPE,
@@ -50,6 +50,7 @@ from ober.metrics import (
 from ober.metrics_server import EXABGP_TIMEOUT, Gatherer, MetricsServer, read_roll, serve
 from ober.render import paths
 from tests.conftest import DATA, REPO, require
+from tests.test_health import FakeHAProxy
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -80,7 +81,8 @@ class FakeExaBGP:
         self.pipe = Pipe(os.fdopen(to_exabgp_w, "w"), os.fdopen(to_helper_r, "r"))
         self._in: IO[str] = os.fdopen(to_exabgp_r, "r")
         self._out: IO[str] = os.fdopen(to_helper_w, "w")
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._server = threading.Thread(target=self._serve, daemon=True)
+        self._server.start()
         self.pipe.start()
 
     def _serve(self) -> None:
@@ -96,21 +98,13 @@ class FakeExaBGP:
             self._out.flush()
 
     def close(self) -> None:
-        self._out.close()
+        """Both ends of both pipes, each after the thread reading it has seen its end."""
         self.pipe.out.close()
-
-
-class FakeHAProxy:
-    def __init__(self) -> None:
-        self.up: dict[str, int] | None = {"be_ceph-a": 2, "be_ceph-b": 2}
-        self.gone = False
-
-    def __call__(self) -> Seen:
-        if self.gone:
-            return Seen(None, gone=True)
-        if self.up is None:
-            return Seen(None)
-        return Seen(Snapshot({name: BackendState(2, n) for name, n in self.up.items()}, {}))
+        self._server.join(5)
+        self._in.close()
+        self._out.close()
+        self.pipe.gone.wait(5)
+        self.pipe.inp.close()
 
 
 class Node:
@@ -118,6 +112,7 @@ class Node:
 
     def __init__(self, config: NodeConfig, exabgp: FakeExaBGP, roll_dir: Path) -> None:
         self.haproxy = FakeHAProxy()
+        self.haproxy.up = {"be_ceph-a": 2, "be_ceph-b": 2}  # every server of both groups up
         self.exabgp = exabgp
         self.loop = HealthLoop(config, list(config.vips), exabgp.pipe, self.haproxy)
         self.loop.config_digest = "0123456789abcdef"
@@ -151,6 +146,11 @@ A, B = "198.51.100.10", "198.51.100.20"
 
 
 def test_a_scrape_follows_each_vip_through_a_failover_and_says_why(node: Node) -> None:
+    node.loop.publish(haproxy_up=False)
+    before = node.scrape()
+    assert value(before, "ober_vip_announced", vip=A) == 0
+    assert value(before, "ober_vip_state", vip=A, state="init") == 1
+    assert sum(v for labels, v in before["ober_vip_reason"] if labels["vip"] == A) == 0, "no check, no reason yet"
     node.loop.tick()
     first = node.scrape()
     assert value(first, "ober_vip_announced", vip=A) == 0  # rise is 2
@@ -477,7 +477,8 @@ def test_ober_health_serves_its_metrics_until_it_stops(node_data: dict[str, Any]
             stdin.write("done\n")
             stdin.flush()
 
-    threading.Thread(target=exabgp, daemon=True).start()
+    feeder = threading.Thread(target=exabgp, daemon=True)
+    feeder.start()
     sock = Path(paths_of(source)["metrics_socket"])
     try:
         deadline = time.monotonic() + 20
@@ -487,6 +488,12 @@ def test_ober_health_serves_its_metrics_until_it_stops(node_data: dict[str, Any]
         status, _, text = get(sock)
         assert status == 200
         samples = parse_exposition(text)
+        # Served from the start: every VIP is there, before its first check too.
+        assert {labels["vip"] for labels, _ in samples["ober_vip_announced"]} == {A, B}
+        while value(samples, "ober_health_checks_total") == 0:
+            assert time.monotonic() < deadline, "ober health made no check"
+            time.sleep(0.05)
+            samples = parse_exposition(get(sock)[2])
         assert value(samples, "ober_info", node="node01", ober_version="0.1.0") == 1
         assert value(samples, "ober_vip_reason", vip=A, reason="haproxy_not_running") == 1
         assert value(samples, "ober_bgp_session_uptime_seconds", neighbor="100.64.0.1") == 5
@@ -498,6 +505,11 @@ def test_ober_health_serves_its_metrics_until_it_stops(node_data: dict[str, Any]
         if helper.poll() is None:
             helper.kill()
             helper.wait()
+        feeder.join(5)  # it reads the helper's stdout until the end
+        for stream in (stdin, stdout, helper.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # stdin: ExaBGP's side may be gone already
+                    stream.close()
 
 
 def paths_of(source: Path) -> dict[str, str]:

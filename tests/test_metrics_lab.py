@@ -8,9 +8,7 @@ the route; a drained node says who drained it and why.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -22,14 +20,13 @@ import pytest
 
 from ober.cli import main
 from ober.errors import OberError
-from ober.facts import find_program, haproxy_version
-from ober.lab.netns import Lab
+from ober.facts import haproxy_version
 from ober.lab.procnode import ProcessNode
-from ober.lab.rgw import in_netns, missing_programs
-from ober.lab.site import VIP_A, VIP_B, Site, node_address, start_site
+from ober.lab.rgw import in_netns
+from ober.lab.site import VIP_A, VIP_B, Site, node_address
 from ober.metrics import parse_exposition
 from ober.render import paths
-from tests.conftest import require
+from tests.conftest import lab_site
 
 pytestmark = pytest.mark.lab
 
@@ -65,17 +62,12 @@ def scrape(node: ProcessNode) -> Samples:
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[Site]:
-    require(os.geteuid() == 0, "the lab needs root (network namespaces)")
-    for program in ("bird", "haproxy", "exabgp", "openssl"):
-        require(find_program(program) is not None, f"{program} is not installed")
-    require(not missing_programs(), f"Ceph is not installed: {missing_programs()}")
-    with Lab() as lab:
+    with lab_site(len(NODES)) as started:
         try:
-            started = start_site(lab, len(NODES))
             started.wait_ready()
         except OberError as exc:
             pytest.fail(exc.message)
-        yield Site(**{f.name: getattr(started, f.name) for f in dataclasses.fields(started)})
+        yield started
 
 
 def test_a_scrape_shows_sessions_vips_versions_and_the_config_in_effect(

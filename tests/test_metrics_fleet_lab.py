@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from ober.cli import main
+from ober.lab import faults
 from ober.lab.demo import metrics_lines, node_metrics
 from ober.lab.fleet import LabFleet
 from ober.metrics import parse_exposition
@@ -56,8 +57,9 @@ def test_every_node_serves_its_metrics_behind_the_stats_login(fleet: LabFleet, f
     assert len(services) == 1, "every node serves the inventory's configuration"
     # The stats frontend's login guards ober's metrics as it guards HAProxy's.
     url = "http://127.0.0.1:8404"
-    codes = fleet_lab.run_on("node01", f"curl -s -o /dev/null -w '%{{http_code}} ' {url}/ober/metrics {url}/metrics")
-    assert codes.split() == ["401", "401"]
+    for path in ("/ober/metrics", "/metrics"):
+        code = fleet_lab.run_on("node01", f"curl -s -o /dev/null -w '%{{http_code}}' {url}{path}")
+        assert code == "401", path
     assert any(line.startswith("ober_vip_announced{") for line in metrics_lines(node_metrics(fleet, "node01")))
 
 
@@ -91,3 +93,27 @@ def test_a_fleet_drain_and_a_roll_show_on_the_nodes_endpoints(
     assert labels["operation"] == "restart --reload" and labels["done"] == "true", labels
     assert value(rolled, "ober_fleet_roll_timestamp_seconds") >= started
     fleet_lab.wait_in_service()
+
+
+def test_a_dead_rgw_group_shows_on_every_node_as_the_router_drops_its_vip(fleet: LabFleet, fleet_lab: FleetLab) -> None:
+    """Every radosgw of VIP B's group killed: the router drops VIP B from every node, and every node's endpoint
+    says withdrawn, no live server, one more failover; VIP A untouched; all of it back once the RGWs are."""
+    vip_a, vip_b = fleet.vips["ceph-a"], fleet.vips["ceph-b"]
+    before = {name: scrape(fleet, name) for name in fleet.nodes}
+    stopped = faults.kill_rgw_group(fleet, "ceph-b")
+    try:
+        fleet_lab.wait_hops(vip_b, set())
+        for name in fleet.nodes:
+            samples = scrape(fleet, name)
+            assert value(samples, "ober_vip_announced", vip=vip_b) == 0, name
+            assert value(samples, "ober_vip_reason", vip=vip_b, reason="no_live_server") == 1, name
+            assert value(samples, "ober_vip_live_servers", vip=vip_b) == 0
+            withdrawn = value(before[name], "ober_vip_updates_total", vip=vip_b, action="withdraw")
+            assert value(samples, "ober_vip_updates_total", vip=vip_b, action="withdraw") == withdrawn + 1
+            assert value(samples, "ober_vip_announced", vip=vip_a) == 1
+        assert set(fleet_lab.hops(vip_a)) == set(fleet_lab.addresses.values())
+    finally:
+        faults.restart_rgw_group(stopped)
+    fleet_lab.wait_in_service()
+    for name in fleet.nodes:
+        assert value(scrape(fleet, name), "ober_vip_reason", vip=vip_b, reason="healthy") == 1, name

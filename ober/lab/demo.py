@@ -138,7 +138,7 @@ def metrics_lines(text: str) -> list[str]:
             if value == 0 and name in ("ober_vip_reason", "ober_vip_updates_total"):
                 continue
             shown = ",".join(f'{key}="{text}"' for key, text in labels.items())
-            lines.append(f"{name}{{{shown}}} {value:g}")
+            lines.append(f"{name}{{{shown}}} {value:g}" if shown else f"{name} {value:g}")
     return lines
 
 

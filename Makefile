@@ -8,11 +8,12 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install-system-packages
+$(VENV)/.installed: pyproject.toml scripts/install-system-packages scripts/fetch-promtool
 	scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	scripts/fetch-promtool $(BIN)
 	touch $@
 
 # The test command README and CI both run: linters, strict typing, then the whole suite with coverage.

@@ -12,8 +12,12 @@ A 1-node lab site (``ober.lab.site.start_site``: BIRD router, one process node r
 Processes: ``ober health`` (ExaBGP's child), ExaBGP itself, and HAProxy (master and workers, summed), for
 comparison. The machine is shared: read the health process against ExaBGP's and HAProxy's from the same run.
 
-Usage (root): ``python bench/footprint.py [--seconds 60] [--interval 0.5s] [--json]``. Prints numbers, asserts
-nothing.
+``--scrape S`` also scrapes ober's metrics (``/ober/metrics`` on the stats listener, as Prometheus would) every S
+seconds during the window, from inside the node's namespace, and prints how long each scrape took: the health
+process's CPU then includes serving them (and asking ExaBGP about its sessions once per scrape).
+
+Usage (root): ``python bench/footprint.py [--seconds 60] [--interval 0.5s] [--scrape 15] [--json]``. Prints
+numbers, asserts nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,8 @@ from typing import Any
 
 from ober.errors import OberError
 from ober.lab.netns import Lab
-from ober.lab.procnode import children
+from ober.lab.procnode import ProcessNode, children
+from ober.lab.rgw import in_netns
 from ober.lab.site import start_site
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -129,8 +136,49 @@ def wait_pid(read: Callable[[], int | None]) -> int:
     raise OberError(f"ober health published no PID within {PID_TIMEOUT:g}s")
 
 
-def measure(seconds: float, interval: str) -> dict[str, Any]:
-    """Bring up a 1-node lab site and watch its processes."""
+@dataclass
+class Scraper:
+    """Scrapes a node's ``/ober/metrics`` every ``every`` seconds in a thread until stopped; keeps each duration."""
+
+    node: ProcessNode
+    every: float
+    took: list[float] = field(default_factory=list)
+    size: int = 0
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=lambda: in_netns(self.node.ns, self._run, timeout=86400), daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        stats = self.node.config.stats
+        url = f"http://{stats.bind}:{stats.port}/ober/metrics"
+        while not self.stop.wait(self.every):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    self.size = len(reply.read())
+            except OSError as exc:
+                self.errors.append(str(exc))
+                continue
+            self.took.append(time.monotonic() - started)
+
+    def summary(self) -> dict[str, Any]:
+        ms = [t * 1000 for t in self.took]
+        return {
+            "every_s": self.every,
+            "scrapes": len(ms),
+            "errors": len(self.errors),
+            "ms_median": statistics.median(ms) if ms else None,
+            "ms_max": max(ms) if ms else None,
+            "bytes": self.size,
+        }
+
+
+def measure(seconds: float, interval: str, scrape: float = 0.0) -> dict[str, Any]:
+    """Bring up a 1-node lab site and watch its processes (scraping ober's metrics every ``scrape`` s if > 0)."""
     with Lab() as lab:
         site = start_site(lab, 1, interval=interval)
         node = site.nodes["n1"]
@@ -141,14 +189,26 @@ def measure(seconds: float, interval: str) -> dict[str, Any]:
             Watched("ExaBGP", lambda: [exabgp]),
             Watched("HAProxy (master + workers)", lambda: [haproxy, *children(haproxy)]),
         ]
+        scraper = Scraper(node, scrape) if scrape > 0 else None
+        thread = scraper.start() if scraper else None
         elapsed = watch(targets, seconds)
+        if scraper and thread:
+            scraper.stop.set()
+            thread.join(15)
         rounds = elapsed / node.config.health.interval
         rows = [summary(target, elapsed, rounds) for target in targets]
         # Only the health process runs checks: a cost per round means nothing for the others.
         for row in rows[1:]:
             row["cpu_ms_per_check"] = None
         announced = site.hops(next(iter(node.config.vips)).address) == site.addresses
-    return {"seconds": elapsed, "interval": interval, "clock_ticks_per_s": TICKS, "announced": announced, "rows": rows}
+    return {
+        "seconds": elapsed,
+        "interval": interval,
+        "clock_ticks_per_s": TICKS,
+        "announced": announced,
+        "rows": rows,
+        "scrape": scraper.summary() if scraper else None,
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -167,6 +227,17 @@ def print_table(result: dict[str, Any]) -> None:
             f"{row['cpu_percent_per_second_max']:>6.1f} {per_check} {row['rss_mib_mean']:>8.1f} "
             f"{row['rss_mib_max']:>6.1f} {row['pss_mib']:>6.1f}"
         )
+    scrape = result["scrape"]
+    if scrape:
+        timing = (
+            f"median {scrape['ms_median']:.1f} ms, max {scrape['ms_max']:.1f} ms"
+            if scrape["scrapes"]
+            else "none answered"
+        )
+        print(
+            f"/ober/metrics scraped every {scrape['every_s']:g} s: {scrape['scrapes']} scrapes "
+            f"({scrape['errors']} failed), {timing}, {scrape['bytes']} bytes each"
+        )
     if not result["announced"]:
         print("warning: the node was not announcing at the end of the window")
 
@@ -175,6 +246,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="the measuring window (default 60)")
     parser.add_argument("--interval", default="0.5s", help="ober health's check interval (default: the product's 0.5s)")
+    parser.add_argument(
+        "--scrape", type=float, default=0.0, help="also scrape /ober/metrics every this many seconds (default: off)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -182,7 +256,7 @@ def main() -> None:
     if args.seconds < 2:
         sys.exit("error: --seconds must be at least 2; fix: give a window of a few seconds or more")
     try:
-        result = measure(args.seconds, args.interval)
+        result = measure(args.seconds, args.interval, args.scrape)
     except (OberError, OSError) as exc:
         sys.exit(f"error: {exc}")
     if args.json:

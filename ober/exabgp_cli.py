@@ -89,6 +89,18 @@ def parse_graceful_restart(text: str) -> dict[str, bool | None]:
     return found
 
 
+def parse_uptimes(text: str) -> dict[str, float]:
+    """``show neighbor json`` → {peer address: seconds since its session was established (0 when it never was)}.
+
+    ExaBGP's ``duration`` counts from the last time the session was established, also after it went down: read it
+    together with the state.
+    """
+    try:
+        return {str(item["peer"]["address"]): float(item.get("duration") or 0) for item in _neighbors(text)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OberError(f"ExaBGP's neighbor list was not understood: {exc.__class__.__name__}") from None
+
+
 def parse_adj_rib_out(text: str) -> dict[str, list[str]]:
     """``show adj-rib out json`` (one JSON document per line) → {peer: [prefix, …]}."""
     announced: dict[str, list[str]] = {}

@@ -13,6 +13,7 @@ the loop at once instead of at its next interval.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from ober.config import NodeConfig, Vip, load_config
 from ober.errors import OberError
 from ober.haproxy_runtime import HAProxyGone, Snapshot, snapshot
 from ober.health import UNKNOWN, Action, Observation, Rules, State, VipState, command, step
+from ober.metrics import HealthFacts, Histogram, VipFacts, service_digest
 from ober.render import paths
 
 # States in which a VIP's announcement is settled (announced or not) after a start.
@@ -45,12 +47,21 @@ def log(message: str) -> None:
 
 @dataclass
 class Pipe:
-    """ExaBGP's side: commands out on stdout, acknowledgements in on stdin (read by a thread)."""
+    """ExaBGP's side: commands out on stdout, acknowledgements (and answers) in on stdin, read by a thread.
+
+    Besides "done"/"error" acknowledgements, ExaBGP writes the answer to a ``show neighbor json`` this helper sent
+    on the same pipe: one line holding a JSON list. :meth:`ask` uses that to learn the sessions' state without
+    starting ``exabgp cli`` (a Python process: ~0.2 s of CPU each time).
+    """
 
     out: IO[str]
     inp: IO[str]
     gone: threading.Event = field(default_factory=threading.Event)
     errors: int = 0
+    _sending: threading.Lock = field(default_factory=threading.Lock)
+    _asking: threading.Lock = field(default_factory=threading.Lock)
+    _answered: threading.Event = field(default_factory=threading.Event)
+    _answer: str | None = None
 
     def start(self) -> None:
         """Start reading acknowledgements in the background."""
@@ -59,22 +70,36 @@ class Pipe:
     def _read_acks(self) -> None:
         try:
             for line in self.inp:
-                if line.strip() == "error":
+                text = line.strip()
+                if text == "error":
                     self.errors += 1
                     log("ExaBGP answered 'error' to a command")
+                elif text.startswith("["):
+                    self._answer = text
+                    self._answered.set()
         except (OSError, ValueError):
             pass
         self.gone.set()  # stdin closed: ExaBGP is gone
 
     def send(self, line: str) -> bool:
-        """Send a command; False when ExaBGP has gone away."""
-        try:
-            self.out.write(line + "\n")
-            self.out.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            self.gone.set()
-            return False
+        """Send a command; False when ExaBGP has gone away. Safe from several threads (the loop, a scrape)."""
+        with self._sending:
+            try:
+                self.out.write(line + "\n")
+                self.out.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self.gone.set()
+                return False
         return True
+
+    def ask_neighbors(self, timeout: float) -> str | None:
+        """ExaBGP's ``show neighbor json`` answer (one line), or None when it did not answer within ``timeout``."""
+        with self._asking:
+            self._answered.clear()
+            self._answer = None
+            if not self.send("show neighbor json") or not self._answered.wait(timeout):
+                return None
+            return self._answer
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,32 @@ class Seen:
 
     snapshot: Snapshot | None
     gone: bool = False
+
+
+class Reason(enum.Enum):
+    """Why a VIP is where it is: what the last check found (the value is the metrics label)."""
+
+    HEALTHY = "healthy"
+    NO_LIVE_SERVER = "no_live_server"
+    HAPROXY_NOT_RUNNING = "haproxy_not_running"
+    HAPROXY_NOT_ANSWERING = "haproxy_not_answering"
+    MAINTENANCE = "maintenance"
+
+    @property
+    def text(self) -> str:
+        """As the journal says it."""
+        return "checks" if self is Reason.HEALTHY else self.value.replace("_", " ")
+
+
+def reason(seen: Seen, healthy: bool, maintenance: bool) -> Reason:
+    """The reason for one VIP after one check."""
+    if maintenance:
+        return Reason.MAINTENANCE
+    if seen.gone:
+        return Reason.HAPROXY_NOT_RUNNING
+    if seen.snapshot is None:
+        return Reason.HAPROXY_NOT_ANSWERING
+    return Reason.HEALTHY if healthy else Reason.NO_LIVE_SERVER
 
 
 def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
@@ -154,6 +205,8 @@ class ConfigSource:
     path: Path
     digest: str | None = None
     signature: tuple[int, int, int] | None = None
+    rejected: bool = False
+    """The file on disk changed but is not valid: the previous config is still in effect."""
 
     def __post_init__(self) -> None:
         self.signature = self._stat()
@@ -174,14 +227,17 @@ class ConfigSource:
         self.signature = signature
         new = file_digest(self.path)
         if new is None or new == self.digest:
+            self.rejected = False
             return None
         try:
             config = load_config(self.path)
         except OberError as exc:
             # `ober config` validates before it writes, so this is a hand edit: keep deciding with the last good one.
             log(f"{self.path} changed but is not valid, still using the previous one: {exc}")
+            self.rejected = True
             return None
         self.digest = new
+        self.rejected = False
         return config
 
 
@@ -221,6 +277,20 @@ class HealthLoop:
     states: dict[str, VipState] = field(default_factory=dict)
     eor_sent: bool = False
     config_digest: str | None = None
+    # What the metrics show (ober.metrics_server reads `facts`, rebuilt after every round: one reference swap, so a
+    # scrape never waits for the loop nor the loop for a scrape).
+    checks: int = 0
+    durations: Histogram = field(default_factory=Histogram)
+    reasons: dict[str, Reason] = field(default_factory=dict)
+    live: dict[str, int | None] = field(default_factory=dict)
+    transitions: dict[str, dict[str, int]] = field(default_factory=dict)
+    updates: dict[str, dict[str, int]] = field(default_factory=dict)
+    loaded: float = field(default_factory=time.time)
+    service: str = ""
+    facts: HealthFacts | None = None
+
+    def __post_init__(self) -> None:
+        self.service = service_digest(self.config)
 
     @property
     def rules(self) -> Rules:
@@ -234,6 +304,7 @@ class HealthLoop:
 
     def tick(self) -> None:
         """One round: observe, step every VIP, send what changed, log transitions."""
+        started = time.perf_counter()
         seen = self.observe()
         maintenance = self.maintenance()
         now = self.clock()
@@ -244,21 +315,55 @@ class HealthLoop:
             definite = seen.gone or seen.snapshot is not None
             after, action = step(before, Observation(healthy, maintenance, now, definite), self.rules)
             self.states[vip.address] = after
+            why = reason(seen, healthy, maintenance)
+            self.reasons[vip.address] = why
+            self.live[vip.address] = seen.snapshot.live_servers(f"be_{vip.backend}") if seen.snapshot else None
             if action is not None:
                 self.pipe.send(command(action, vip.address, self.config.bgp.drain))
+                self._count(self.updates, vip.address, action.value)
+            if after.state is not before.state:
+                self._count(self.transitions, vip.address, after.state.value)
             if after.state is not before.state or action is not None:
-                why = "maintenance" if maintenance else self._why(seen, healthy)
                 done = f", {action.value}" if action else ""
-                log(f"{vip.name} {vip.address}: {before.state.value} -> {after.state.value} ({why}){done}")
+                log(f"{vip.name} {vip.address}: {before.state.value} -> {after.state.value} ({why.text}){done}")
         self._end_of_rib()
+        self.checks += 1
+        self.durations.observe(time.perf_counter() - started)
+        self.publish(haproxy_up=seen.snapshot is not None)
 
     @staticmethod
-    def _why(seen: Seen, healthy: bool) -> str:
-        if seen.gone:
-            return "haproxy not running"
-        if seen.snapshot is None:
-            return "haproxy not answering"
-        return "checks" if healthy else "no live server"
+    def _count(counters: dict[str, dict[str, int]], address: str, key: str) -> None:
+        # Copy on write: a scrape may hold the previous mapping; it must never see one change under it.
+        mine = counters.get(address, {})
+        counters[address] = {**mine, key: mine.get(key, 0) + 1}
+
+    def publish(self, *, haproxy_up: bool) -> None:
+        """Rebuild :attr:`facts`, what a scrape shows, from the state after this round."""
+        wall, now = time.time(), self.clock()
+        vips = tuple(
+            VipFacts(
+                address=vip.address,
+                name=vip.name,
+                backend=vip.backend,
+                state=(state := self.states.get(vip.address, UNKNOWN)).state.value,
+                # No reason before the VIP's first check: every series of the state set is 0 then.
+                reason=why.value if (why := self.reasons.get(vip.address)) else "",
+                announced=state.announced is not None,
+                since=wall - (now - state.since) if state.known else self.loaded,
+                live_servers=self.live.get(vip.address),
+                transitions=self.transitions.get(vip.address, {}),
+                updates=self.updates.get(vip.address, {}),
+            )
+            for vip in self.vips
+        )
+        self.facts = HealthFacts(
+            checks=self.checks,
+            durations=self.durations.copy(),
+            last_check=wall,
+            interval=self.config.health.interval,
+            haproxy_up=haproxy_up,
+            vips=vips,
+        )
 
     def reconfigure(self, config: NodeConfig, only: list[str] | None, config_digest: str | None = None) -> None:
         """Take a changed ``ober.yaml``: withdraw VIPs that are gone, check new ones; the others keep their state."""
@@ -274,6 +379,7 @@ class HealthLoop:
         before = {vip.address for vip in self.vips}
         added = [vip for vip in vips if vip.address not in before]
         self.config, self.vips, self.config_digest = config, vips, config_digest
+        self.loaded, self.service = time.time(), service_digest(config)
         health = config.health
         log(
             f"configuration changed: now watching {', '.join(v.address for v in vips) or 'no VIP'} every "
@@ -301,6 +407,7 @@ class HealthLoop:
             if state is not None and (state.announced is not None or not state.known):
                 if self.pipe.send(command(Action.WITHDRAW, vip.address, None)):
                     log(f"{vip.name} {vip.address}: withdrawn on exit")
+                    self._count(self.updates, vip.address, Action.WITHDRAW.value)
                 self.states[vip.address] = VipState(State.DISABLED, 0, None, self.clock())
 
     def report(self) -> dict[str, object]:
@@ -375,6 +482,11 @@ def run(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, lambda _signum, _frame: wake.set())
     pipe.start()
+    # Here, not at the top: ober.metrics_server reads the drain record through ober.drain, which imports this module.
+    from ober.metrics_server import Gatherer, serve
+
+    loop.publish(haproxy_up=False)  # a scrape before the first round shows every VIP (in "init"), not none
+    metrics = serve(Gatherer(loop, pipe, watched), Path(paths(config)["metrics_socket"]))
     threading.Thread(
         target=watch_pid,
         args=(lambda: Path(paths(loop.config)["pid_file"]), wake, stop),
@@ -405,4 +517,6 @@ def run(
         loop.shutdown()
         write_state(target, loop.report())
         log("health: stopped by signal; everything withdrawn")
+    if metrics is not None:
+        metrics.stop()
     return 0

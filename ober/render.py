@@ -109,6 +109,11 @@ def listening_ports(config: NodeConfig, within: tuple[int, int] = (1, 65535)) ->
     return sorted(port for port in ports if within[0] <= port <= within[1])
 
 
+FLEET_STATE_DIR = "/var/lib/ober/fleet"
+"""The fleet controller's state on a node: its lock, the roll records (``roll.json`` until a roll finished with the
+whole fleet, ``last-roll.json`` after; ``ober health``'s metrics show them), uploads."""
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -122,6 +127,9 @@ def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
         "crt": config.certificates.crt_path(config.install_path),
         "run_dir": run,
         "admin_socket": f"{run}/haproxy.sock",
+        # As long as haproxy.sock (HAProxy caps socket paths): ober health serves its metrics here, HAProxy's stats
+        # frontend passes /ober/metrics on to it.
+        "metrics_socket": f"{run}/metrics.sock",
         "pid_file": f"{run}/haproxy.pid",
         "venv": f"{config.install_path}/venv",
         "maintenance_file": config.health.maintenance_file,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,11 @@ import yaml
 
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import OberError
+from ober.facts import find_program
 from ober.lab.image import DEFAULT_IMAGE, ensure_image
+from ober.lab.netns import Lab
+from ober.lab.rgw import missing_programs
+from ober.lab.site import Site, start_site
 from ober.validate import Tool
 
 DATA = Path(__file__).parent / "data"
@@ -29,6 +34,21 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("OBER_REQUIRE_LAB") == "1":
         pytest.fail(f"required for this run (OBER_REQUIRE_LAB=1): {reason}")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def lab_site(nodes: int) -> Iterator[Site]:
+    """A running lab site of ``nodes`` process nodes (ober.lab.site), stopped at the end; skipped without its tools."""
+    require(os.geteuid() == 0, "the lab needs root (network namespaces)")
+    for program in ("bird", "haproxy", "exabgp", "openssl"):
+        require(find_program(program) is not None, f"{program} is not installed")
+    require(not missing_programs(), f"Ceph is not installed: {missing_programs()}")
+    with Lab() as lab:
+        try:
+            site = start_site(lab, nodes)
+        except OberError as exc:
+            pytest.fail(exc.message)
+        yield site
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ CLIENT = "100.64.100.1"  # inside whitelists.frontend_http
 OUTSIDER = "100.64.200.1"  # outside it
 STATS_ADDRESS = "127.0.0.1"
 STATS_PORT = 8404
+STATS_PASSWORD = "st4ts-Pa55word"
 BIG_BODY = 64 * 1024 * 1024
 # curl's exit codes for a connection refused, reset or closed before any answer (55: reset while sending).
 REFUSED = (7, 35, 52, 55, 56)
@@ -281,7 +282,8 @@ class Lab:
             # A section given as a mapping updates the base's: certificates={"http": "serve"} keeps the PEM.
             data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
         self.config = parse_node_config(data)
-        for item in render_node(self.config, {}).files:
+        # Only a config with stats.auth refers to (and so renders) this secret.
+        for item in render_node(self.config, {"stats_password": STATS_PASSWORD}).files:
             if item.path.startswith(f"{install}/"):
                 target = Path(item.path)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -590,6 +592,63 @@ def test_metrics_are_prometheus_text(lab: Lab) -> None:
     assert reply.info.get("content_type", "").startswith("text/plain")
     assert "# TYPE haproxy_" in reply.text
     assert 'haproxy_server_status{proxy="be_ceph-a"' in reply.text
+
+
+def test_obers_metrics_pass_through_the_stats_listener_under_the_same_rules(
+    labs: Labs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/ober/metrics reaches what ober health serves on its socket, guarded like HAProxy's own /metrics."""
+    from ober.metrics import CONTENT_TYPE
+    from ober.metrics_server import MetricsServer
+
+    servers: list[MetricsServer] = []
+
+    def serve(lab: Lab, text: str) -> None:
+        assert lab.config is not None
+        server = MetricsServer(Path(paths(lab.config)["metrics_socket"]), lambda: text)
+        server.start()
+        servers.append(server)
+
+    # HAProxy reads the stats password from its environment (secrets.env under systemd).
+    monkeypatch.setenv("OBER_STATS_PASSWORD", STATS_PASSWORD)
+    try:
+        open_lab = labs.start()
+        assert open_lab.stats("/ober/metrics").status == 503, "no ober health: HAProxy says unavailable"
+        serve(open_lab, "ober_drained 0\n")
+        reply = open_lab.stats("/ober/metrics")
+        assert (reply.status, reply.text) == (200, "ober_drained 0\n"), reply
+        assert reply.info.get("content_type") == CONTENT_TYPE
+        # Any local source reaches it while no allow-list is set (so a refusal below is the allow-list's doing).
+        anyone = open_lab.curl(f"http://{STATS_ADDRESS}:{STATS_PORT}/ober/metrics", source=OUTSIDER, timeout=5.0)
+        assert anyone.status == 200, anyone
+
+        login = labs.start(
+            stats={
+                "bind": STATS_ADDRESS,
+                "port": STATS_PORT,
+                "auth": {"user": "admin", "password_secret": "stats_password"},
+            }
+        )
+        serve(login, "ober_drained 1\n")
+        for path in ("/metrics", "/ober/metrics"):
+            assert login.stats(path).status == 401, f"{path} without the login"
+            wrong = login.curl(f"http://{STATS_ADDRESS}:{STATS_PORT}{path}", "-u", "admin:wrong", source=None)
+            assert wrong.status == 401, f"{path} with a wrong password"
+        right = login.curl(
+            f"http://{STATS_ADDRESS}:{STATS_PORT}/ober/metrics", "-u", f"admin:{STATS_PASSWORD}", source=None
+        )
+        assert (right.status, right.text) == (200, "ober_drained 1\n"), right
+
+        # Stats for this host only: a client from the outsiders' network is refused on both paths, before any HTTP.
+        listed = labs.start(whitelists={"frontend_http": [CLIENT_NET], "backend_http": [f"{STATS_ADDRESS}/32"]})
+        serve(listed, "ober_drained 0\n")
+        for path in ("/metrics", "/ober/metrics"):
+            assert listed.stats(path).status == 200, path
+            refused = listed.curl(f"http://{STATS_ADDRESS}:{STATS_PORT}{path}", source=OUTSIDER, timeout=5.0)
+            assert refused.returncode in REFUSED and refused.status == 0, f"{path}: {refused}"
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def test_frontend_whitelist_admits_only_listed_clients(lab: Lab) -> None:

@@ -20,14 +20,13 @@ from botocore.exceptions import ClientError
 
 from ober.cli import main
 from ober.errors import OberError
-from ober.facts import find_program
-from ober.lab.netns import Lab, stop_process
+from ober.lab.netns import stop_process
 from ober.lab.procnode import restart_node, stop_health
-from ober.lab.rgw import in_netns, missing_programs
-from ober.lab.site import VIP_A, VIP_B, Site, node_address, start_site
+from ober.lab.rgw import in_netns
+from ober.lab.site import VIP_A, VIP_B, Site, node_address
 from ober.lifecycle import graceful_stop
 from ober.render import paths
-from tests.conftest import require
+from tests.conftest import lab_site
 
 pytestmark = pytest.mark.lab
 
@@ -65,15 +64,7 @@ class HealthLab(Site):
 
 @pytest.fixture(scope="module")
 def health_lab() -> Iterator[HealthLab]:
-    require(os.geteuid() == 0, "the lab needs root (network namespaces)")
-    for program in ("bird", "haproxy", "exabgp", "openssl"):
-        require(find_program(program) is not None, f"{program} is not installed")
-    require(not missing_programs(), f"Ceph is not installed: {missing_programs()}")
-    with Lab() as lab:
-        try:
-            site = start_site(lab, len(NODES))
-        except OberError as exc:
-            pytest.fail(exc.message)
+    with lab_site(len(NODES)) as site:
         yield HealthLab(**{f.name: getattr(site, f.name) for f in dataclasses.fields(site)})
 
 

@@ -606,6 +606,13 @@ def test_a_reboot_roll_withdraws_reboots_and_brings_back_one_node_at_a_time(
     drain = next(a for a in fleet.nodes["node01"].asked if "drain" in a)
     assert "--quiesce" in drain
     assert not any((tmp_path / n / "lock").exists() for n in fleet.nodes)  # released on the rebooted nodes too
+    # Finished: nothing left to resume, and each node keeps the roll as its last one (ober health's metrics show it).
+    from ober.metrics_server import read_roll
+
+    for name in ("node01", "node02"):
+        assert not (tmp_path / name / "roll.json").exists()
+        last = read_roll(tmp_path / name)
+        assert last is not None and last.id == report.roll_id and last.done, last
 
 
 def test_a_node_not_back_in_time_stops_the_roll_withdrawn_and_a_reboot_roll_resumes_it(

@@ -3,7 +3,8 @@
 Steps, each the real CLI as a user runs it: ``ober lab up`` (4 systemd-nspawn nodes, a BIRD ECMP router, two real
 Ceph RGW groups), ``ober fleet bootstrap`` on every node, ``ober fleet status``, then ``ober fleet restart`` while
 the S3 load client (boto3 over TLS through the VIP) uploads and downloads; at the end, what the client saw and the
-fewest next-hops the router had during the roll. The lab stays up for you to try more.
+fewest next-hops the router had during the roll, and ober's own metrics on one node (``GET /ober/metrics`` on its
+stats listener, what Prometheus scrapes). The lab stays up for you to try more.
 
 :func:`roll_under_load` is shared with ``bench/rolling.py``.
 """
@@ -21,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ober.config import NodeConfig
 from ober.errors import OberError
+from ober.inventory import load_inventory
 from ober.lab import fleet as lab_fleet
 from ober.lab.fleet import LabFleet
 from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
+from ober.metrics import parse_exposition
 
 ROLL_TIMEOUT = 3600.0
 WARMUP = 3.0
@@ -86,6 +90,58 @@ def _show(args: Sequence[str]) -> None:
         raise OberError(f"ober {' '.join(args)} failed (exit {done.returncode})", "see its output above")
 
 
+# On the node: the stats login read from secrets.env (parsed, not sourced: a secret may hold | & < > ( ) *, which a
+# shell would act on) and handed to curl on stdin, never on a command line; then the scrape.
+_SCRAPE = """set -eu
+pw=$(sed -n 's/^OBER_STATS_PASSWORD=//p' {secrets})
+printf 'user = "%s:%s"\\n' {user} "$pw" | curl -sS --fail -K - http://127.0.0.1:{port}/ober/metrics
+"""
+_SCRAPE_OPEN = "curl -sS --fail http://127.0.0.1:{port}/ober/metrics"
+
+SHOWN = (
+    "ober_info",
+    "ober_bgp_session_up",
+    "ober_bgp_session_uptime_seconds",
+    "ober_bgp_graceful_restart",
+    "ober_vip_announced",
+    "ober_vip_reason",
+    "ober_vip_updates_total",
+    "ober_drained",
+    "ober_config_info",
+    "ober_fleet_roll_info",
+    "ober_health_checks_total",
+)
+"""The families the demo prints (with state sets and per-action counters, only the series that are not 0)."""
+
+
+def scrape_script(config: NodeConfig) -> str:
+    """The shell script that scrapes ``/ober/metrics`` on the node itself, with the stats login when there is one."""
+    if config.stats.auth is None:
+        return _SCRAPE_OPEN.format(port=config.stats.port)
+    return _SCRAPE.format(
+        secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, port=config.stats.port
+    )
+
+
+def node_metrics(fleet: LabFleet, node: str) -> str:
+    """A node's ``/ober/metrics`` as a monitoring host gets it: through HAProxy's stats listener, with its login."""
+    config = next(n.config for n in load_inventory(fleet.inventory_path).nodes if n.name == node)
+    return fleet.run_on(node, scrape_script(config)).stdout
+
+
+def metrics_lines(text: str) -> list[str]:
+    """The demo's selection of an exposition, one sample a line."""
+    samples = parse_exposition(text)
+    lines = []
+    for name in SHOWN:
+        for labels, value in samples.get(name, []):
+            if value == 0 and name in ("ober_vip_reason", "ober_vip_updates_total"):
+                continue
+            shown = ",".join(f'{key}="{text}"' for key, text in labels.items())
+            lines.append(f"{name}{{{shown}}} {value:g}" if shown else f"{name} {value:g}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m ober.lab.demo", description=__doc__.splitlines()[0])
@@ -120,6 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"    {error}")
     hops = ", ".join(f"{vip}: {count}" for vip, count in rolled.fewest.items())
     print(f"  fewest router next-hops during the roll: {hops} (of {len(fleet.nodes)})")
+    first = sorted(fleet.nodes)[0]
+    _step(f"ober's own metrics on {first}: GET /ober/metrics on its stats listener (what Prometheus scrapes)")
+    try:
+        for line in metrics_lines(node_metrics(fleet, first)):
+            print(f"  {line}")
+    except (OberError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("  (all of it: monitoring/ has Prometheus alert rules and a Grafana dashboard for these)")
     print(f"\nThe lab stays up: try `ober fleet status -i {fleet.inventory_path}`")
     print(f"Stop it with: ober lab down --dir {args.dir}")
     return rolled.code

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 
 from ober.errors import OberError
+from ober.render import FLEET_STATE_DIR
 from ober.runner import Result, Runner
 
 # Outside /run: the lock (and the roll's records) must survive a node's reboot in a --full roll.
-STATE_DIR = "/var/lib/ober/fleet"
+STATE_DIR = FLEET_STATE_DIR
 LOCK_TIMEOUT = 30.0
 HELD = 3
 LEASE = 900.0

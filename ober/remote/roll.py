@@ -5,7 +5,8 @@ leaves the ECMP set; a ``full`` or ``reboot`` node is guarded, withdrawn, acted 
 waited for: `ober.remote.reboot`), verified and put back before the next.
 The roll stops at the first failure and leaves that node withdrawn (when the guard allows), the rest untouched.
 Each node remembers the roll (``/var/lib/ober/fleet/roll.json``: its id, the operation, done or not), so running
-the same command again resumes: nodes done are skipped and left in service. The whole roll holds the fleet lock.
+the same command again resumes: nodes done are skipped and left in service. Once the roll is over the record is
+kept as ``last-roll.json`` (``ober health``'s metrics show it). The whole roll holds the fleet lock.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ mkdir -p "$1" && printf '%s\\n' "$2" > "$1/roll.tmp" && mv "$1/roll.tmp" "$1/rol
 _READ_RECORD = """[ -f "$1/roll.json" ] || exit 0
 cat "$1/roll.json"
 """
-_CLEAR_RECORD = 'rm -f "$1/roll.json"'
+# Kept as the last roll (ober health's metrics show it); only roll.json is read to resume.
+_CLEAR_RECORD = '[ ! -f "$1/roll.json" ] || mv -f "$1/roll.json" "$1/last-roll.json"'
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,7 @@ def apply(
     *,
     reload: Callable[[], None],
     verify: Callable[[], None],
+    undo: Callable[[], None] | None = None,
 ) -> Applied:
     """Back up, swap in every change, reload, verify; on any failure put every file back and reload again.
 
@@ -148,6 +149,8 @@ def apply(
         owned: every path the new render holds (the next manifest).
         reload: makes the services read the new files (raises OberError on failure).
         verify: checks the node serves with them (raises OberError on failure).
+        undo: what puts the services back after the files were restored (default: ``reload`` again); for a
+            change made through HAProxy's runtime API instead of a reload, its reverse.
 
     Raises:
         OberError: the change was rolled back; the message says why.
@@ -181,7 +184,7 @@ def apply(
     except (OberError, OSError) as exc:
         _restore(saved)
         try:
-            reload()
+            (undo or reload)()
         except OberError as again:
             raise OberError(
                 f"{_why(exc)}; files restored, but the reload after restoring failed too: {again.message}",

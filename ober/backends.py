@@ -544,7 +544,10 @@ def file_changes(old: NodeConfig, new: NodeConfig, root: Path = Path("/")) -> tu
     built = build_node(new, _placeholders(new), check=False)
     check_haproxy(resolve_whitelists(new), _placeholders(new))
     rendered = Rendered(new.name, tuple(f for f in built.rendered.files if f.path in wanted))
-    return plan(rendered, root, new.install_path), [f.path for f in built.rendered.files]
+    # plan() also lists files of the last apply's manifest that `rendered` lacks, as removals: here it holds two
+    # files only, and every other file stays as it is.
+    changes = [c for c in plan(rendered, root, new.install_path) if c.path in wanted]
+    return changes, [f.path for f in built.rendered.files]
 
 
 def _accepted(answer: str) -> bool:

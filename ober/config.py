@@ -405,7 +405,8 @@ def _parse_drained(fields: Fields, port: int, servers: tuple[Server, ...]) -> tu
                 f"{fields.at('drained')}: {server.host}:{server.port} is not one of the group's servers",
                 "drain only listed servers (or remove it from 'drained')",
             )
-    return drained
+    # In the servers' order: the same set gives the same ober.yaml, however it was reached (fleet or node).
+    return tuple(server for server in servers if server in drained)
 
 
 def _parse_vips(fields: Fields, groups: tuple[BackendGroup, ...]) -> tuple[Vip, ...]:

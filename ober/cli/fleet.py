@@ -29,6 +29,7 @@ targets_argument = click.argument("targets", required=False, default=None)
 
 
 FLEET_COMMANDS = {
+    "backends": "ober.cli.fleet_backends:backends_cmd",
     "bootstrap": "ober.cli.fleet_bootstrap:bootstrap_cmd",
     "diff": "ober.cli.fleet_ops:diff_cmd",
     "drain": "ober.cli.fleet_ops:drain_cmd",

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from ober.config import NodeConfig, Server, parse_server
+from ober.config import NodeConfig, Server, parse_server, server_order
 from ober.errors import ConfigError
 from ober.schema import Fields, type_name
 
@@ -111,6 +111,7 @@ def apply_changes(data: Mapping[str, Any], config: NodeConfig, changes: Mapping[
         kept += [s for s in listed["added"] if s not in kept and s not in removed]
         drained = (set(group.drained) | set(listed["drained"])) - undrained
         section = dict(backends.get(group.name) or {})
+        kept.sort(key=server_order)  # as the node orders them (ober.backends)
         section["servers"] = [f"{s.host}:{s.port}" for s in kept]
         section["drained"] = [f"{s.host}:{s.port}" for s in kept if s in drained]
         backends[group.name] = section

@@ -30,7 +30,15 @@ from typing import Any
 
 from ober.apply import Change, apply, diff, plan
 from ober.build import build_node
-from ober.config import BackendGroup, NodeConfig, Server, parse_node_config, parse_server, read_yaml
+from ober.config import (
+    BackendGroup,
+    NodeConfig,
+    Server,
+    parse_node_config,
+    parse_server,
+    read_yaml,
+    server_order,
+)
 from ober.errors import ConfigError, OberError
 from ober.haproxy_runtime import query
 from ober.haproxy_state import Server as Running
@@ -286,7 +294,7 @@ def _edited(
     new = dict(data)
     backends = dict(new.get("backends") or {})
     section = dict(backends.get(group.name) or {})
-    section["servers"] = [f"{s.host}:{s.port}" for s in servers]
+    section["servers"] = [f"{s.host}:{s.port}" for s in sorted(servers, key=server_order)]
     if drained:
         section["drained"] = [f"{s.host}:{s.port}" for s in drained]
     else:

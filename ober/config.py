@@ -347,6 +347,18 @@ def _parse_bgp(fields: Fields) -> Bgp:
     return bgp
 
 
+def server_order(server: Server) -> tuple[Any, ...]:
+    """A sort key: addresses numerically, then names naturally (rgw2 before rgw10), then the port.
+
+    A backend group changed at runtime keeps its servers in this order on the node and in the inventory alike, so
+    both render the same file whatever order the changes came in.
+    """
+    if is_ipv4(server.host):
+        return (0, tuple(int(part) for part in server.host.split(".")), server.port)
+    parts = re.split(r"(\d+)", server.host)
+    return (1, tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts), server.port)
+
+
 def parse_server(entry: str, port: int, where: str) -> Server:
     """``host`` or ``host:port`` (``port`` when none is given) as a :class:`Server`; ``where`` names it in errors."""
     host, colon, port_text = entry.partition(":")

@@ -201,3 +201,32 @@ def test_a_node_that_stops_announcing_after_its_change_stops_the_command(invento
     assert "no longer announces" in results[1].detail
     assert not nodes[names[2]].changed
     assert path.exists(), "node01 has the change: the inventory says so"
+
+
+def test_a_sequence_of_changes_leaves_node_and_inventory_alike(inventory: Path) -> None:
+    """remove A, add NEW, add A again, drain NEW: the node's own ober.yaml and the inventory's agree (no drift)."""
+    node = load_inventory(inventory).nodes[0]
+    data = config_to_dict(node.config)
+    steps = [("remove", A), ("add", NEW), ("add", A), ("drain", NEW)]
+    for verb, entry in steps:
+        config = parse_node_config(data)
+        running = [Server("be_ceph-a", s.name, "UP", "L7OK", weight=1) for s in config.backend("ceph-a").servers]
+        slots = [Server("be_ceph-a", f"_slot{i}", "MAINT", weight=1) for i in range(1, 5)]
+        view = make_view(config, State(7, [*running, *slots], []), SlotRecord(7))
+        if verb == "add":
+            planned = plan_add(data, config, view, "ceph-a", entry, lambda host: host.split(":")[0])
+        elif verb == "drain":
+            planned = plan_drain(data, config, view, "ceph-a", entry, force=False)
+        else:
+            planned = plan_remove(data, config, view, "ceph-a", entry, force=False)
+        assert planned.data is not None, (verb, entry)
+        data = planned.data
+        fleet = fleet_backends.prepare(inventory, [node], verb, "ceph-a", entry)
+        write_changes(fleet.path, fleet.changes)
+    on_node = render_node(parse_node_config(data), SECRETS)
+    from_inventory = render_node(load_inventory(inventory).nodes[0].config, SECRETS)
+    for path in ("/opt/ober/etc/ober.yaml", "/opt/ober/etc/haproxy.cfg"):
+        assert from_inventory.file(path).content == on_node.file(path).content, path
+    group = parse_node_config(data).backend("ceph-a")
+    assert [f"{s.host}:{s.port}" for s in group.servers] == [A, "100.64.1.12:7480", NEW]
+    assert [f"{s.host}:{s.port}" for s in group.drained] == [NEW]

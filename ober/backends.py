@@ -118,6 +118,7 @@ class Member:
             "check": running.check_status.lstrip("* ") if running else None,
             "weight": running.weight if running else None,
             "sessions": running.sessions if running else None,
+            "served": running.served if running else None,
             "address": running.address if running else None,
         }
 

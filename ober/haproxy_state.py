@@ -56,6 +56,8 @@ class Server:
     """Its weight now (0: drained by ``ober backends drain``); None when ``show stat`` did not say."""
     sessions: int = 0
     """Its current sessions (``scur``): requests it serves now."""
+    served: int = 0
+    """Sessions it has had (``stot``) since HAProxy's worker started."""
     address: str | None = None
     """The address HAProxy connects to (``show servers state``)."""
     port: int | None = None
@@ -98,6 +100,7 @@ def parse_servers(show_stat: str, servers_state: str = "") -> list[Server]:
                 unresolved=bool(state.admin & SRV_ADMF_RMAINT) or status == "MAINT (resolution)",
                 weight=_number(row.get("weight")),
                 sessions=_number(row.get("scur")) or 0,
+                served=_number(row.get("stot")) or 0,
                 address=state.address,
                 port=state.port,
             )

@@ -298,7 +298,7 @@ def start_rgw(fleet: LabFleet, group: str, address: str, *, timeout: float = 60.
     check_off_host([ipaddress.IPv4Network(f"{address}/32")])
     endpoint = f"http://{address}:{RGW_PORT}"
     argv, env = _program(model)
-    name = f"client.rgw.{len(rgws)}"
+    name = f"client.rgw.{max(int(p.what.rsplit('.', 1)[1]) for p in rgws) + 1}"
     argv = [*argv[: argv.index("-n")], "-n", name]
     # Its ceph.conf has no section for this name: what the others' sections set is given on the command line.
     argv += ["--rgw_frontends", f"beast endpoint={address}:{RGW_PORT} tcp_nodelay=1", "--ms_mon_client_mode", "crc"]
@@ -308,6 +308,7 @@ def start_rgw(fleet: LabFleet, group: str, address: str, *, timeout: float = 60.
         record = fleet.state.data["clusters"][group]
         record["daemons"].append(Proc.of(process.pid, name).record())
         record["endpoints"].append(endpoint)
+        record.setdefault("added", {})[endpoint] = name
         fleet.state.save()
     deadline = time.monotonic() + timeout
     while not _answers(ns, endpoint):
@@ -325,12 +326,18 @@ def _answers(ns: str, endpoint: str) -> bool:
 
 
 def stop_rgw(fleet: LabFleet, group: str, endpoint: str) -> None:
-    """Stop the radosgw of a group serving ``endpoint`` (SIGTERM, then SIGKILL), by its recorded PID."""
-    cluster = fleet.state.data["clusters"][group]
-    index = cluster["endpoints"].index(endpoint)
-    rgws = [Proc.load(r) for r in cluster["daemons"] if str(r["what"]).startswith("client.rgw")]
-    proc = next(p for p in rgws if p.what == f"client.rgw.{index}")
-    proc.signal(signal.SIGTERM)
-    if labstate.wait_gone([proc], STOP_WAIT):
-        proc.signal(signal.SIGKILL)
-        labstate.wait_gone([proc], STOP_WAIT)
+    """Stop a radosgw `start_rgw` started (SIGTERM, then SIGKILL, by its PID) and forget it in the lab's state."""
+    with labstate.locked(fleet.dir):
+        cluster = fleet.state.data["clusters"][group]
+        name = cluster.get("added", {}).pop(endpoint, None)
+        if name is None:
+            raise OberError(f"{endpoint} is not a radosgw start_rgw started in {group}")
+        [record] = [r for r in cluster["daemons"] if r["what"] == name]
+        proc = Proc.load(record)
+        proc.signal(signal.SIGTERM)
+        if labstate.wait_gone([proc], STOP_WAIT):
+            proc.signal(signal.SIGKILL)
+            labstate.wait_gone([proc], STOP_WAIT)
+        cluster["daemons"].remove(record)
+        cluster["endpoints"].remove(endpoint)
+        fleet.state.save()

@@ -251,3 +251,32 @@ def test_an_upload_in_flight_finishes_while_its_server_is_removed(
     assert reply.status == 200, reply
     [record] = lab.requests_for(RGW_A, path)
     assert record["body_bytes"] == 16 * 1024 * 1024
+
+
+def test_reconcile_adds_what_discovery_lists_then_drains_what_it_lost_never_removes(
+    lab: Lab, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    start_rgw(lab, RGW_A2)
+    source = tmp_path / "rgw.yaml"
+    source.write_text(yaml.safe_dump({"ceph-a": [f"{RGW_A}:{RGW_PORT}", f"{RGW_A2}:{RGW_PORT}"]}))
+    argv = ["backends", "reconcile", "ceph-a", "--from", str(source), "--config", config_file(lab)]
+    before = worker(lab)
+    code, doc = ober(capsys, *argv)
+    assert code == 0 and doc["action"] == "add" and doc["server"] == f"{RGW_A2}:{RGW_PORT}", doc
+    assert members(capsys, lab)[f"{RGW_A2}:{RGW_PORT}"]["state"] == "serving"
+    code, doc = ober(capsys, *argv)
+    assert code == 0 and doc["action"] == "none", doc
+
+    source.write_text(yaml.safe_dump({"ceph-a": [f"{RGW_A2}:{RGW_PORT}"]}))
+    code, doc = ober(capsys, *argv)
+    assert code == 0 and doc["action"] == "drain" and doc["server"] == f"{RGW_A}:{RGW_PORT}", doc
+    code, doc = ober(capsys, *argv)
+    assert code == 0 and doc["action"] == "none", doc
+    assert any("ober backends remove ceph-a" in note for note in doc["notes"]), doc
+    listed = members(capsys, lab)
+    assert listed[f"{RGW_A}:{RGW_PORT}"]["state"] == "drained", "lost from discovery: drained, not removed"
+    assert worker(lab) == before
+
+    source.write_text(yaml.safe_dump({"ceph-a": []}))
+    code, doc = ober(capsys, *argv)
+    assert code == 1 and "refusing to drain every server" in doc["error"], doc

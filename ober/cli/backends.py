@@ -12,6 +12,8 @@ from ober.backends import Outcome, Request, change, current_view, runtime
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
 from ober.config import load_config
+from ober.discovery import FORMATS, discovered, reconcile
+from ober.errors import OberError
 
 wait_option = click.option(
     "--wait",
@@ -130,3 +132,50 @@ def remove_cmd(
 ) -> None:
     """Remove SERVER from GROUP: drained, its requests finish, then maintenance; the next reload drops it."""
     _report(out, change(config_path, Request("remove", group, server, force=force, wait=wait, dry_run=dry_run)))
+
+
+@backends.command("reconcile")
+@config_option
+@click.argument("group")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="The discovery output (a file).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="servers",
+    show_default=True,
+    help="servers: {GROUP: [host:port, ...]}; ceph-orch: 'ceph orch ps --daemon_type rgw --format json'.",
+)
+@click.option("--service", default=None, help="ceph-orch: only the daemons of this service (e.g. rgw.s3).")
+@dry_run_option
+@json_option
+@click.pass_obj
+def reconcile_cmd(
+    out: Output, config_path: Path, group: str, source: Path, fmt: str, service: str | None, dry_run: bool
+) -> None:
+    """Make ONE change toward what discovery lists: add a new server, else drain one it lost; never remove.
+
+    Run it from a timer: each run makes at most one change, and says what it left for the next runs or for you.
+    """
+    config = load_config(config_path)
+    try:
+        target = config.backend(group)
+    except StopIteration:
+        raise OberError(
+            f"no backend group named {group!r} on this node",
+            f"use one of: {', '.join(g.name for g in config.backends)}",
+        ) from None
+    decision = reconcile(target, discovered(source, target, fmt, service))
+    outcome = None
+    if decision.verb and decision.server:
+        entry = f"{decision.server.host}:{decision.server.port}"
+        outcome = change(config_path, Request(decision.verb, group, entry, dry_run=dry_run))
+    if out.as_json:
+        out.json({**decision.to_dict(), "outcome": outcome.to_dict() if outcome else None})
+        return
+    for note in decision.notes:
+        out.warn(note)
+    if outcome is None:
+        out.print(f"{group}: in line with {source}")
+    else:
+        _report(out, outcome)

@@ -62,26 +62,6 @@ def list_cmd(
         click.get_current_context().exit(1)
 
 
-def _change(
-    out: Output,
-    verb: str,
-    inventory_path: Path | None,
-    group: str,
-    server: str,
-    targets: str | None,
-    wait: float,
-    accept_new_host_keys: bool,
-    parallel: int | None,
-) -> None:
-    inventory, nodes = _load(inventory_path, targets)
-    planned = fleet_backends.prepare(inventory_path, nodes, verb, group, server)
-    with _session(out, inventory, f"backends {verb}", accept_new_host_keys, parallel) as session:
-        results = fleet_backends.run(session, planned, wait=wait, progress=_progress(out))
-    if not out.as_json and any(r.ok for r in results):
-        out.print(f"inventory: recorded in {planned.path}")
-    _report_steps(out, f"backends {verb}", results, None, session.lock)
-
-
 def _command(verb: str, summary: str) -> click.Command:
     @click.command(verb, help=summary)
     @inventory_option
@@ -109,7 +89,13 @@ def _command(verb: str, summary: str) -> click.Command:
         accept_new_host_keys: bool,
         parallel: int | None,
     ) -> None:
-        _change(out, verb, inventory_path, group, server, targets, wait, accept_new_host_keys, parallel)
+        inventory, nodes = _load(inventory_path, targets)
+        planned = fleet_backends.prepare(inventory_path, nodes, verb, group, server)
+        with _session(out, inventory, f"backends {verb}", accept_new_host_keys, parallel) as session:
+            results = fleet_backends.run(session, planned, wait=wait, progress=_progress(out))
+        if not out.as_json and any(r.ok for r in results):
+            out.print(f"inventory: recorded in {planned.path}")
+        _report_steps(out, f"backends {verb}", results, None, session.lock)
 
     return command
 

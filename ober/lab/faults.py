@@ -25,7 +25,7 @@ from ober.errors import OberError
 from ober.lab import labstate
 from ober.lab.fleet import LabFleet
 from ober.lab.labstate import Proc
-from ober.lab.netns import add_address, check_off_host, spawn_in
+from ober.lab.netns import add_address, check_off_host, run, spawn_in
 from ober.lab.rgw import RGW_PORT, http_get
 
 NODE_TIMEOUT = 30.0
@@ -341,3 +341,5 @@ def stop_rgw(fleet: LabFleet, group: str, endpoint: str) -> None:
         cluster["daemons"].remove(record)
         cluster["endpoints"].remove(endpoint)
         fleet.state.save()
+    address = endpoint.removeprefix("http://").rsplit(":", 1)[0]
+    run(["ip", "-n", cluster["ns"], "addr", "del", f"{address}/32", "dev", "lo"], check=False)

@@ -181,10 +181,10 @@ def make_view(config: NodeConfig, state: State, record: SlotRecord) -> View:
         running = {s.name: s for s in state.servers if s.backend == backend}
         members: list[Member] = []
         for server in group.servers:
-            runs_as: str | None = server.name if server.name in running else None
-            if runs_as is None:
-                slot = record.slot_of(backend, server.name)
-                runs_as = slot if slot in running else None
+            # A slot first: a server removed (its own line in maintenance) and added again before a reload runs
+            # in a slot.
+            slot = record.slot_of(backend, server.name)
+            runs_as = slot if slot in running else (server.name if server.name in running else None)
             members.append(
                 Member(
                     group.name,
@@ -337,19 +337,18 @@ def plan_add(
     backend = backend_name(group.name)
     entry = f"{server.host}:{server.port}"
     member = gv.member(server.host, server.port)
-    if member is not None and member.runs_as is not None:
-        if not member.drained and member.running is not None and member.running.weight != 0:
+    if member is None:
+        # Removed since the last reload, so still on its own line (in maintenance): back there, not in a slot.
+        member = next((m for m in gv.members if not m.listed and m.runs_as == server.name), None)
+        if member is not None:
+            data = _edited(data, group, [*group.servers, server], group.drained)
+            return _enable(data, group, member, server, "add", f"add {entry} to {group.name} again (its own line)")
+    elif member.runs_as is not None and member.running is not None:
+        enabled = member.running.weight != 0 and not member.running.status.startswith("MAINT")
+        if enabled and not member.drained:
             return Plan("none", group.name, entry, f"{entry} is already a server of {group.name} ({member.state})")
-        drained = [s for s in group.drained if s != server]
-        return Plan(
-            "undrain",
-            group.name,
-            entry,
-            f"undrain {entry} in {group.name}: it takes requests again",
-            data=_edited(data, group, group.servers, drained),
-            steps=(Step(f"set weight {backend}/{member.runs_as} 1", f"set weight {backend}/{member.runs_as} 0"),),
-            expect=Expect(backend, member.runs_as, "serving"),
-        )
+        data = _edited(data, group, group.servers, [s for s in group.drained if s != server])
+        return _enable(data, group, member, server, "undrain", f"undrain {entry} in {group.name}: it takes requests")
     if not gv.free_slots:
         used = gv.slots - len(gv.free_slots)
         raise OberError(
@@ -379,6 +378,26 @@ def plan_add(
         ),
         expect=Expect(backend, slot, "serving", address, server.port),
         record=record,
+    )
+
+
+def _enable(data: dict[str, Any], group: BackendGroup, member: Member, server: Server, verb: str, message: str) -> Plan:
+    """Weight 1 and out of maintenance, as far as each is needed, for a server HAProxy already has."""
+    assert member.runs_as is not None and member.running is not None
+    target = f"{backend_name(group.name)}/{member.runs_as}"
+    steps: list[Step] = []
+    if member.running.weight == 0:
+        steps.append(Step(f"set weight {target} 1", f"set weight {target} 0"))
+    if member.running.status.startswith("MAINT"):
+        steps.append(Step(f"set server {target} state ready", f"set server {target} state maint"))
+    return Plan(
+        verb,
+        group.name,
+        f"{server.host}:{server.port}",
+        message,
+        data=data,
+        steps=tuple(steps),
+        expect=Expect(backend_name(group.name), member.runs_as, "serving"),
     )
 
 
@@ -560,9 +579,9 @@ def file_changes(old: NodeConfig, new: NodeConfig, root: Path = Path("/")) -> tu
 
 
 def _accepted(answer: str) -> bool:
-    # Success is an empty answer, or set server addr's "IP changed from … to …" / "no need to change the addr".
+    # Success is an empty answer, or set server addr's "IP changed from … to …" (or "nothing changed": the same).
     text = answer.strip()
-    return not text or "changed from" in text or "no need to change" in text
+    return not text or "changed from" in text or "no need to change" in text or text == "nothing changed"
 
 
 def _run(ask: Query, steps: Sequence[Step], done: list[Step]) -> None:

@@ -286,3 +286,31 @@ def test_slot_names_cannot_be_server_names() -> None:
     assert is_slot("_slot3") and not is_slot("_slotx") and not is_slot("slot3")
     with pytest.raises(ConfigError):
         check_host("_slot1", "servers")
+
+
+def test_a_server_removed_then_added_again_before_a_reload_is_back_on_its_own_line(data: dict[str, Any]) -> None:
+    data["backends"]["ceph-a"]["servers"] = [A2]
+    config = parse_node_config(data)
+    servers = [running("100_64_1_11-7480", "MAINT", weight=0), running("100_64_1_12-7480"), slot(1), slot(2)]
+    planned = plan_add(data, config, view_of(config, *servers), "ceph-a", A1, fixed("unused"))
+    assert planned.verb == "add"
+    assert planned.commands() == [
+        "set weight be_ceph-a/100_64_1_11-7480 1",
+        "set server be_ceph-a/100_64_1_11-7480 state ready",
+    ]
+    assert planned.data is not None and planned.data["backends"]["ceph-a"]["servers"] == [A1, A2]
+
+
+def test_a_server_in_a_slot_is_shown_there_even_with_its_old_line_in_maintenance(data: dict[str, Any]) -> None:
+    config = parse_node_config(data)
+    record = SlotRecord(42, {"be_ceph-a": {"_slot2": "100_64_1_11-7480"}})
+    servers = [running("100_64_1_11-7480", "MAINT"), running("100_64_1_12-7480"), slot(1), slot(2, "UP", A1)]
+    [first, _second] = view_of(config, *servers, record=record).group("ceph-a").members
+    assert (first.runs_as, first.state) == ("_slot2", "serving")
+
+
+def test_adding_a_server_that_is_down_but_enabled_changes_nothing(data: dict[str, Any]) -> None:
+    config = parse_node_config(data)
+    servers = [running("100_64_1_11-7480", "DOWN"), running("100_64_1_12-7480"), slot(1), slot(2)]
+    planned = plan_add(data, config, view_of(config, *servers), "ceph-a", A1, fixed("unused"))
+    assert planned.verb == "none" and "down" in planned.message

@@ -684,7 +684,14 @@ def execute(
 
     backup = None
     if files:
-        backup = apply(files, root, config.install_path, owned, reload=make, verify=verify, undo=undo).backup
+        try:
+            backup = apply(files, root, config.install_path, owned, reload=make, verify=verify, undo=undo).backup
+        except OberError as exc:
+            # apply()'s own advice is about a config; here the config was fine and HAProxy said no.
+            undone = exc.message.endswith("rolled back to the previous files")
+            raise OberError(
+                exc.message, "see 'ober backends list'; nothing was changed" if undone else exc.fix
+            ) from None
     else:
         try:
             make()

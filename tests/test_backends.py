@@ -5,13 +5,16 @@ The real HAProxy runs these plans in tests/test_backends_runtime.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from ober.backends import Plan, View, make_view, plan_add, plan_drain, plan_remove
+from ober.backends import Plan, View, execute, make_view, plan_add, plan_drain, plan_remove
 from ober.config import NodeConfig, config_to_dict, parse_node_config
 from ober.errors import ConfigError, OberError
 from ober.haproxy_runtime import parse_show_stat
@@ -314,3 +317,83 @@ def test_adding_a_server_that_is_down_but_enabled_changes_nothing(data: dict[str
     servers = [running("100_64_1_11-7480", "DOWN"), running("100_64_1_12-7480"), slot(1), slot(2)]
     planned = plan_add(data, config, view_of(config, *servers), "ceph-a", A1, fixed("unused"))
     assert planned.verb == "none" and "down" in planned.message
+
+
+# --- execute: files and runtime together, or neither -------------------------------------------------------------
+
+
+class FakeHAProxy:
+    """Answers runtime commands from a script (command prefix → answer); records what it was sent."""
+
+    def __init__(self, answers: dict[str, str], after: State) -> None:
+        self.answers = answers
+        self.after = after
+        self.sent: list[str] = []
+
+    def ask(self, command: str) -> str:
+        self.sent.append(command)
+        return next((answer for prefix, answer in self.answers.items() if command.startswith(prefix)), "")
+
+    def read(self) -> State:
+        return self.after
+
+
+@pytest.fixture
+def short_path() -> Iterator[Path]:
+    """A scratch directory with a short name: an install path must be at most 64 characters."""
+    path = Path(tempfile.mkdtemp(prefix="ober-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path)
+
+
+def installed(data: dict[str, Any], tmp_path: Path) -> NodeConfig:
+    """The node's rendered files written under a scratch install path, as ober config would have."""
+    data["install_path"] = str(tmp_path / "opt" / "ober")
+    config = parse_node_config(data)
+    for item in render_node(config, SECRETS).files:
+        if item.path.startswith(config.install_path):
+            Path(item.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(item.path).write_text(item.content)
+    return config
+
+
+def test_a_refused_runtime_change_leaves_the_files_and_undoes_what_was_done(
+    data: dict[str, Any], short_path: Path
+) -> None:
+    tmp_path = short_path
+    config = installed(data, tmp_path)
+    before = {p: p.read_text() for p in (tmp_path / "opt" / "ober" / "etc").glob("*.*") if p.is_file()}
+    planned = plan_add(data, config, view_of(config, *serving(config)), "ceph-a", A3, fixed("100.64.1.13"))
+    # The address and the weight are taken, enabling the slot is refused.
+    haproxy = FakeHAProxy({"set server be_ceph-a/_slot1 state ready": "No such server."}, state())
+    with pytest.raises(OberError) as caught:
+        execute(config, planned, ask=haproxy.ask, read=haproxy.read)
+    assert "HAProxy refused 'set server be_ceph-a/_slot1 state ready': No such server." in caught.value.message
+    assert caught.value.fix == "see 'ober backends list'; nothing was changed"
+    assert haproxy.sent[3:] == ["set server be_ceph-a/_slot1 addr 0.0.0.0"], "the address put back, nothing else"
+    after = {p: p.read_text() for p in (tmp_path / "opt" / "ober" / "etc").glob("*.*") if p.is_file()}
+    assert {p: t for p, t in after.items() if p in before} == before
+
+
+def test_a_change_haproxy_does_not_show_afterwards_is_undone(data: dict[str, Any], short_path: Path) -> None:
+    config = installed(data, short_path)
+    planned = plan_drain(data, config, view_of(config, *serving(config)), "ceph-a", A1, force=False)
+    haproxy = FakeHAProxy({}, state(*serving(config)))  # still weight 1: the drain did not take
+    with pytest.raises(OberError, match="not drained"):
+        execute(config, planned, ask=haproxy.ask, read=haproxy.read)
+    assert haproxy.sent == ["set weight be_ceph-a/100_64_1_11-7480 0", "set weight be_ceph-a/100_64_1_11-7480 1"]
+    assert (
+        "drained" not in yaml.safe_load(Path(config.install_path, "etc/ober.yaml").read_text())["backends"]["ceph-a"]
+        or not yaml.safe_load(Path(config.install_path, "etc/ober.yaml").read_text())["backends"]["ceph-a"]["drained"]
+    )
+
+
+def test_a_change_is_refused_while_haproxy_cfg_has_changes_not_applied(data: dict[str, Any], short_path: Path) -> None:
+    config = installed(data, short_path)
+    cfg = Path(config.install_path, "etc/haproxy.cfg")
+    cfg.write_text(cfg.read_text().replace("maxconn", "maxconn-pending", 1))
+    planned = plan_drain(data, config, view_of(config, *serving(config)), "ceph-a", A1, force=False)
+    haproxy = FakeHAProxy({}, state())
+    with pytest.raises(OberError, match=r"is not what this node's ober\.yaml renders"):
+        execute(config, planned, ask=haproxy.ask, read=haproxy.read)
+    assert haproxy.sent == []

@@ -298,10 +298,14 @@ def start_rgw(fleet: LabFleet, group: str, address: str, *, timeout: float = 60.
     check_off_host([ipaddress.IPv4Network(f"{address}/32")])
     endpoint = f"http://{address}:{RGW_PORT}"
     argv, env = _program(model)
-    name = f"client.rgw.{max(int(p.what.rsplit('.', 1)[1]) for p in rgws) + 1}"
+    # A name of its own each time: a radosgw started under the name of one stopped moments ago can hang at start
+    # (seen in the lab: no answer after minutes), while Ceph still holds the old one's watches.
+    name = f"client.rgw.x{int(time.time()) % 100000}"
     argv = [*argv[: argv.index("-n")], "-n", name]
     # Its ceph.conf has no section for this name: what the others' sections set is given on the command line.
     argv += ["--rgw_frontends", f"beast endpoint={address}:{RGW_PORT} tcp_nodelay=1", "--ms_mon_client_mode", "crc"]
+    # Ceph's default admin socket path (with PID and a pointer in it) can pass the 107 bytes a socket path may have.
+    argv += ["--admin_socket", "$run_dir/$cluster-$name.asok"]
     add_address(ns, "lo", f"{address}/32")
     process = spawn_in(ns, argv, log=fleet.dir / f"{name}.log", env=env)
     with labstate.locked(fleet.dir):

@@ -45,6 +45,11 @@ SLOT_PREFIX = "_slot"
 """HAProxy's name of a spare slot is this and its number; '_' cannot start a hostname, so no server's name."""
 
 
+def is_slot(name: str) -> bool:
+    """Whether an HAProxy server name is one of ober's spare slots."""
+    return name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX) :].isdigit()
+
+
 @dataclass(frozen=True)
 class DrainPolicy:
     """Make-before-break drain: re-announce less preferred for ``delay`` seconds, then withdraw."""

@@ -7,6 +7,7 @@ import io
 import socket
 from dataclasses import dataclass
 
+from ober.config import is_slot
 from ober.errors import OberError
 
 
@@ -72,7 +73,8 @@ def parse_show_stat(text: str) -> Snapshot:
         elif name == "BACKEND":
             servers.setdefault(proxy, [])
             in_flight[proxy] = _count(row)
-        elif proxy:
+        elif proxy and not (is_slot(name) and (row.get("status") or "").startswith("MAINT")):
+            # A free spare slot is not a server (a slot holding one added at runtime is).
             servers.setdefault(proxy, []).append(server_up(row.get("status") or "", row.get("weight") or ""))
     backends = {
         proxy: BackendState(servers=len(states), up=sum(states), in_flight=in_flight.get(proxy, 0))

@@ -16,13 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ober.config import SLOT_PREFIX, NodeConfig
+from ober.config import SLOT_PREFIX, NodeConfig, is_slot
 from ober.render import paths
 
-
-def is_slot(name: str) -> bool:
-    """Whether an HAProxy server name is one of ober's spare slots."""
-    return name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX) :].isdigit()
+__all__ = ["SlotRecord", "backend_name", "is_slot", "read_record", "record_path", "slot_names", "write_record"]
 
 
 def slot_names(count: int) -> list[str]:

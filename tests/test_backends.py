@@ -112,6 +112,7 @@ def test_neither_a_drained_server_nor_a_free_slot_counts_as_live() -> None:
     snapshot = parse_show_stat(SHOW_STAT)
     assert snapshot.live_servers("be_ceph-a") == 1
     assert snapshot.live_servers("be_ceph-b") == 0, "a group of free slots only must not be announced"
+    assert snapshot.backends["be_ceph-a"].servers == 2, "a free slot is not a server"
 
 
 def test_degraded_leaves_out_what_ober_keeps_out_on_purpose(data: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ A 1-node lab site (``ober.lab.site.start_site``: BIRD router, one process node r
 Processes: ``ober health`` (ExaBGP's child), ExaBGP itself, and HAProxy (master and workers, summed), for
 comparison. The machine is shared: read the health process against ExaBGP's and HAProxy's from the same run.
 
-Usage (root): ``python bench/footprint.py [--seconds 60] [--interval 1s] [--json]``. Prints numbers, asserts
+Usage (root): ``python bench/footprint.py [--seconds 60] [--interval 0.5s] [--json]``. Prints numbers, asserts
 nothing.
 """
 
@@ -174,7 +174,7 @@ def print_table(result: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="the measuring window (default 60)")
-    parser.add_argument("--interval", default="1s", help="ober health's check interval (default: the product's 1s)")
+    parser.add_argument("--interval", default="0.5s", help="ober health's check interval (default: the product's 0.5s)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -3,6 +3,9 @@
 ``root`` is the filesystem root the node's paths are under: ``/`` on a node, a directory in tests and staging.
 A manifest of the files ober wrote lets a later apply remove the ones no longer rendered (e.g. after switching the
 VIP interface from netplan to networkd). Files that hold secrets (mode 600) are never shown in a diff.
+
+Backups are for rolling back: once an apply succeeded, the copies of files that hold secrets are removed from every
+backup (a rotated MD5 or stats password must not stay on disk), and only the newest `KEEP_BACKUPS` are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from pathlib import Path
 
 from ober.errors import OberError
 from ober.render import Rendered, RenderedFile
+
+KEEP_BACKUPS = 5
+"""Backups (one per apply that changed something) kept under ``<install>/backup``; older ones are removed."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,10 @@ def apply(
     """
     if not changes:
         return Applied([], None)
-    backup = _on(root, f"{install_path}/backup/{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    backups = _on(root, f"{install_path}/backup")
+    # Time first, to the nanosecond: sorted by name is sorted by age, and two applies never share one.
+    now = time.time_ns()
+    backup = backups / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now / 1e9))}.{now % 10**9:09d}-{os.getpid()}"
     saved: list[tuple[Path, Path | None]] = []
     manifest = Change(
         manifest_path(install_path),
@@ -170,6 +179,8 @@ def apply(
             copy = None
             if target.exists():
                 copy = backup / change.path.lstrip("/")
+                if not backups.exists():
+                    backups.mkdir(parents=True, mode=0o700)  # copies of 600 files stay private while they exist
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(target, copy)
             saved.append((target, copy))
@@ -183,6 +194,7 @@ def apply(
         verify()
     except (OberError, OSError) as exc:
         _restore(saved)
+        prune_backups(backups)  # the live files are the backed-up ones again: their copies are not needed
         try:
             (undo or reload)()
         except OberError as again:
@@ -191,7 +203,30 @@ def apply(
                 "check 'ober status' and the journal (ober logs)",
             ) from None
         raise OberError(f"{_why(exc)}; rolled back to the previous files", "fix the config and apply again") from None
-    return Applied(changes, backup)
+    prune_backups(backups)
+    return Applied(changes, backup if backup.exists() else None)
+
+
+def prune_backups(backups: Path, keep: int = KEEP_BACKUPS) -> None:
+    """Remove secret files (mode 600) from every backup, then all but the newest ``keep`` backups.
+
+    Called once an apply succeeded: the rollback no longer needs the copies, and the secrets in them may be the ones
+    just rotated away. What is left (haproxy.cfg, units, ober.yaml) holds no secret.
+    """
+    if not backups.is_dir():
+        return
+    backups.chmod(0o700)  # made 0755 by older versions
+    for path in sorted(backups.rglob("*"), reverse=True):  # children before their directory
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077 == 0:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            continue  # pruning is tidying up: never a reason to fail an apply that worked
+    # Names start with the time (YYYYmmdd-HHMMSS.nanoseconds-pid): sorted by name is sorted by age.
+    for old in sorted(entry for entry in backups.iterdir() if entry.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _why(exc: BaseException) -> str:

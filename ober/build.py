@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ober.config import NodeConfig
@@ -29,12 +29,17 @@ class Built:
         return sorted({path for check in self.checks for path in check.placeholders})
 
 
+HaproxyCheck = Callable[[NodeConfig, Mapping[str, str]], CheckResult]
+"""How to run ``haproxy -c`` on a node's files (`check_haproxy` here; `ober.remote.nodecheck` on a node)."""
+
+
 def build_node(
     config: NodeConfig,
     secrets: Mapping[str, str],
     *,
     check: bool = True,
     lookup: Lookup = lookup_ipv4,
+    haproxy: HaproxyCheck = check_haproxy,
 ) -> Built:
     """Render a node's files and, unless ``check`` is false, validate them with ``haproxy -c`` and ExaBGP.
 
@@ -47,4 +52,4 @@ def build_node(
     rendered = render_node(config, secrets, resolved=resolved.whitelists)
     if not check:
         return Built(rendered)
-    return Built(rendered, [check_haproxy(resolved, secrets), check_exabgp(resolved, secrets)])
+    return Built(rendered, [haproxy(resolved, secrets), check_exabgp(resolved, secrets)])

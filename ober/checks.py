@@ -9,6 +9,7 @@ port, ``ober status`` data, a CA file); everything else is real: sockets, HTTP(S
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
 import re
 import socket
@@ -26,10 +27,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ober.build import build_node
-from ober.config import BackendGroup, NodeConfig, Server, load_config
+from ober.config import BackendGroup, NodeConfig, Server, load_config, stats_exposure
 from ober.errors import OberError, SecretsError
 from ober.hostlists import is_ipv4
 from ober.resolve import Lookup, lookup_ipv4
+from ober.s3probe import Credentials, Endpoint, sse_c_round_trip
 from ober.secrets import load_secrets
 from ober.status import UNITS, exabgp_root, node_status, unit_state
 
@@ -202,13 +204,15 @@ def check_rendered(config: NodeConfig, secrets: Mapping[str, str] | None = None)
     hold a secret value.
     """
     known = dict(secrets or {})
-    standing_in = [name for name in config.secret_names() if name not in known]
-    values = {**known, **dict.fromkeys(standing_in, _STAND_IN_SECRET)}
+    refs = config.secret_refs()
+    standing_in = [field for field, name in refs.items() if name not in known]
+    values = {**known, **{refs[field]: _STAND_IN_SECRET for field in standing_in}}
     try:
         built = build_node(config, values)
     except OberError as exc:
         return [Check("rendered files", "fail", _scrub(exc.message, known), _scrub(exc.fix, known))]
-    stand_ins = built.placeholders + [f"secret {name}" for name in standing_in]
+    # The field, not the name it gives: that may be a secret pasted in the wrong place.
+    stand_ins = built.placeholders + [f"the secret of {field}" for field in standing_in]
     note = f" (stand-ins for what this machine lacks: {', '.join(stand_ins)})" if stand_ins else ""
     checks = [Check("rendered files", "ok", f"haproxy -c and exabgp validate accept them{note}")]
     if built.notes:
@@ -541,6 +545,131 @@ def check_rgw(config: NodeConfig, timeout: float = PROBE_TIMEOUT, *, lookup: Loo
     return _parallel(lambda target: _rgw_probe(config, target[0], target[1], timeout, lookup), targets)
 
 
+# --- SSE-C: does RGW know a request reached ober over TLS? -------------------------------------------------------
+
+S3_PROBE_SECRETS = ("s3_probe_access_key", "s3_probe_secret_key")
+"""Secret names of the S3 user the SSE-C probe signs with (an RGW user's keys, in the secrets file)."""
+TRUST_FORWARDED_FIX = (
+    "set 'rgw trust forwarded https = true' in each radosgw's ceph.conf section (or: ceph config set client.rgw "
+    "rgw_trust_forwarded_https true) and restart radosgw; safe behind ober, whose HAProxy replaces every "
+    "X-Forwarded-Proto and Forwarded header a client sends"
+)
+
+
+@dataclass(frozen=True)
+class _SseTarget:
+    """One SSE-C probe: its check name, where it goes (or why it cannot), and whether RGW sees plain HTTP there."""
+
+    name: str
+    where: str
+    endpoint: Endpoint | None
+    problem: str = ""
+    behind_proxy: bool = True
+
+
+def check_sse_c(
+    config: NodeConfig,
+    secrets: Mapping[str, str],
+    timeout: float = PROBE_TIMEOUT,
+    *,
+    through: Literal["vip", "rgw"],
+    lookup: Lookup = lookup_ipv4,
+) -> list[Check]:
+    """An SSE-C round trip (upload and download with a customer key) that tells whether RGW trusts ober's TLS.
+
+    radosgw refuses customer keys on a connection it does not believe is secure; behind HAProxy, which
+    terminates TLS, it believes so only with ``rgw trust forwarded https``. The probe makes a throwaway bucket
+    and deletes it again, signed with the ``s3_probe_*`` secrets; without them it is skipped.
+
+    Args:
+        config: the node's config.
+        secrets: secret values by name.
+        timeout: seconds for each request.
+        through: ``vip``: through each VIP over TLS, as clients do (HAProxy must serve). ``rgw``: straight to one
+            server of each backend group, with the headers HAProxy adds (nothing of ober needs to run).
+        lookup: resolves RGW server names.
+    """
+    access, secret = (secrets.get(name) for name in S3_PROBE_SECRETS)
+    if not access or not secret:
+        return [
+            Check(
+                "sse-c",
+                "skip",
+                "no S3 user to probe SSE-C (customer-key encryption) through ober with",
+                f"add {' and '.join(S3_PROBE_SECRETS)} (an RGW user's keys) to the secrets file",
+            )
+        ]
+    credentials = Credentials(access, secret)
+    if through == "vip":
+        tls_groups = {group.name for group in config.backends if group.tls.enabled}
+        targets = [
+            # This node's own VIP: its certificate is checked elsewhere, here only RGW's answer matters.
+            _SseTarget(
+                f"sse-c vip {vip.name}",
+                f"VIP {vip.address}",
+                Endpoint(vip.address, 443, vip.address, tls=True),
+                behind_proxy=vip.backend not in tls_groups,
+            )
+            for vip in config.vips
+        ]
+    else:
+        targets = [_rgw_target(config, group, lookup) for group in config.backends]
+    return _parallel(lambda target: _sse_c_probe(target, credentials, timeout), targets)
+
+
+def _rgw_target(config: NodeConfig, group: BackendGroup, lookup: Lookup) -> _SseTarget:
+    """The probe of one group's first server, made as HAProxy talks to it."""
+    server = group.servers[0]
+    name, where = f"sse-c rgw {group.name}", f"{server.host}:{server.port}"
+    addresses = [server.host] if is_ipv4(server.host) else lookup(server.host)
+    if not addresses:
+        return _SseTarget(name, where, None, f"{server.host} does not resolve")
+    if group.tls.enabled:
+        return _SseTarget(
+            name, where, Endpoint(addresses[0], server.port, where, True, _tls_context(group)), behind_proxy=False
+        )
+    # What HAProxy adds to a request that reached a VIP over TLS.
+    forwarded = {"X-Forwarded-Proto": "https", "Forwarded": f"for={config.bgp.local_address};proto=https"}
+    return _SseTarget(name, where, Endpoint(addresses[0], server.port, where, headers=forwarded))
+
+
+def _sse_c_probe(target: _SseTarget, credentials: Credentials, timeout: float) -> Check:
+    name, where = target.name, target.where
+    if target.endpoint is None:
+        return Check(name, "fail", f"{where}: {target.problem}", "see the rgw checks")
+    done = sse_c_round_trip(target.endpoint, credentials, timeout)
+    leftover = f"; could not delete {done.leftover}" if done.leftover else ""
+    answer = done.answer
+    if done.step is None:
+        how = "with HAProxy's X-Forwarded-Proto" if target.behind_proxy else "over TLS"
+        return Check(name, "warn" if leftover else "ok", f"SSE-C upload and download via {where} {how}{leftover}")
+    if done.error is not None:
+        return Check(name, "fail", f"{done.step} via {where}: {done.error}{leftover}", "see the haproxy and rgw checks")
+    if answer is not None and answer.code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return Check(
+            name,
+            "fail",
+            f"{done.step} via {where}: RGW refused the probe's S3 keys ({answer})",
+            f"put a valid RGW user's keys in {' and '.join(S3_PROBE_SECRETS)}",
+        )
+    refused = done.step == "upload" and answer is not None and (answer.status, answer.code) == (400, "InvalidRequest")
+    if refused and target.behind_proxy:
+        return Check(
+            name,
+            "fail",
+            f"RGW refused an SSE-C upload via {where} ({answer}): it does not believe the client used TLS{leftover}",
+            TRUST_FORWARDED_FIX,
+        )
+    if done.step == "compare":
+        return Check(name, "fail", f"SSE-C download via {where} returned other bytes than uploaded{leftover}")
+    return Check(
+        name,
+        "fail",
+        f"{done.step} via {where}: {answer}{leftover}",
+        "see radosgw's log; the probe's user must be allowed to create a bucket",
+    )
+
+
 # --- certificates -------------------------------------------------------------------------------------------------
 
 
@@ -706,6 +835,31 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
     return checks
 
 
+# --- exposure ---------------------------------------------------------------------------------------------------
+
+
+def check_stats_exposure(config: NodeConfig) -> list[Check]:
+    """Warn when the stats page is open to anyone (``stats.allow_open``) or its password crosses plain HTTP."""
+    found = stats_exposure(config.stats, config.whitelists)
+    if not found.open and not found.weak:
+        guard = "a login" if config.stats.auth else "an allow-list"
+        if ipaddress.IPv4Address(config.stats.bind).is_loopback:
+            guard = "loopback only"
+        return [Check("stats page", "ok", f"{config.stats.bind}:{config.stats.port}: {guard}")]
+    checks = [
+        Check(
+            "stats page",
+            "warn",
+            f"open: {why} (stats.allow_open is set)",
+            "list the monitoring hosts in whitelists.backend_http, or set stats.auth with stats.tls",
+        )
+        for why in found.open
+    ]
+    fix = "set stats.tls: true, or bind stats to 127.0.0.1"
+    checks += [Check("stats page", "warn", why, fix) for why in found.weak]
+    return checks
+
+
 # --- composing them -------------------------------------------------------------------------------------------
 
 
@@ -756,6 +910,7 @@ def run_test(
     checks += check_rendered(config, secrets)
     checks += check_bgp_tcp(config, timeout, secrets=secrets, port=bgp_port)
     checks += check_rgw(config, timeout)
+    checks += check_sse_c(config, secrets, timeout, through="rgw")
     checks += check_certificates(config, now)
     return scrub(checks, secrets)
 
@@ -801,6 +956,7 @@ def run_doctor(
         return scrub(checks, secrets)
     checks += check_units()
     checks += check_rendered(config, secrets)
+    checks += check_stats_exposure(config)
     status = node_status(config, exabgp_root=exabgp_root(config))
     checks.append(check_haproxy_state(status))
     checks += check_bgp_state(config, status)
@@ -810,5 +966,6 @@ def run_doctor(
     if down:
         checks += check_bgp_tcp(config, timeout, secrets=secrets, neighbors=down, port=bgp_port)
     checks += check_rgw(config, timeout)
+    checks += check_sse_c(config, secrets, timeout, through="vip")
     checks += check_certificates(config, now)
     return scrub(checks, secrets)

@@ -18,7 +18,7 @@ import yaml
 
 from ober.errors import ConfigError
 from ober.hostlists import check_host, expand, is_ipv4, split_words
-from ober.schema import NAME, NAME_HINT, Fields, type_name
+from ober.schema import NAME, NAME_HINT, Fields, load_yaml, refuse_special, type_name
 
 DEFAULT_INSTALL_PATH = "/opt/ober"
 CONFIG_RELATIVE = "etc/ober.yaml"
@@ -48,6 +48,10 @@ SLOT_PREFIX = "_slot"
 def is_slot(name: str) -> bool:
     """Whether an HAProxy server name is one of ober's spare slots."""
     return name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX) :].isdigit()
+
+
+MAX_GRACEFUL_RESTART = 600
+"""Seconds a router may hold a restarting node's routes (bgp.graceful_restart) at most."""
 
 
 @dataclass(frozen=True)
@@ -192,11 +196,25 @@ class StatsAuth:
 
 @dataclass(frozen=True)
 class Stats:
-    """The stats/metrics listener."""
+    """The stats/metrics listener (``/stats``, ``/metrics``, ``/health``)."""
 
     bind: str
     port: int
     auth: StatsAuth | None
+    tls: bool
+    """Serve it over TLS with the VIPs' certificate (a login's password then never crosses plain HTTP)."""
+    allow_open: bool
+    """Accept a page anyone may read (no allow-list, no login, not on loopback): refused unless set."""
+
+
+@dataclass(frozen=True)
+class StatsExposure:
+    """How the stats page can be reached by more than the admin meant, as :func:`stats_exposure` finds it."""
+
+    open: list[str]
+    """Why anyone who reaches the node may read it (refused unless ``stats.allow_open``)."""
+    weak: list[str]
+    """What is not open but weaker than it should be (a password over plain HTTP)."""
 
 
 @dataclass(frozen=True)
@@ -274,12 +292,16 @@ class NodeConfig:
         """The backend group called ``name``."""
         return next(group for group in self.backends if group.name == name)
 
+    def secret_refs(self) -> dict[str, str]:
+        """The secrets this config refers to: the referring field (``bgp.md5_secret``) → the secret's name."""
+        refs = {"bgp.md5_secret": self.bgp.md5_secret} if self.bgp.md5_secret else {}
+        if self.stats.auth:
+            refs["stats.auth.password_secret"] = self.stats.auth.password_secret
+        return refs
+
     def secret_names(self) -> list[str]:
         """The names of the secrets this config refers to."""
-        names = [self.bgp.md5_secret] if self.bgp.md5_secret else []
-        if self.stats.auth:
-            names.append(self.stats.auth.password_secret)
-        return names
+        return list(self.secret_refs().values())
 
 
 def _path(fields: Fields, key: str, default: str | None = None) -> str | None:
@@ -296,7 +318,7 @@ def _secret_ref(fields: Fields, key: str) -> str | None:
     if not fields.has(key):
         fields.raw(key, None)
         return None
-    return fields.string(key, pattern=NAME, hint=f"name a key of the secrets file; {NAME_HINT}")
+    return fields.string(key, pattern=NAME, hint=f"name a key of the secrets file; {NAME_HINT}", secret=True)
 
 
 def _parse_drain(fields: Fields) -> DrainPolicy | None:
@@ -331,16 +353,18 @@ def _parse_bgp(fields: Fields) -> Bgp:
     neighbors = tuple(fields.hosts("neighbors", ipv4_only=True))
     if not neighbors:
         raise ConfigError(f"{fields.at('neighbors')}: at least one neighbor is needed", "list the routers' addresses")
-    router_id = fields.ipv4("router_id")
+    router_id = fields.ipv4("router_id", unicast=True, local_ok=True)
     bgp = Bgp(
         local_as=fields.integer("local_as", 65001, low=1, high=4294967295),
         peer_as=fields.integer("peer_as", 65000, low=1, high=4294967295),
         router_id=router_id,
-        local_address=fields.ipv4("local_address", router_id),
+        local_address=fields.ipv4("local_address", router_id, unicast=True, local_ok=True),
         neighbors=neighbors,
         hold_time=fields.integer("hold_time", 3, low=3, high=65535),
         md5_secret=_secret_ref(fields, "md5_secret"),
-        graceful_restart=fields.integer("graceful_restart", 0, low=0, high=4095),
+        # RFC 4724 allows 4095 s, but the routers keep a restarting node's routes that long: a node that died
+        # mid-restart would black-hole its share of the clients for over an hour. A roll's restart takes seconds.
+        graceful_restart=fields.integer("graceful_restart", 0, low=0, high=MAX_GRACEFUL_RESTART),
         drain=_parse_drain(fields),
     )
     fields.done()
@@ -430,7 +454,7 @@ def _parse_vips(fields: Fields, groups: tuple[BackendGroup, ...]) -> tuple[Vip, 
     vips: list[Vip] = []
     known = [group.name for group in groups]
     for item in fields.sections("vips"):
-        address = item.ipv4("address")
+        address = item.ipv4("address", unicast=True)
         default_name = "vip-" + address.replace(".", "-")
         vip = Vip(name=item.name("name", default_name), address=address, backend=item.name("backend"))
         item.done()
@@ -575,16 +599,6 @@ def _parse(top: Fields) -> NodeConfig:
         auth_fields.done()
     else:
         stats_fields.raw("auth", None)
-    stats = Stats(
-        # Scraped from other hosts; whitelists.backend_http limits who may connect.
-        bind=stats_fields.ipv4("bind", "0.0.0.0"),  # noqa: S104
-        port=stats_fields.integer("port", 8404, low=1, high=65535),
-        auth=auth,
-    )
-    stats_fields.done()
-    if stats.port in (80, 443):
-        raise ConfigError(f"stats.port: {stats.port} is used by the S3 frontends", "use another port, e.g. 8404")
-
     wl_fields = top.section("whitelists")
     whitelists = Whitelists(
         routers=_parse_whitelist(wl_fields, "routers"),
@@ -599,6 +613,13 @@ def _parse(top: Fields) -> NodeConfig:
                     f"whitelists.routers: BGP neighbor {neighbor} is not in it",
                     "add the neighbor to whitelists.routers, or empty the list",
                 )
+
+    stats = _parse_stats(stats_fields, auth, bgp, whitelists)
+    if any(vip.address == stats.bind for vip in vips):
+        raise ConfigError(
+            f"stats.bind: {stats.bind} is a VIP: the stats page would face the clients",
+            "bind it to this node's own (management) address, or leave stats.bind out",
+        )
 
     log_fields = top.section("logs")
     logs = Logs(
@@ -650,6 +671,52 @@ def _parse(top: Fields) -> NodeConfig:
     return config
 
 
+def _parse_stats(fields: Fields, auth: StatsAuth | None, bgp: Bgp, whitelists: Whitelists) -> Stats:
+    """The stats listener: on this node's own address when it has a login or an allow-list, else on loopback."""
+    guarded = auth is not None or bool(whitelists.backend_http or whitelists.routers)
+    # Never 0.0.0.0 by default (that is the VIPs too): the node's BGP address (where its routers and monitoring
+    # reach it) once something guards the page, loopback until then (scrape through SSH, or configure a guard).
+    default = bgp.local_address if guarded else "127.0.0.1"
+    bind = fields.ipv4("bind", default)
+    if bind != "0.0.0.0":  # noqa: S104 - every address, judged below like any other
+        refuse_special(bind, fields.at("bind"), local_ok=True)
+    stats = Stats(
+        bind=bind,
+        port=fields.integer("port", 8404, low=1, high=65535),
+        auth=auth,
+        tls=fields.boolean("tls", False),
+        allow_open=fields.boolean("allow_open", False),
+    )
+    fields.done()
+    if stats.port in (80, 443):
+        raise ConfigError(f"stats.port: {stats.port} is used by the S3 frontends", "use another port, e.g. 8404")
+    found = stats_exposure(stats, whitelists)
+    if found.open and not stats.allow_open:
+        raise ConfigError(
+            f"stats: {found.open[0]}",
+            "list your monitoring hosts in whitelists.backend_http, or set stats.auth (with stats.tls), or bind "
+            "stats to 127.0.0.1; stats.allow_open: true accepts an open page",
+        )
+    return stats
+
+
+def stats_exposure(stats: Stats, whitelists: Whitelists) -> StatsExposure:
+    """Who may read the stats page besides the admin, and what is weak about it (both empty: nothing)."""
+    where = f"{stats.bind}:{stats.port}"
+    allow_list = bool(whitelists.backend_http or whitelists.routers)
+    loopback = ipaddress.IPv4Address(stats.bind).is_loopback
+    found = StatsExposure(open=[], weak=[])
+    if stats.bind == "0.0.0.0" and not allow_list:  # noqa: S104
+        found.open.append(
+            "stats.bind 0.0.0.0 listens on the public VIPs too, with no allow-list (whitelists.backend_http)"
+        )
+    elif not loopback and not allow_list and stats.auth is None:
+        found.open.append(f"anyone who reaches {where} reads /stats and /metrics: no allow-list and no login")
+    if stats.auth is not None and not stats.tls and not loopback:
+        found.weak.append(f"the stats login's password crosses plain HTTP on {where} (set stats.tls: true)")
+    return found
+
+
 def _parse_haproxy(fields: Fields) -> HAProxy:
     version = fields.string("version", "2.6", pattern=_VERSION, hint="MAJOR.MINOR, e.g. 2.6 or 3.0")
     major, minor = (int(part) for part in version.split("."))
@@ -684,7 +751,9 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", exc.fix) from None
     except ValueError:
         # PyYAML turns a number of thousands of digits into an int, which Python refuses.
         raise ConfigError(f"{path}: a number in the file is far too large", "use realistic values") from None

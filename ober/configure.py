@@ -21,6 +21,7 @@ from ober.errors import ConfigError
 from ober.haproxy_state import after_reload, node_degraded, worker_pid
 from ober.inventory import merge
 from ober.render import paths
+from ober.schema import load_yaml
 from ober.secrets import load_secrets
 from ober.services import reload_for, run_actions
 
@@ -32,13 +33,15 @@ def parse_assignment(text: str) -> tuple[list[str | int], Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not _KEY.match(key):
+        # Never the value (--set bgp.md5_secret=… may hold a secret); without '=' the whole argument may be one.
+        shown = f"{key!r}" if sep else "an argument without '='"
         raise ConfigError(
-            f"--set {text!r}: expected key=value, e.g. bgp.hold_time=5 or vips[0].backend=ceph-a",
+            f"--set {shown}: expected key=value, e.g. bgp.hold_time=5 or vips[0].backend=ceph-a",
             "keys are dotted names as in ober.yaml",
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ConfigError):
         raise ConfigError(f"--set {key}: the value is not valid YAML", "quote it, e.g. --set 'name=\"x\"'") from None
     path: list[str | int] = []
     for part in key.split("."):
@@ -49,21 +52,24 @@ def parse_assignment(text: str) -> tuple[list[str | int], Any]:
     return path, value
 
 
-def assign(data: dict[str, Any], path: list[str | int], value: Any, text: str) -> None:
-    """Set ``value`` at ``path`` inside ``data``, creating mappings on the way; list items must exist."""
+def assign(data: dict[str, Any], path: list[str | int], value: Any, key: str) -> None:
+    """Set ``value`` at ``path`` inside ``data``, creating mappings on the way; list items must exist.
+
+    ``key`` is the dotted key as typed, for errors (never the value: it may be a secret).
+    """
     node: Any = data
     for step, following in zip(path, [*path[1:], None], strict=True):
         last = following is None
         if isinstance(step, int):
             if not isinstance(node, list) or step >= len(node):
-                raise ConfigError(f"--set {text}: there is no item [{step}] there", "index an existing list item")
+                raise ConfigError(f"--set {key}: there is no item [{step}] there", "index an existing list item")
             if last:
                 node[step] = value
             else:
                 node = node[step]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {text}: {step!r} is inside something that is not a mapping")
+            raise ConfigError(f"--set {key}: {step!r} is inside something that is not a mapping")
         if last:
             node[step] = value
         else:
@@ -83,7 +89,7 @@ def edited(
         data = incoming if replace else merge(data, incoming)
     for text in assignments:
         path, value = parse_assignment(text)
-        assign(data, path, value, text)
+        assign(data, path, value, text.partition("=")[0].strip())
     return data
 
 

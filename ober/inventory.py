@@ -22,6 +22,7 @@ from ober.backend_changes import Delta, apply_changes, changes_path, parse_chang
 from ober.config import NodeConfig, parse_node_config, read_yaml
 from ober.errors import ConfigError
 from ober.hostlists import collect, expand
+from ober.render import paths, planned_paths
 from ober.schema import Fields, type_name
 
 DEFAULT_INVENTORY = "inventory"
@@ -163,7 +164,7 @@ def load_inventory(path: str | Path | None = None, *, backends: Mapping[str, Del
     source = inventory_path(path)
     if not source.exists():
         raise ConfigError(
-            f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or see inventory/example.yaml"
+            f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or write one: ober fleet init"
         )
     data, where = _read_source(source)
     changes = changes_path(source)
@@ -193,16 +194,50 @@ def resolve_inventory(data: object, where: str = "inventory") -> Inventory:
         nodes = _nodes(top, cluster, changes)
         files = _files(top, where)
         top.done()
+        _refuse_file_dests(files, nodes)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc.message}", exc.fix) from None
     if not nodes:
         raise ConfigError(f"{where}: no nodes", "add a group: groups: {rack1: {nodes: node[01-04], address: ...}}")
+    _refuse_clashes(nodes, where)
     if fleet.min_available > len(nodes):
         raise ConfigError(
             f"{where}: fleet.min_available is {fleet.min_available} but there are only {len(nodes)} nodes",
             "lower fleet.min_available",
         )
     return Inventory(site=site, source=where, ssh=ssh, fleet=fleet, nodes=tuple(nodes), files=files)
+
+
+def _refuse_clashes(nodes: list[InventoryNode], where: str) -> None:
+    """Refuse what only shows across nodes: two nodes with one address or router id, a node on another's VIP.
+
+    Each node's config is valid alone; two nodes with the same BGP address or router id still render, and the
+    routers would then take one for the other (a router id clash even tears down the other's session).
+    """
+    owners: dict[tuple[str, str], str] = {}
+    for node in nodes:
+        bgp = node.config.bgp
+        # In this order: a node given another's address also derives its router id from it; name the cause.
+        mine = [("address", node.address), ("router_id", bgp.router_id), ("BGP local_address", bgp.local_address)]
+        for key in mine:
+            other = owners.setdefault(key, node.name)
+            if other != node.name:
+                raise ConfigError(
+                    f"{where}: node {node.name} has the same {key[0]} as node {other} ({key[1]})",
+                    "give every node its own address and router id (groups zip them: address: 198.51.100.[11-14])",
+                )
+    vips: dict[str, str] = {}
+    for node in nodes:
+        for vip in node.config.vips:
+            vips.setdefault(vip.address, node.name)
+    for node in nodes:
+        bgp = node.config.bgp
+        for what, address in (("address", node.address), ("BGP local_address", bgp.local_address)):
+            if address in vips:
+                raise ConfigError(
+                    f"{where}: node {node.name}'s {what} {address} is a VIP of node {vips[address]}",
+                    "a VIP must be no node's own address",
+                )
 
 
 def _ssh(fields: Fields) -> SshSettings:
@@ -248,11 +283,49 @@ def _files(top: Fields, where: str) -> tuple[FileSpec, ...]:
         mode = int(raw_mode, 8) if isinstance(raw_mode, str) and re.fullmatch(r"0?[0-7]{3}", raw_mode) else raw_mode
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ConfigError(f"{entry.at('mode')}: {raw_mode!r} is not a file mode", "write it as '0600' or '0644'")
+        if mode & 0o022:
+            # Anyone who may write a certificate, key or CA bundle HAProxy trusts may impersonate the service.
+            raise ConfigError(
+                f"{entry.at('mode')}: {mode:04o} lets other users write the file", "write it as '0600' or '0644'"
+            )
         entry.done()
         if any(spec.dest == dest for spec in specs):
             raise ConfigError(f"{entry.at('dest')}: {dest} is listed twice", "list each node path once")
         specs.append(FileSpec(source if source.is_absolute() else base / source, dest, mode))
     return tuple(specs)
+
+
+# Where `files:` may put a file besides what a node's config names: ober's own etc (certificates) and the system's
+# certificate directories. Anything else (/etc/sudoers, a unit, ober's venv) is not what `files:` is for.
+FILE_DIRS = ("/etc/ssl/", "/etc/pki/", "/usr/local/share/ca-certificates/")
+
+
+def _refuse_file_dests(files: tuple[FileSpec, ...], nodes: list[InventoryNode]) -> None:
+    """Refuse a ``files:`` destination outside the certificate places, or one ober writes itself."""
+    allowed_dirs = set(FILE_DIRS)
+    named: set[str] = set()
+    owned: set[str] = set()
+    for node in nodes:
+        config = node.config
+        allowed_dirs.add(f"{config.install_path}/etc/")
+        if config.certificates.pem:
+            named.add(config.certificates.pem)
+            allowed_dirs.add(config.certificates.pem.rstrip("/") + "/")  # a directory of PEMs (SNI)
+        named.update(group.tls.ca_file for group in config.backends if group.tls.ca_file)
+        p = paths(config)
+        owned.update([*planned_paths(config), p["config"], p["venv"], p["run_dir"], p["whitelist_dir"]])
+        owned.update(f"{config.install_path}/etc/{name}" for name in ("login", ".bootstrap.json"))
+        owned.add(config.health.maintenance_file)
+    for index, spec in enumerate(files):
+        where = f"files[{index}].dest"
+        if spec.dest in owned or any(spec.dest.startswith(path + "/") for path in owned):
+            raise ConfigError(f"{where}: ober writes {spec.dest} itself", "change it through the inventory's config")
+        if spec.dest not in named and not any(spec.dest.startswith(d) for d in sorted(allowed_dirs)):
+            raise ConfigError(
+                f"{where}: {spec.dest} is not a place for certificates",
+                f"use a path the config names (certificates.pem, a backend's tls.ca_file) or one under "
+                f"{', '.join(sorted(allowed_dirs))}",
+            )
 
 
 def _zip(group: Fields, key: str, count: int) -> list[str] | None:

@@ -160,6 +160,10 @@ def graceful_stop(
         hard_deadline = clock() + HARD_STOP_SECONDS
         while state("ober-http") in RUNNING and clock() < hard_deadline:
             sleep(POLL)
+        if state("ober-http") == "failed":
+            # The hard stop was ours: a master ended by SIGTERM mid soft stop may exit with a status systemd calls a
+            # failure. Left "failed", the unit would look broken to the operator and to `ober status`.
+            systemctl("reset-failed", "ober-http")
     else:
         log("every client session finished")
     if ours:

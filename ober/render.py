@@ -99,6 +99,16 @@ def stop_timeout(config: NodeConfig) -> float:
     return config.health.drain_timeout + STOP_MARGIN
 
 
+EPHEMERAL = (1024, 65535)
+"""The source port range the kernel profile sets (net.ipv4.ip_local_port_range)."""
+
+
+def listening_ports(config: NodeConfig, within: tuple[int, int] = (1, 65535)) -> list[int]:
+    """The TCP ports HAProxy listens on (S3 on the VIPs, the stats page), those ``within`` the range, sorted."""
+    ports = {443, config.stats.port} | ({80} if config.certificates.http != "off" else set())
+    return sorted(port for port in ports if within[0] <= port <= within[1])
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -154,6 +164,8 @@ def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: W
         "haproxy_has_curves": version >= (2, 8),
         "groups_in_use": sorted({vip.backend for vip in config.vips}),
         "slot_prefix": SLOT_PREFIX,
+        "ephemeral": EPHEMERAL,
+        "reserved_ports": listening_ports(config, EPHEMERAL),
     }
 
 
@@ -192,6 +204,11 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
     return plan
 
 
+def planned_paths(config: NodeConfig) -> list[str]:
+    """The node paths :func:`render_node` writes besides ``ober.yaml``."""
+    return [path for _template, path, _mode in _plan(config, paths(config))]
+
+
 def render_node(
     config: NodeConfig,
     secrets: Mapping[str, str] | None = None,
@@ -216,7 +233,7 @@ def render_node(
         RenderError: a whitelist still holds unresolved names, or a template failed.
         SecretsError: a referenced secret is missing.
     """
-    used = pick(secrets or {}, config.secret_names())
+    used = pick(secrets or {}, config.secret_refs())
     context = _context(config, used, root, resolved or config.whitelists)
     files = [RenderedFile(paths(config)["config"], dump_config(config), 0o644)]
     for template, path, mode in _plan(config, paths(config)):

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, TypeVar
 
+import yaml
+
 from ober.errors import ConfigError
 from ober.hostlists import check_host, expand, is_ipv4
 
@@ -100,11 +102,17 @@ class Fields:
         *,
         pattern: re.Pattern[str] | None = None,
         hint: str = "",
+        secret: bool = False,
     ) -> str:
-        """A string, optionally matching ``pattern``."""
+        """A string, optionally matching ``pattern``.
+
+        With ``secret`` the value is never quoted in an error: the key names a secret, and a secret pasted there
+        instead of its name would be shown (in a terminal, a CI log, a ``--json`` document).
+        """
         value: str = self._typed(key, default, (str,), "a string")
         if pattern is not None and not pattern.match(value):
-            raise ConfigError(f"{self.at(key)}: {value!r} is not allowed", hint or f"match {pattern.pattern}")
+            shown = "the value" if secret else repr(value)
+            raise ConfigError(f"{self.at(key)}: {shown} is not allowed", hint or f"match {pattern.pattern}")
         return value
 
     def name(self, key: str, default: str | _Missing = MISSING) -> str:
@@ -147,12 +155,17 @@ class Fields:
             raise ConfigError(f"{self.at(key)}: {value!r} is out of range", f"use a duration {bounds}")
         return seconds
 
-    def ipv4(self, key: str, default: str | _Missing = MISSING) -> str:
-        """A single IPv4 address (not a network)."""
+    def ipv4(
+        self, key: str, default: str | _Missing = MISSING, *, unicast: bool = False, local_ok: bool = False
+    ) -> str:
+        """A single IPv4 address (not a network); with ``unicast``, one that may be announced (see `special`)."""
         value = self.string(key, default)
         if not is_ipv4(value):
             raise ConfigError(f"{self.at(key)}: {value!r} is not an IPv4 address", "write it like 198.51.100.10")
-        return str(ipaddress.IPv4Address(value))
+        address = str(ipaddress.IPv4Address(value))
+        if unicast:
+            refuse_special(address, self.at(key), local_ok=local_ok)
+        return address
 
     def hosts(self, key: str, default: list[str] | _Missing = MISSING, *, ipv4_only: bool = False) -> list[str]:
         """A hostlist (string or list of strings), expanded and validated."""
@@ -166,6 +179,7 @@ class Fields:
             for name in names:
                 if not is_ipv4(name):
                     raise ConfigError(f"{self.at(key)}: {name!r} is not an IPv4 address", "give addresses, not names")
+                refuse_special(name, self.at(key), local_ok=True)
         return names
 
     def section(self, key: str) -> Fields:
@@ -208,6 +222,40 @@ class Fields:
             )
 
 
+# Addresses no node may announce, own or peer from, with why: a VIP 0.0.0.0/32 or 224.0.0.1/32 would be accepted
+# by a router without a filter and black-hole or hijack what it stands for.
+_SPECIAL = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "is 'this network' (0.0.0.0/8), not a host address"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "is a loopback address"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "is link-local"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "is a multicast address"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "is reserved (240.0.0.0/4) or the broadcast address"),
+)
+
+
+_LOCAL = (ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv4Network("169.254.0.0/16"))
+
+
+def special(address: str, *, local_ok: bool = False) -> str | None:
+    """Why ``address`` cannot be a unicast address to announce (a VIP), or None.
+
+    With ``local_ok``, loopback and link-local pass: a BGP session may run over them (and tests peer on loopback),
+    but they are never routed beyond the link, so never a VIP.
+    """
+    ip = ipaddress.IPv4Address(address)
+    for network, why in _SPECIAL:
+        if ip in network and not (local_ok and network in _LOCAL):
+            return why
+    return None
+
+
+def refuse_special(address: str, where: str, *, local_ok: bool = False) -> None:
+    """Raise a ConfigError naming ``where`` when ``address`` is not a unicast address (see :func:`special`)."""
+    why = special(address, local_ok=local_ok)
+    if why is not None:
+        raise ConfigError(f"{where}: {address} {why}", "use a unicast address of your network")
+
+
 def parse_duration(value: object, where: str) -> float:
     """Parse ``30``, ``30s``, ``500ms``, ``10m``, ``2h`` or ``7d`` into seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -218,6 +266,52 @@ def parse_duration(value: object, where: str) -> float:
     if not match:
         raise ConfigError(f"{where}: {value!r} is not a duration", "write it like 500ms, 30s, 10m, 2h or 7d")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely, refusing a key that a mapping repeats.
+
+    PyYAML keeps the last of two equal keys without a word (``min_available: 3`` then ``min_available: 1`` reads
+    as 1); here that is an error naming the key's path and both lines.
+
+    Raises:
+        ConfigError: a repeated key (``line L, column C: duplicate key fleet.min_available (first on line N)``).
+        yaml.YAMLError: the text is not YAML (the caller names the file and position).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: that node was checked where it was defined
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        # By tag and text: `1` (a number) and `"1"` (a string) are different keys.
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = (key_node.tag, str(key_node.value)) if isinstance(key_node, yaml.ScalarNode) else None
+            where = f"{path}.{key[1]}" if path and key else (key[1] if key else path)
+            if key is not None and key in first:
+                mark, earlier = key_node.start_mark, first[key].start_mark
+                raise ConfigError(
+                    f"line {mark.line + 1}, column {mark.column + 1}: duplicate key {where} "
+                    f"(first on line {earlier.line + 1})",
+                    "keep one of them: YAML would silently use the last",
+                )
+            if key is not None:
+                first[key] = key_node
+            _refuse_duplicate_keys(value_node, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{index}]", seen)
 
 
 def each(items: list[T], check: Callable[[T, str], None], path: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from ober.errors import SecretsError
-from ober.schema import NAME, type_name
+from ober.errors import ConfigError, SecretsError
+from ober.schema import NAME, load_yaml, type_name
 
 DEFAULT_SECRETS = Path("~/.ober/login")
 
@@ -55,7 +55,10 @@ def load_secrets(path: str | Path | None = None, *, required: bool = True) -> di
             f"run: chmod 600 {file}",
         )
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = load_yaml(file.read_text(encoding="utf-8"))
+    except ConfigError as exc:
+        # A name given twice (the last would win silently, and the other value linger): names are not secret.
+        raise SecretsError(f"{file}: {exc.message}", exc.fix) from None
     except (OSError, ValueError) as exc:
         # ValueError: undecodable bytes, or a number too large for Python; never quote the content.
         raise SecretsError(f"{file}: cannot read: {exc.__class__.__name__}") from None
@@ -86,15 +89,25 @@ def load_secrets(path: str | Path | None = None, *, required: bool = True) -> di
     return secrets
 
 
-def pick(secrets: Mapping[str, str], names: list[str], source: str = "the secrets file") -> dict[str, str]:
-    """The secrets a config refers to; a missing one is an error that names it (never a value)."""
-    missing = [name for name in names if name not in secrets]
-    if missing:
-        raise SecretsError(
-            f"secret {missing[0]!r} is referenced by the config but not in {source}",
-            f"add '{missing[0]}: VALUE' to {source} (mode 600)",
-        )
-    return {name: secrets[name] for name in names}
+def pick(secrets: Mapping[str, str], refs: Mapping[str, str], source: str = "the secrets file") -> dict[str, str]:
+    """The secrets a config refers to (``refs``: the referring field → the secret's name).
+
+    A missing one is an error naming the *field* that refers to it, never the name it gives: a secret pasted
+    where its name belongs would otherwise be printed.
+    """
+    for field, name in refs.items():
+        if name not in secrets:
+            raise missing_secret(field, secrets, source)
+    return {name: secrets[name] for name in refs.values()}
+
+
+def missing_secret(field: str, secrets: Mapping[str, str], source: str = "the secrets file") -> SecretsError:
+    """The error for a secret that ``field`` names but ``source`` lacks (the field, and the names there are)."""
+    have = f"; the names it has: {', '.join(sorted(secrets))}" if secrets else ""
+    return SecretsError(
+        f"{field}: the secret it names is not in {source}",
+        f"add that name with its value to {source} (mode 600), or correct {field}{have}",
+    )
 
 
 def write_secrets(path: Path, secrets: Mapping[str, str]) -> None:

@@ -32,6 +32,7 @@ from ober.bootstrap.facts import (
 from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.errors import OberError
 from ober.runner import Runner
+from ober.wheelpins import REQUIREMENTS, pinned_install
 
 INDEX_TIMEOUT = 60.0
 REFRESH_TIMEOUT = 600.0
@@ -69,6 +70,8 @@ class UpgradeFacts:
     exabgp: Versions
     units: dict[str, UnitState] = field(default_factory=dict)
     wheelhouse: str | None = None
+    pinned: bool = False
+    """The wheelhouse pins every wheel by hash (``requirements.txt``): install exactly those, checked."""
 
 
 def version_key(version: str) -> tuple[tuple[int, str], ...]:
@@ -153,6 +156,7 @@ def gather_upgrade_facts(
         Versions(have.get("exabgp"), exabgp, source),
         {unit: read_unit(runner, unit) for unit in ("ober-http", "ober-bgp")} if systemd else {},
         str(wheelhouse) if wheelhouse else None,
+        wheelhouse is not None and (wheelhouse / REQUIREMENTS).is_file(),
     )
 
 
@@ -186,9 +190,13 @@ def plan_upgrade(facts: UpgradeFacts) -> list[Step]:
         steps.append(Step("ober", title, f"ober {ober.installed} is the newest in {ober.source}"))
     else:
         venv = f"{facts.install_path}/venv"
-        source = ("--no-index", "--find-links", facts.wheelhouse) if facts.wheelhouse else ()
+        source: tuple[str, ...] = ("--no-index", "--find-links", facts.wheelhouse) if facts.wheelhouse else ()
+        wanted: tuple[str, ...] = (f"ober=={ober.available}",)
+        if facts.wheelhouse and facts.pinned:
+            # Every wheel at its pinned version and hash (the wheelhouse's newest ober is among them).
+            source, wanted = tuple(pinned_install(facts.wheelhouse)), ()
         pip = (f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *source)
-        actions = [Run((*pip, "--upgrade", f"ober=={ober.available}"), PIP_TIMEOUT, (("PIP_NO_INPUT", "1"),))]
+        actions = [Run((*pip, "--upgrade", *wanted), PIP_TIMEOUT, (("PIP_NO_INPUT", "1"),))]
         why = f"ober {ober.installed} → {ober.available} from {ober.source}"
         if bgp.is_active:
             # ExaBGP and `ober health` are Python loaded at start: only a restart runs the new code.

@@ -20,7 +20,7 @@ from pathlib import Path
 from ober.certs import self_signed_pem
 from ober.config import NodeConfig
 from ober.errors import RenderError
-from ober.facts import find_program
+from ober.facts import find_program, parse_haproxy_version
 from ober.render import paths, render_node
 
 CHECK_TIMEOUT = 60.0
@@ -33,6 +33,10 @@ class CheckResult:
     tool: str
     warnings: list[str] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
+    host: str | None = None
+    """Where the tool ran: None for this machine, else the node's name."""
+    version: str | None = None
+    """The tool's version, where known."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,11 @@ def _stage_file(real: str, scratch: Path, result: CheckResult, make: str) -> Non
         shutil.copytree(source, target, dirs_exist_ok=True)
         return
     result.placeholders.append(real)
+    make_placeholder(target, make)
+
+
+def make_placeholder(target: Path, make: str) -> None:
+    """A stand-in at ``target``: ``program`` (exits 0), ``pem-dir`` (a directory of one PEM) or ``pem``."""
     if make == "program":
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("#!/bin/sh\nexit 0\n")
@@ -93,7 +102,7 @@ def _run(argv: list[str], tool: str, env: Mapping[str, str] | None = None) -> su
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=CHECK_TIMEOUT, env=env, check=False)
     except FileNotFoundError:
-        raise RenderError(f"{tool} is not installed here", f"install {tool}, or skip the check") from None
+        raise RenderError(f"{tool} is not installed here", _MISSING_FIX.get(tool, f"install {tool}")) from None
     except subprocess.TimeoutExpired:
         raise RenderError(f"{tool} did not finish in {CHECK_TIMEOUT:.0f}s") from None
 
@@ -122,12 +131,27 @@ class _Scratch:
         shutil.rmtree(self.host_dir, ignore_errors=True)
 
 
+_MISSING_FIX = {
+    "haproxy": "install haproxy here (the version the nodes run), check on a node instead "
+    "(ober fleet render --check-on NODE), or skip the check (--no-check)",
+    "exabgp": "reinstall ober (ExaBGP comes with it), or skip the check (--no-check)",
+}
 _PREFIX = re.compile(r"^\[(?:ALERT|WARNING|NOTICE)\]\s*(?:\(\d+\))?\s*:\s*(?:config\s*:\s*)?")
 
 
-def _lines(text: str, marker: str) -> list[str]:
+def tool_lines(text: str, marker: str) -> list[str]:
     """The tool's lines carrying ``marker``, without its ``[ALERT] (pid) : config :`` prefix."""
     return [_PREFIX.sub("", line.strip()) for line in text.splitlines() if marker in line]
+
+
+def haproxy_stand_ins(config: NodeConfig) -> list[tuple[str, str]]:
+    """The files ``haproxy -c`` reads that ober does not render: (node path, kind of placeholder)."""
+    crt = paths(config)["crt"]
+    staged = [(crt, "pem" if config.certificates.pem and crt.endswith(".pem") else "pem-dir")]
+    for group in config.backends:
+        if group.tls.enabled and group.tls.verify and group.tls.ca_file:
+            staged.append((group.tls.ca_file, "pem"))
+    return staged
 
 
 def check_haproxy(
@@ -144,13 +168,8 @@ def check_haproxy(
     scratch = _Scratch(tool)
     try:
         scratch.write(config, secrets)
-        crt = paths(config)["crt"]
-        _stage_file(
-            crt, scratch.host_dir, result, "pem" if config.certificates.pem and crt.endswith(".pem") else "pem-dir"
-        )
-        for group in config.backends:
-            if group.tls.enabled and group.tls.verify and group.tls.ca_file:
-                _stage_file(group.tls.ca_file, scratch.host_dir, result, "pem")
+        for real, make in haproxy_stand_ins(config):
+            _stage_file(real, scratch.host_dir, result, make)
         env = dict(os.environ)
         if config.stats.auth:
             env["OBER_STATS_PASSWORD"] = secrets.get(config.stats.auth.password_secret, "")
@@ -158,12 +177,13 @@ def check_haproxy(
         done = _run(tool.argv("-c", "-f", cfg), "haproxy", env)
         output = scratch.unscratch(done.stdout + done.stderr)
         if done.returncode != 0:
-            alerts = _lines(output, "[ALERT]") or output.strip().splitlines()[-1:] or ["no output"]
+            alerts = tool_lines(output, "[ALERT]") or output.strip().splitlines()[-1:] or ["no output"]
             raise RenderError(
                 f"haproxy -c rejected {paths(config)['haproxy_cfg']}: {alerts[0]}",
                 "fix the config value it names; see 'haproxy -c' output for more",
             )
-        result.warnings = _lines(output, "[WARNING]")
+        result.warnings = tool_lines(output, "[WARNING]")
+        result.version = parse_haproxy_version(_run(tool.argv("-v"), "haproxy").stdout)
         return result
     finally:
         scratch.close()

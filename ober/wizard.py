@@ -365,12 +365,19 @@ class Wizard:
         self.field(["health", "fall"], "Bad checks in a row to withdraw", 3, number=True)
 
     def _stats(self) -> None:
-        self.field(["stats", "bind"], "Stats/metrics listen address", "0.0.0.0")  # noqa: S104 - the model's default
+        # Empty: the model's default, this node's own address once a login guards the page, else loopback.
+        self.field(["stats", "bind"], "Stats/metrics listen address (empty: own address with a login, else 127.0.0.1)")
         self.field(["stats", "port"], "Stats/metrics port", 8404, number=True)
         auth = bool(_get(self.data, ["stats", "auth"]))
         if self.ask.confirm("Password-protect the stats page?", auth):
             self.field(["stats", "auth", "user"], "Stats user", "admin")
             self.field(["stats", "auth", "password_secret"], "Secret name of the password", required=True)
+            # The password would otherwise cross plain HTTP: yes for a new login, else as it is.
+            tls = bool(_get(self.data, ["stats", "tls"])) if auth else True
+            if self.ask.confirm("Serve the stats page over TLS (else the password crosses plain HTTP)?", tls):
+                _put(self.data, ["stats", "tls"], True)
+            else:
+                _put(self.data, ["stats", "tls"], None)
         else:
             _put(self.data, ["stats", "auth"], None)
 

@@ -79,7 +79,7 @@ def fresh(path: str = INSTALL) -> InstallFacts:
 
 
 def done_install(path: str = INSTALL) -> InstallFacts:
-    return InstallFacts(path, EVERY_DIR, True, {"exabgp": "5.0.15", "ober": "0.1.0"})
+    return InstallFacts(path, EVERY_DIR, True, {"exabgp": "5.0.15", "ober": "0.1.0"}, f"{path}/venv/bin/ober")
 
 
 def plan(h: HostFacts, i: InstallFacts | None = None, wheels: str | None = "/root/wh") -> dict[str, Step]:
@@ -206,6 +206,16 @@ def test_venv_from_a_wheelhouse_is_offline_and_pinned() -> None:
     assert commands(tree)[1].endswith("exabgp==5.0.15 /src/ober")
 
 
+def test_venv_from_a_pinned_wheelhouse_installs_exactly_its_hashed_wheels() -> None:
+    steps = plan_bootstrap(Facts(host(), fresh()), BootstrapOptions(INSTALL, "/root/wh", pinned=True))
+    [venv] = [step for step in steps if step.name == "venv"]
+    assert commands(venv)[1] == (
+        "PIP_NO_INPUT=1 /opt/ober/venv/bin/python -m pip install -q --disable-pip-version-check --no-index "
+        "--find-links /root/wh --require-hashes -r /root/wh/requirements.txt"
+    )
+    assert "checked against its pinned hash" in venv.why
+
+
 def test_venv_with_an_older_ober_is_updated_and_only_new_names_are_recorded() -> None:
     old = InstallFacts(INSTALL, EVERY_DIR, True, {"ober": "0.0.9"})
     step = plan(host(), old)["venv"]
@@ -246,7 +256,7 @@ def test_distribution_unit_and_networkd() -> None:
 def test_a_bootstrapped_machine_gets_nothing_to_do_with_a_reason_for_each_step() -> None:
     node = host(haproxy_version="3.0.11", haproxy_ssl="OpenSSL 3.5.9", haproxy_unit=OFF, networkd=ON)
     steps = plan_bootstrap(Facts(node, done_install()), BootstrapOptions(INSTALL, "/root/wh"))
-    assert [step.name for step in steps] == ["host", "dirs", "packages", "haproxy.service", "venv", "network"]
+    assert [step.name for step in steps] == ["host", "dirs", "packages", "haproxy.service", "venv", "path", "network"]
     for step in steps:
         assert not step.changes and step.why, step
     assert {step.name: step.why for step in steps}[
@@ -426,6 +436,51 @@ def test_uninstall_undoes_the_ledger_newest_first_and_keeps_what_ober_did_not_wr
     # certs holds a file ober did not write: it stays, and so do its parents; the venv goes.
     assert commands(steps["dirs"]) == ["rm -rf /opt/ober/venv"]
     assert "kept, holding files ober did not write: /opt/ober/etc/certs (holds mine.pem)" in steps["dirs"].why
+
+
+def test_bootstrap_puts_ober_on_path_and_records_the_link() -> None:
+    made = plan(host())["path"]
+    assert commands(made) == ["ln -s /opt/ober/venv/bin/ober /usr/local/bin/ober"]
+    action = made.actions[0]
+    assert isinstance(action, Run) and action.record == Entry(
+        "symlink", "/usr/local/bin/ober", ("/opt/ober/venv/bin/ober",)
+    )
+    assert not plan(host(), done_install())["path"].changes
+    # Someone else's ober (a pip install, another install path) is not replaced: a warning says what to run.
+    for other in (
+        replace(fresh(), path_link="/opt/other/venv/bin/ober"),
+        replace(fresh(), path_taken=True),
+    ):
+        step = plan(host(), other)["path"]
+        assert not step.changes
+        assert step.warnings and "run /opt/ober/venv/bin/ober" in step.warnings[0]
+    assert not plan(host(), replace(fresh(), path_dir=False))["path"].changes
+
+
+def test_uninstall_removes_the_link_only_while_it_is_bootstraps() -> None:
+    entry = Entry("symlink", "/usr/local/bin/ober", ("/opt/ober/venv/bin/ober",))
+
+    def undo(now: str | None) -> Step:
+        facts = UninstallFacts(INSTALL, (entry,), (), frozenset(), {}, {}, links={entry.target: now})
+        return {step.name: step for step in plan_uninstall(facts)}["symlink"]
+
+    ours = undo("/opt/ober/venv/bin/ober")
+    assert commands(ours) == ["rm -f /usr/local/bin/ober"]
+    moved = undo("/usr/lib/other/ober")
+    assert not moved.changes and moved.forget == (entry,) and "left alone" in moved.why
+    gone = undo(None)
+    assert not gone.changes and gone.forget == (entry,)
+
+
+def test_install_facts_read_the_link_on_path(tmp_path: Path) -> None:
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    assert gather_install_facts(INSTALL, tmp_path).path_link is None
+    (tmp_path / "usr/local/bin/ober").symlink_to("/opt/ober/venv/bin/ober")  # dangling here: still read
+    facts = gather_install_facts(INSTALL, tmp_path)
+    assert facts.path_link == "/opt/ober/venv/bin/ober" and not facts.path_taken and facts.path_dir
+    (tmp_path / "usr/local/bin/ober").unlink()
+    (tmp_path / "usr/local/bin/ober").write_text("#!/bin/sh\n")
+    assert gather_install_facts(INSTALL, tmp_path).path_taken
 
 
 def test_uninstall_with_nothing_to_undo() -> None:

@@ -35,6 +35,7 @@ from ober.lab.image import DEFAULT_IMAGE
 from ober.lab.netns import Lab, run_in
 from ober.lab.nspawn import NspawnNode, boot_node
 from ober.lab.router import Router, start_router
+from ober.remote.ownwheel import SOURCES
 from tests.conftest import REPO, require
 from tests.debs import newer_haproxy_deb
 from tests.test_lab_nspawn import nspawn_prerequisites, wheelhouse_for_nodes
@@ -234,10 +235,11 @@ def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
 def bumped_wheel(lab: Lab, version: str) -> Path:
     """ober's wheel built from a copy of this source tree whose version says ``version``."""
     tree = lab.path("newer")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy2(REPO / name, tree / name)
-    for name in ("ober", "templates"):
-        shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SOURCES:  # what goes into ober's wheel
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, tree / name)
     for name in ("pyproject.toml", "ober/__init__.py"):
         path = tree / name
         text = path.read_text()

@@ -261,7 +261,11 @@ def test_rendered_files_checked_by_the_real_tools(node: Callable[..., NodeConfig
     assert "secret" not in check.detail  # the real values were there
     # On a node without the secrets file, stand-ins are used and named (never a value).
     [check] = check_rendered(config, {})
-    assert check.status == "ok" and "secret bgp_md5" in check.detail and "secret stats_password" in check.detail
+    assert (
+        check.status == "ok"
+        and "the secret of bgp.md5_secret" in check.detail
+        and "the secret of stats.auth.password_secret" in check.detail
+    )
 
 
 @pytest.mark.usefixtures("_tools")
@@ -581,6 +585,7 @@ def test_run_test_all_good(
         "rendered files": "ok",
         "bgp tcp 127.0.0.1": "ok",
         f"rgw ceph-a 127.0.0.1:{server.port}": "ok",
+        "sse-c": "skip",  # no s3_probe_* keys in the secrets file
         "cert valid.pem expiry": "ok",
         "cert valid.pem key": "ok",
         "cert valid.pem chain": "warn",
@@ -620,6 +625,9 @@ def test_doctor_bootstrapped_but_nothing_running(
     # No session, so the router's TCP reachability is probed to narrow it down.
     assert found["bgp tcp 127.0.0.1"] == "ok" and found[f"rgw ceph-a 127.0.0.1:{server.port}"] == "ok"
     assert found["cert valid.pem expiry"] == "ok"
+    # The stats page: this config has a login but no TLS, so its password would cross plain HTTP.
+    [stats] = [check for check in checks if check.name == "stats page"]
+    assert stats.status == "warn" and "crosses plain HTTP" in stats.detail and stats.fix is not None
     assert {found["unit ober-http"], found["unit ober-bgp"]} <= {"ok", "fail", "skip"}
 
 
@@ -705,7 +713,7 @@ def test_cli_test_passes(
             path = write_config(node, tmp_path, servers=f"127.0.0.1:{server.port}", pem=certs["valid"])
             status, out, err = run(capsys, "test", "-c", str(path), "--secrets", str(secrets_file))
     assert status == 0, out + err
-    assert "7 checks, none failed, 1 warnings" in out and "self-signed" in out
+    assert "8 checks, none failed, 1 warnings" in out and "self-signed" in out
     assert not any(value in out + err for value in SECRETS.values())
 
 

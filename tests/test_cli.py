@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -198,6 +199,92 @@ def test_quiet_silences_tables_but_not_errors(capsys: pytest.CaptureFixture[str]
     assert status == 0 and out == "" and err == ""
     status, out, err = run(capsys, "-q", "fleet", "inventory", "-i", str(EXAMPLE), "nodeXX")
     assert status == 1 and out == "" and "nodeXX" in err
+
+
+def test_global_options_work_after_the_subcommand_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "-q")
+    assert status == 0 and out == "" and err == ""
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(EXAMPLE), "-v")  # was: no such option
+    assert status == 0 and "node01" in out, err
+    status, out, _ = run(capsys, "fleet", "-q", "inventory", "-i", str(EXAMPLE))
+    assert status == 0 and out == ""
+    missing = ["-c", str(tmp_path / "none.yaml"), "-o", str(tmp_path / "o")]
+    status, out, _ = run(capsys, "render", *missing, "--json")
+    assert status == 1 and json.loads(out)["error"].endswith("no such file")
+    status, _, err = run(capsys, "render", *missing, "-vv")
+    assert status == 1 and "Traceback" in err
+    # Commands of plain click groups get them too.
+    for argv in (("certs", "reload"), ("lab", "status"), ("fleet", "restart")):
+        status, out, _ = run(capsys, *argv, "--help")
+        assert status == 0 and all(flag in out for flag in ("--json", "--quiet", "--verbose")), argv
+
+
+def test_fleet_init_writes_a_commented_starter_that_loads_and_renders(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    site = tmp_path / "site1"
+    status, out, err = run(capsys, "fleet", "init", str(site))
+    assert status == 0, err
+    written = site / "site.yaml"
+    text = written.read_text()
+    assert f"wrote {written}" in out and "ober fleet bootstrap -i" in out and "--accept-new-host-keys" in out
+    assert text.startswith("# A starter inventory") and text.count("# CHANGE") >= 8
+    status, out, err = run(capsys, "fleet", "inventory", "-i", str(site), "--json")
+    assert status == 0, err
+    doc = json.loads(out)
+    assert [node["name"] for node in doc["nodes"]] == ["node01", "node02"]
+    assert doc["nodes"][1]["address"] == "198.51.100.12"
+    # HAProxy and ExaBGP accept every node's files as rendered from it (the certificate stood in by a placeholder).
+    status, _, err = run(capsys, "fleet", "render", "-i", str(site), "-o", str(tmp_path / "out"))
+    assert status == 0, err
+    assert (tmp_path / "out/node02/opt/ober/etc/haproxy.cfg").is_file()
+    # A second init does not overwrite (or mix into) an inventory.
+    status, _, err = run(capsys, "fleet", "init", str(site))
+    assert status == 1 and "holds an inventory already (site.yaml)" in err
+    assert written.read_text() == text
+
+
+def test_fleet_init_example_writes_the_example_site(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    status, _, err = run(capsys, "fleet", "init", "--example", str(tmp_path / "ex"))
+    assert status == 0, err
+    assert (tmp_path / "ex/site.yaml").read_text() == EXAMPLE.read_text()
+    (tmp_path / "file").write_text("")
+    status, _, err = run(capsys, "fleet", "init", str(tmp_path / "file"))
+    assert status == 1 and "is a file, not a directory" in err
+
+
+def complete(cwd: Path, *words: str) -> list[str]:
+    """What bash completion offers for the last of ``words`` (the protocol click's bash script speaks)."""
+    env = {
+        **os.environ,
+        "_OBER_COMPLETE": "bash_complete",
+        "COMP_WORDS": " ".join(["ober", *words]),
+        "COMP_CWORD": str(len(words)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ober"], env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [line.split(",", 1)[1] for line in done.stdout.splitlines() if line]
+
+
+def test_shell_completion_offers_the_inventorys_node_names(tmp_path: Path) -> None:
+    inventory = ["-i", str(EXAMPLE)]
+    assert complete(tmp_path, "fleet", "status", *inventory, "") == ["node01", "node02", "node03", "node04"]
+    assert complete(tmp_path, "fleet", "drain", *inventory, "node0") == ["node01", "node02", "node03", "node04"]
+    # After a comma: the names not given yet, each completing the whole word.
+    assert complete(tmp_path, "fleet", "undrain", *inventory, "node02,node0") == [
+        "node02,node01",
+        "node02,node03",
+        "node02,node04",
+    ]
+    # The default inventory ($OBER_INVENTORY, else ./inventory/): none here, so nothing, and no error.
+    assert complete(tmp_path, "fleet", "status", "") == []
+    (tmp_path / "inventory").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "inventory" / "site.yaml")
+    assert complete(tmp_path, "fleet", "restart", "--full", "node04") == ["node04"]
+    # Subcommands complete as click always did.
+    assert "bootstrap" in complete(tmp_path, "fleet", "")
 
 
 def test_every_command_is_found_under_its_name() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ober.apply import Change, apply, diff, plan
+from ober.apply import KEEP_BACKUPS, Change, apply, diff, plan
 from ober.cli import main
 from ober.config import NodeConfig, load_config
 from ober.configure import edited, parse_assignment
@@ -151,6 +152,45 @@ def test_failed_verify_rolls_back_every_file(root: Path, tmp_path: Path) -> None
     assert reloads == ["reload", "reload"]  # once with the new files, once after restoring the old ones
     after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and "backup" not in p.parts}
     assert after == before
+
+
+def test_backups_are_pruned_and_never_keep_a_rotated_secret(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    config = load_config(DATA / "node.yaml")
+    backups = root / "opt/ober/backup"
+    used: list[str] = []
+    for round_ in range(KEEP_BACKUPS + 3):
+        # Each round rotates the MD5 password and changes a file without secrets (HAProxy's maxconn).
+        secret = f"rotated-{round_}-Pa55"
+        used.append(secret)
+        changed = dataclasses.replace(config, haproxy=dataclasses.replace(config.haproxy, maxconn=1000 + round_))
+        rendered = render_node(changed, {**SECRETS, "bgp_md5": secret})
+        owned = [f.path for f in rendered.files]
+        result = apply(
+            plan(rendered, root, config.install_path),
+            root,
+            config.install_path,
+            owned,
+            reload=lambda: None,
+            verify=lambda: None,
+        )
+        assert round_ == 0 or (result.backup is not None and result.backup.parent == backups)
+    kept = sorted(path for path in backups.iterdir())
+    assert len(kept) == KEEP_BACKUPS  # every apply but the first made one (haproxy.cfg changed each time)
+    # The newest are kept: each holds the haproxy.cfg its apply replaced.
+    held = [re.search(r"maxconn (\d+)", (b / "opt/ober/etc/haproxy.cfg").read_text()) for b in kept]
+    assert [int(m.group(1)) for m in held if m] == list(range(1000 + 8 - KEEP_BACKUPS - 1, 1000 + 7))
+    assert stat.S_IMODE(backups.stat().st_mode) == 0o700
+    copies = [path for path in backups.rglob("*") if path.is_file()]
+    # What is left is for reading and rolling back by hand: haproxy.cfg is there, no password is.
+    assert any(path.name == "haproxy.cfg" for path in copies)
+    for path in copies:
+        text = path.read_text()
+        assert not any(secret in text for secret in used), path
+        assert SECRETS["stats_password"] not in text, path
+    # The live files hold the newest secret, mode 600.
+    live = root / "opt/ober/etc/exabgp.conf"
+    assert used[-1] in live.read_text() and stat.S_IMODE(live.stat().st_mode) == 0o600
 
 
 def test_diff_hides_secret_files() -> None:

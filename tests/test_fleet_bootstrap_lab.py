@@ -6,10 +6,14 @@ and two real Ceph RGW groups; the router's kernel route is the truth about what 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
+from ober.lab.labfiles import STATS_SECRET
 from ober.lab.rgw import in_netns
 from tests.fleet_lab import FleetLab, fleet_lab_fixture  # noqa: F401  (the shared fixture fleet_lab)
 
@@ -121,6 +126,46 @@ def test_s3_through_the_vip_over_tls_against_real_rgw(fleet_lab: FleetLab) -> No
     # RGW checks SigV4 over the Host header the client signed: it reached RGW unchanged through HAProxy.
     assert in_netns(fleet_lab.fleet.client_ns, lambda: signed_with("not-the-secret")) == "SignatureDoesNotMatch"
     assert in_netns(fleet_lab.fleet.client_ns, lambda: signed_with(None)) == "accepted"
+
+
+def test_the_stats_page_wants_a_login_over_tls_on_the_nodes_address_never_on_a_vip(fleet_lab: FleetLab) -> None:
+    fleet_lab.wait_in_service()
+    address = next(iter(fleet_lab.addresses.values()))
+    password = yaml.safe_load(fleet_lab.fleet.secrets_path.read_text())[STATS_SECRET]
+    vip = fleet_lab.vips["ceph-a"]
+
+    def fetch(url: str, login: str | None = None) -> str:
+        # The site certificate, its chain verified; it names the service, not the node's address.
+        context = ssl.create_default_context(cafile=str(fleet_lab.fleet.ca_pem))
+        context.check_hostname = False
+        request = urllib.request.Request(url)  # noqa: S310 - http(s) URLs built here
+        if login is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as answer:  # noqa: S310 - our URLs
+                return f"HTTP {answer.status}"
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return type(reason).__name__
+
+    def from_client() -> dict[str, str]:
+        return {
+            "no login": fetch(f"https://{address}:8404/stats"),
+            "wrong login": fetch(f"https://{address}:8404/stats", "admin:wrong"),
+            "login": fetch(f"https://{address}:8404/stats", f"admin:{password}"),
+            "metrics": fetch(f"https://{address}:8404/metrics", f"admin:{password}"),
+            "plain http": fetch(f"http://{address}:8404/stats", f"admin:{password}"),
+            "on a VIP": fetch(f"https://{vip}:8404/stats", f"admin:{password}"),
+        }
+
+    seen = in_netns(fleet_lab.fleet.client_ns, from_client, timeout=60)
+    assert seen["no login"] == seen["wrong login"] == "HTTP 401", seen
+    assert seen["login"] == seen["metrics"] == "HTTP 200", seen
+    # Plain HTTP never gets an answer (the password would cross in clear), and nothing listens on the VIPs.
+    assert not seen["plain http"].startswith("HTTP 2"), seen
+    assert seen["on a VIP"] in ("ConnectionRefusedError", "TimeoutError", "timeout"), seen
 
 
 def invocations(lab: FleetLab, node: str) -> str:

@@ -405,7 +405,7 @@ def test_push_without_a_needed_secret_touches_nothing() -> None:
 
     node = FakeNode({})
     result = push_node(node, NODE, {"bgp_md5": "x"}, dry_run=False)
-    assert not result.ok and "stats_password" in (result.error or "")
+    assert not result.ok and "stats.auth.password_secret" in (result.error or "")
     assert node.ran == [] and node.put_files == {}
 
 
@@ -457,7 +457,7 @@ def test_config_replace_drops_what_the_new_file_leaves_out(tmp_path: Any, capsys
     assert main([*base, "--from", str(incoming), "--replace"]) == 0
     assert list(yaml.safe_load(config.read_text())["backends"]) == ["ceph-a"]
     capsys.readouterr()
-    assert main([*base, "--replace", "--set", "health.rise=3"]) == 1
+    assert main([*base, "--replace", "--set", "health.rise=3"]) == 2  # a usage error
     assert "--replace needs --from FILE" in capsys.readouterr().err
 
 
@@ -702,6 +702,27 @@ def test_the_guard_does_not_suggest_undrain_for_a_node_that_did_not_answer() -> 
     assert "ober fleet undrain node01;" in str(refused.value.fix)
     assert "node02 did not answer" in str(refused.value.fix)
     assert decide(views, ["node03"], 2, 4).to_dict()["unknown"] == ["node02"]
+
+
+def test_a_drain_dry_run_never_says_ok_about_nodes_that_did_not_answer(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ober.cli import main
+
+    inventory = str(REPO / "inventory" / "example.yaml")
+    fake_ssh(monkeypatch, dict.fromkeys(FLEET4))  # every node unreachable
+    assert main(["fleet", "drain", "node03", "--dry-run", "-i", inventory]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "guard: ok" not in text
+    assert "guard refused: node03 did not answer, so ober can neither tell what it announces nor take it out" in text
+    # Only another node silent: allowed, but said to rest on counting that node as out.
+    fake_ssh(monkeypatch, {"node02": None})
+    assert main(["fleet", "drain", "node03", "--dry-run", "--max-unavailable", "2", "-i", inventory]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "guard: allowed only by counting node02 as out of service" in text and "guard: ok" not in text
+    fake_ssh(monkeypatch, {})
+    assert main(["fleet", "drain", "node03", "--dry-run", "-i", inventory]) == 0
+    assert "guard: ok (4 live now, 3 after" in capsys.readouterr().out
 
 
 # --- a node that serves degraded after a push (issue 9 item 5) ---------------------------------------------------

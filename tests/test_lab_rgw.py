@@ -251,7 +251,10 @@ def test_ceph_conf_keeps_every_path_in_the_work_directory(tmp_path: Path) -> Non
     for index, address in enumerate(RGWS):
         section = conf[f"client.rgw.{index}"]
         assert section["ms mon client mode"] == "crc"
-        assert section["rgw frontends"] == f"beast endpoint={address}:7480"
+        # Configured as ober's README tells operators to configure RGW behind ober.
+        assert section["rgw frontends"] == f"beast endpoint={address}:7480 tcp_nodelay=1"
+        assert section["rgw trust forwarded https"] == "true"
+        assert "rgw dns name" not in section
     paths = [value for name in conf.sections() for value in conf[name].values() if "/" in value]
     assert paths
     for value in paths:
@@ -259,6 +262,19 @@ def test_ceph_conf_keeps_every_path_in_the_work_directory(tmp_path: Path) -> Non
     settings = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     for system in ("/etc/ceph", "/var/lib/ceph", "/var/run/ceph", "/run/ceph", "/var/log/ceph"):
         assert system not in settings
+
+
+def test_ceph_conf_with_radosgws_own_tls_and_dns_name(tmp_path: Path) -> None:
+    pem = tmp_path / "s3.pem"
+    text = render_ceph_conf(Layout(tmp_path), "fsid", MON, RGWS, tls_pem=pem, dns_name="s3.example.test")
+    conf = configparser.RawConfigParser(strict=True)
+    conf.read_string(text)
+    for index, address in enumerate(RGWS):
+        section = conf[f"client.rgw.{index}"]
+        assert section["rgw frontends"] == (
+            f"beast endpoint={address}:7480 ssl_endpoint={address}:7443 ssl_certificate={pem} tcp_nodelay=1"
+        )
+        assert section["rgw dns name"] == "s3.example.test"
 
 
 def test_ceph_conf_is_deterministic(tmp_path: Path) -> None:

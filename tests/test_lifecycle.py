@@ -24,7 +24,9 @@ SS = """\
 class FakeNode:
     """systemd and a clock: HAProxy's soft stop ends after ``finishes_after`` seconds (None: never)."""
 
-    def __init__(self, finishes_after: float | None) -> None:
+    def __init__(self, finishes_after: float | None, killed_state: str = "inactive") -> None:
+        self.killed_state = killed_state
+        """What systemd says after the hard stop ("failed" when the master's exit status counts as a failure)."""
         self.now = 0.0
         self.calls: list[tuple[str, ...]] = []
         self.finishes_after = finishes_after
@@ -35,12 +37,16 @@ class FakeNode:
         self.calls.append(args)
         if args[0] == "stop":
             self.stop_at = self.now
+        if args[0] == "reset-failed":
+            self.killed_state = "inactive"
 
     def state(self, unit: str) -> str:
         assert unit == "ober-http"
         if self.stop_at is None:
             return "active"
-        if self.killed or (self.finishes_after is not None and self.now >= self.stop_at + self.finishes_after):
+        if self.killed:
+            return self.killed_state
+        if self.finishes_after is not None and self.now >= self.stop_at + self.finishes_after:
             return "inactive"
         return "deactivating"
 
@@ -87,6 +93,12 @@ def test_the_timeout_hard_stops_and_counts_what_it_cut(tmp_path: Path, make_conf
         ("kill", "--kill-whom=main", "--signal=SIGTERM", "ober-http"),
     ]
     assert left == 2 and 6.0 <= waited < 7.0
+
+
+def test_a_hard_stop_does_not_leave_the_unit_failed(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:
+    node = FakeNode(finishes_after=None, killed_state="failed")
+    stop(config_in(tmp_path, make_config), node, 6, sessions=lambda: 1)
+    assert node.calls[-1] == ("reset-failed", "ober-http") and node.state("ober-http") == "inactive"
 
 
 def test_an_operators_drain_stays(tmp_path: Path, make_config: Callable[..., NodeConfig]) -> None:

@@ -328,7 +328,8 @@ def test_ober_stop_withdraws_before_the_units_stop(systemd_lab: SystemdLab) -> N
     done = node.run(f"{OBER} --json stop --timeout 5", timeout=60)
     assert yaml.safe_load(done.stdout)["withdrawn"] is True
     assert systemd_lab.hops() == []
-    assert systemd_lab.active("ober-http") == "inactive" and systemd_lab.active("ober-bgp") == "inactive"
+    units = [systemd_lab.active("ober-http"), systemd_lab.active("ober-bgp")]
+    assert units == ["inactive", "inactive"], f"{units}: {done.stdout}\n{systemd_lab.journal(80)}"
     journal = node.run("journalctl -o short-unix --no-pager -u ober-bgp -u ober-http -n 200").stdout
     withdrawn = [line for line in journal.splitlines() if "-> disabled (maintenance), withdraw" in line]
     stopping = [line for line in journal.splitlines() if "Stopping ober-http" in line or "Stopping ober" in line]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import ConfigError, RenderError, SecretsError
+from ober.lab.netns import Lab, run_in, set_sysctl
 from ober.render import render_node, seconds
 from ober.validate import Tool, check_exabgp, check_haproxy
 from tests.conftest import SECRETS, require
@@ -130,7 +134,8 @@ def test_secrets_stay_out_of_config_and_haproxy_cfg(make_config: Callable[..., N
 def test_missing_secret_is_named_never_shown(make_config: Callable[..., NodeConfig]) -> None:
     with pytest.raises(SecretsError) as error:
         render_node(make_config(), {"stats_password": "x-only"})
-    assert "'bgp_md5'" in error.value.message
+    # The field that names it: the name itself may be a secret typed in the wrong place.
+    assert error.value.message.startswith("bgp.md5_secret: ")
     assert "x-only" not in str(error.value)
 
 
@@ -149,7 +154,7 @@ def test_haproxy_cfg_content_for_s3(make_config: Callable[..., NodeConfig]) -> N
         "hard-stop-after 3600s",
         "http-request use-service prometheus-exporter if { path /metrics }",
         "tcp-request connection reject unless { src -f /opt/ober/etc/whitelist/frontend-http.lst }",
-        "http-check send meth GET uri / ver HTTP/1.1",
+        "http-check send meth GET uri / ver HTTP/1.0",
         "default-server init-addr last,libc,none check inter 1s fastinter 200ms rise 2 fall 3 "
         "observe layer4 error-limit 1 on-error fastinter",
     ):
@@ -192,6 +197,44 @@ def test_sysctl_and_journald(make_config: Callable[..., NodeConfig]) -> None:
     assert "MaxRetentionSec=604800s" in tuned.file("/etc/systemd/journald.conf.d/90-ober.conf").content
     none = render_node(make_config(kernel_profile="none"), SECRETS)
     assert "net." not in none.file("/etc/sysctl.d/90-ober.conf").content
+
+
+def sysctl_values(text: str) -> dict[str, str]:
+    pairs = (line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+    return {key: value for key, value in pairs}
+
+
+@pytest.mark.parametrize(("port", "reserved"), [(8404, "8404"), (20000, "20000"), (1023, None)])
+def test_no_port_ober_listens_on_is_a_source_port(
+    make_config: Callable[..., NodeConfig], port: int, reserved: str | None
+) -> None:
+    config = make_config(stats={"bind": "127.0.0.1", "port": port})
+    values = sysctl_values(render_node(config, SECRETS).file("/etc/sysctl.d/90-ober.conf").content)
+    assert values["net.ipv4.ip_local_port_range"] == "1024 65535"
+    # Only what lies in that range needs reserving: 80, 443 and a stats port below 1024 are never source ports.
+    assert values.get("net.ipv4.ip_local_reserved_ports") == reserved
+
+
+@pytest.mark.lab
+def test_the_kernel_never_hands_out_the_stats_port_as_a_source_port(make_config: Callable[..., NodeConfig]) -> None:
+    require(os.geteuid() == 0, "network namespaces need root")
+    values = sysctl_values(render_node(make_config(), SECRETS).file("/etc/sysctl.d/90-ober.conf").content)
+    with Lab() as lab:
+        ns = lab.netns("ports")
+        set_sysctl(ns, "net.ipv4.ip_local_reserved_ports", values["net.ipv4.ip_local_reserved_ports"])
+        # A narrow range around the stats port, exhausted by binds to port 0: the kernel picks every free port once.
+        set_sysctl(ns, "net.ipv4.ip_local_port_range", "8400 8409")
+        script = (
+            "import socket\nheld = []\n"  # every socket stays open, so no port is handed out twice
+            "while len(held) < 20:\n"
+            "    s = socket.socket()\n"
+            "    try:\n        s.bind(('127.0.0.1', 0))\n    except OSError:\n        break\n"
+            "    held.append(s)\n"
+            "print(sorted(s.getsockname()[1] for s in held))\n"
+        )
+        done = run_in(ns, [sys.executable, "-c", script])
+    handed = json.loads(done.stdout)
+    assert handed == [8400, 8401, 8402, 8403, 8405, 8406, 8407, 8408, 8409]
 
 
 def test_unresolved_whitelist_name_is_refused(make_config: Callable[..., NodeConfig]) -> None:

@@ -651,10 +651,15 @@ def test_reboot_contradicts_full_and_reload_in_one_line(capsys: pytest.CaptureFi
     from tests.conftest import REPO
 
     inventory = str(REPO / "inventory" / "example.yaml")
-    for other in ("--full", "--reload"):
-        assert main(["fleet", "restart", "--reboot", other, "-i", inventory]) == 1
+    for flags in (["--reboot", "--full"], ["--reboot", "--reload"], ["--full", "--reload"]):
+        # A usage error, like any other click refuses: exit 2, as the README says.
+        assert main(["fleet", "restart", *flags, "-i", inventory]) == 2
         err = capsys.readouterr().err
-        assert err == f"error: {other} and --reboot contradict each other (fix: choose one)\n"
+        first, second = sorted(flags, key=["--full", "--reload", "--reboot"].index)
+        expected = (
+            f"error: {first} and {second} contradict each other: choose one (fix: see 'ober fleet restart --help')"
+        )
+        assert err == expected + "\n"
 
 
 def test_a_roll_that_fails_before_its_first_node_says_the_lock_is_released(tmp_path: Path) -> None:

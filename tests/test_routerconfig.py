@@ -1,9 +1,11 @@
 """``ober fleet router-config``: the upstream router's BGP configuration for an inventory.
 
 Both flavours are proven for real, each in a router namespace peering (with MD5) with real ExaBGP nodes driven by
-ober health: BIRD 2's output gets the node as the kernel's next-hop for the VIP; FRR's (zebra + bgpd, started with
-their own files, never the system's FRR) gets both nodes as ECMP next-hops, refuses a prefix that is no VIP, and
-keeps the other node when one withdraws. The text checks say which statements each flavour must have.
+ober health. BIRD 2's output gets the node as the kernel's next-hop for the VIP, refuses a VIP of another node from
+it, and keeps no more than the node's prefix limit of a flood. FRR's (zebra + bgpd, started with their own files,
+never the system's FRR) gets both nodes as ECMP next-hops, refuses a prefix that is no VIP, a VIP the node does not
+serve and a flood (keeping none of it), and keeps the other node when one withdraws. The text checks say which
+statements each flavour must have.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ober.lab.netns import Lab, add_address, add_bridge, list_netns, run, set_sy
 from ober.lab.procnode import PIPENAME, ProcessNode, start_node
 from ober.lab.router import BRIDGE, Router
 from ober.lab.site import site_certificate
-from ober.remote.routerconfig import plan_routers, router_config
+from ober.remote.routerconfig import PREFIX_HEADROOM, plan_routers, router_config
 from ober.render import paths
 from tests.conftest import DATA, REPO, SECRETS, require
 
@@ -54,6 +56,9 @@ def test_one_config_per_router_with_every_node_as_neighbor() -> None:
     assert plans[0].asn == 65000 and {peer.asn for peer in plans[0].peers} == {65001}
     assert plans[0].vips == ("100.64.100.10/32", "100.64.100.20/32")
     assert (plans[0].peers[0].hold_time, plans[0].peers[0].keepalive) == (3, 1)
+    # Each node's own VIPs, and a limit with headroom over them.
+    assert plans[0].peers[0].vips == ("100.64.100.10/32", "100.64.100.20/32")
+    assert plans[0].peers[0].prefix_limit == 2 + PREFIX_HEADROOM
 
 
 def test_frr_text_has_everything_the_router_needs() -> None:
@@ -63,10 +68,10 @@ def test_frr_text_has_everything_the_router_needs() -> None:
         "router bgp 65000",
         "bgp router-id 198.51.100.1",
         "bgp graceful-restart",
-        "ip prefix-list OBER-VIPS seq 5 permit 100.64.100.10/32",
-        "ip prefix-list OBER-VIPS seq 10 permit 100.64.100.20/32",
-        "route-map OBER-VIPS-IN permit 10",
-        "match ip address prefix-list OBER-VIPS",
+        "ip prefix-list OBER-node01 seq 5 permit 100.64.100.10/32",
+        "ip prefix-list OBER-node01 seq 10 permit 100.64.100.20/32",
+        "route-map OBER-node01-IN permit 10",
+        "match ip address prefix-list OBER-node01",
         "route-map OBER-NODES-OUT deny 10",
         "address-family ipv4 unicast",
         "maximum-paths 4",
@@ -80,8 +85,9 @@ def test_frr_text_has_everything_the_router_needs() -> None:
             f"neighbor {node} passive",
             f"neighbor {node} timers 1 3",
             f"neighbor {node} password SECRET-bgp_md5",
-            f"neighbor {node} route-map OBER-VIPS-IN in",
+            f"neighbor {node} route-map OBER-node{i - 10:02d}-IN in",
             f"neighbor {node} route-map OBER-NODES-OUT out",
+            f"neighbor {node} maximum-prefix {2 + PREFIX_HEADROOM} restart 5",
         ):
             assert expected in lines, expected
     assert "resilient" in text.lower()
@@ -101,7 +107,7 @@ def test_secrets_are_placeholders_unless_asked_for() -> None:
         assert SECRETS["bgp_md5"] in shown and "SECRET-bgp_md5" not in shown
     with pytest.raises(ConfigError) as missing:
         router_config(inventory, "bird", secrets={})
-    assert "bgp_md5" in missing.value.message and "--with-secrets" in (missing.value.fix or "")
+    assert "bgp.md5_secret" in missing.value.message and "--with-secrets" in (missing.value.fix or "")
 
 
 def test_mixed_node_ases_and_ibgp(example: dict[str, Any]) -> None:
@@ -131,10 +137,23 @@ def test_only_the_routers_own_nodes_and_vips(example: dict[str, Any]) -> None:
         "vips": [{"name": "s3-a", "address": "100.64.100.10", "backend": "ceph-a"}],
     }
     example["config"]["whitelists"].pop("routers")
-    plans = {p.address: p for p in plan_routers(resolve_inventory(example))}
+    inventory = resolve_inventory(example)
+    plans = {p.address: p for p in plan_routers(inventory)}
     assert [peer.node for peer in plans["198.51.100.2"].peers] == ["node03", "node04"]
     assert [peer.node for peer in plans["198.51.100.1"].peers] == ["node01", "node02", "node03", "node04"]
     assert plans["198.51.100.1"].vips == ("100.64.100.10/32", "100.64.100.20/32")
+    # rack1's nodes may announce VIP a only: VIP b from them is refused by their own filter.
+    assert [peer.vips for peer in plans["198.51.100.1"].peers] == [("100.64.100.10/32",)] * 2 + [
+        ("100.64.100.10/32", "100.64.100.20/32")
+    ] * 2
+    assert [peer.prefix_limit for peer in plans["198.51.100.1"].peers] == [11, 11, 12, 12]
+    bird = router_config(inventory, "bird", router="198.51.100.1")
+    assert "filter ober_in_node01 {\n    if net ~ [ 100.64.100.10/32 ] then accept;\n    reject;\n}" in bird
+    assert "filter ober_in_node03 {\n    if net ~ [ 100.64.100.10/32, 100.64.100.20/32 ] then accept;" in bird
+    frr = router_config(inventory, "frr", router="198.51.100.1").splitlines()
+    assert [line for line in frr if line.startswith("ip prefix-list OBER-node01 ")] == [
+        "ip prefix-list OBER-node01 seq 5 permit 100.64.100.10/32"
+    ]
 
 
 def test_bird_parses_its_config() -> None:
@@ -144,7 +163,8 @@ def test_bird_parses_its_config() -> None:
     text = router_config(load_inventory(EXAMPLE), "bird", router="198.51.100.1")
     for expected in ("merge paths on;", "error wait time 1, 5;", "graceful restart on;", "passive on;"):
         assert expected in text
-    assert "define OBER_VIPS = [ 100.64.100.10/32, 100.64.100.20/32 ];" in text
+    assert "if net ~ [ 100.64.100.10/32, 100.64.100.20/32 ] then accept;" in text
+    assert text.count("receive limit 12 action block;") == 4 and "import filter ober_in_node04;" in text
     done = subprocess.run([bird, "-p", "-c", "/dev/stdin"], input=text, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
 
@@ -162,18 +182,25 @@ def test_cli(capsys: pytest.CaptureFixture[str]) -> None:
 # --- for real: BIRD with this config, a real ExaBGP node -----------------------------------------------------------
 
 VIP = "198.51.100.10"
+VIP_B = "198.51.100.20"
+"""node02's second VIP: node01 does not serve it, so the router must refuse it from node01."""
 NODE = "100.64.0.11"
 ROUTER = "100.64.0.1"
+FLOOD = [f"100.65.1.{i}/32" for i in range(1, 31)]
+"""More routes than any node's prefix limit (its VIPs + PREFIX_HEADROOM), none of them a VIP."""
 
 
 def lab_inventory(cert: Path) -> dict[str, Any]:
-    """One node peering with the lab router with MD5, one VIP on one backend group."""
+    """Two nodes peering with the lab router with MD5: node01 serves VIP A only, node02 both VIPs (one group)."""
     fast = {"interval": "200ms", "rise": 1, "fall": 1}
     return {
         "site": "routerlab",
         "config": {
             "bgp": {"neighbors": ROUTER, "local_as": 65001, "peer_as": 65000, "md5_secret": "bgp_md5"},
-            "vips": [{"name": "s3-a", "address": VIP, "backend": "ceph-a"}],
+            "vips": [
+                {"name": "s3-a", "address": VIP, "backend": "ceph-a"},
+                {"name": "s3-b", "address": VIP_B, "backend": "ceph-a"},
+            ],
             "backends": {"ceph-a": {"servers": ["100.64.1.2"], "port": 7480, "check": fast}},
             "certificates": {"pem": str(cert), "http": "serve"},
             "health": {"interval": "200ms", "rise": 2, "fall": 2, "timeout": "1s"},
@@ -182,7 +209,8 @@ def lab_inventory(cert: Path) -> dict[str, Any]:
             "kernel_profile": "none",
             "haproxy": {"maxconn": 5000},
         },
-        "groups": {"lab": {"nodes": "node01", "address": NODE}},
+        "groups": {"lab": {"nodes": "node[01-02]", "address": "100.64.0.[11-12]"}},
+        "hosts": {"node01": {"config": {"vips": [{"name": "s3-a", "address": VIP, "backend": "ceph-a"}]}}},
     }
 
 
@@ -225,7 +253,7 @@ def test_bird_config_routes_the_vip_to_a_real_exabgp_node(tmp_path: Path) -> Non
             log=lab.path("rgwa") / "backend.log",
         )
         # The node's config as the inventory resolves it (the lab puts its paths under the lab directory).
-        start_node(lab, router, "node01", NODE, config_to_dict(inventory.nodes[0].config), SECRETS)
+        node = start_node(lab, router, "node01", NODE, config_to_dict(inventory.nodes[0].config), SECRETS)
         deadline = time.monotonic() + 90
         while router.next_hops(VIP) != [NODE]:
             if time.monotonic() > deadline:
@@ -239,6 +267,35 @@ def test_bird_config_routes_the_vip_to_a_real_exabgp_node(tmp_path: Path) -> Non
         routes = router.birdc("show", "route", "protocol", "ober_node01")
         assert f"{VIP}/32" in routes
 
+        def why() -> str:
+            return f"\nBIRD log: {(rundir / 'bird.log').read_text()[-1500:]}"
+
+        # node01 announces node02's VIP: received (kept as filtered), never routed to node01.
+        exabgp_announce(node, f"{VIP_B}/32")
+        wait_for(
+            lambda: f"{VIP_B}/32" in router.birdc("show", "route", "filtered", "protocol", "ober_node01"),
+            f"BIRD to receive and refuse {VIP_B} from node01",
+            why=why,
+        )
+        assert router.next_hops(VIP_B) == [] and router.next_hops(VIP) == [NODE]
+
+        # A flood past node01's limit (its 1 VIP + headroom): BIRD keeps no more than the limit and drops the rest,
+        # while node01's session and its VIP stay.
+        limit = next(peer for peer in plan_routers(inventory)[0].peers if peer.node == "node01").prefix_limit
+        assert len(FLOOD) > limit
+        exabgp_announce(node, f"attributes next-hop self nlri {' '.join(FLOOD)}")
+        seen: list[str] = []
+
+        def tripped() -> bool:
+            seen.append(router.birdc("show", "protocols", "all", "ober_node01"))
+            return f"Receive limit:  {limit} [HIT]" in seen[-1]
+
+        wait_for(tripped, "BIRD to hit node01's receive limit", why=lambda: "\n" + seen[-1])
+        kept = re.search(r"Routes:\s+(\d+) imported, (\d+) filtered", seen[-1])
+        assert kept is not None and int(kept.group(1)) + int(kept.group(2)) <= limit, seen[-1]
+        assert router.bgp_sessions() == {NODE: "Established"} and router.next_hops(VIP) == [NODE]
+        assert not [prefix for prefix in FLOOD if kernel_routes(router, prefix)]
+
 
 # --- for real: FRR with this config, two real ExaBGP nodes ---------------------------------------------------------
 
@@ -248,13 +305,6 @@ FRR_NODES = {"node01": "100.64.0.11", "node02": "100.64.0.12"}
 OUTSIDE = "100.65.0.10/32"
 """A host route that is no VIP of the inventory: a node announcing it must not steer the router's traffic."""
 FRR_DEADLINE = 30.0
-
-
-def frr_inventory(cert: Path) -> dict[str, Any]:
-    """The BIRD lab's inventory with two nodes: the router config gets one neighbor each and maximum-paths 2."""
-    data = lab_inventory(cert)
-    data["groups"]["lab"] = {"nodes": "node[01-02]", "address": "100.64.0.[11-12]"}
-    return data
 
 
 @dataclass
@@ -368,11 +418,21 @@ def kernel_routes(router: Router, prefix: str) -> list[dict[str, Any]]:
 
 
 def exabgp_announce(node: ProcessNode, route: str) -> None:
-    """Have the node's ExaBGP announce ``route`` itself, through its CLI pipe (ober health never would)."""
+    """Have the node's ExaBGP announce ``route`` itself, through its CLI pipe (ober health never would).
+
+    ``route`` is a prefix, or ``attributes … nlri P1 P2 …`` for many at once.
+    """
     exabgp = find_program("exabgp")
     assert exabgp is not None
     done = subprocess.run(
-        [exabgp, "cli", "--pipename", PIPENAME, "announce", "route", route, "next-hop", "self"],
+        [
+            exabgp,
+            "cli",
+            "--pipename",
+            PIPENAME,
+            "announce",
+            *(route.split() if route.startswith("attributes ") else ["route", route, "next-hop", "self"]),
+        ],
         capture_output=True,
         text=True,
         timeout=10,
@@ -389,7 +449,7 @@ def test_frr_config_routes_the_vip_to_real_exabgp_nodes_by_ecmp(tmp_path: Path) 
     require(shutil.which("haproxy") is not None, "haproxy is not installed")
     require(find_program("exabgp") is not None, "exabgp is not installed in this environment")
     pem, _public = site_certificate(tmp_path / "certs")
-    inventory = resolve_inventory(frr_inventory(pem))
+    inventory = resolve_inventory(lab_inventory(pem))
     text = router_config(inventory, "frr", secrets=SECRETS)
     # FRR's own parser, every daemon's commands: a line FRR does not know fails here, with its line number.
     checked = subprocess.run(
@@ -432,6 +492,12 @@ def test_frr_config_routes_the_vip_to_real_exabgp_nodes_by_ecmp(tmp_path: Path) 
         assert OUTSIDE not in frr.vtysh_json("show bgp ipv4 unicast").get("routes", {}), frr.diagnosis()
         assert sorted(router.next_hops(VIP)) == both
 
+        # node01 announces VIP B, which only node02 serves: its own filter refuses it, node02 keeps VIP B alone.
+        wait_for(lambda: router.next_hops(VIP_B) == [node02], f"{VIP_B} via {node02}", why=frr.diagnosis)
+        exabgp_announce(nodes[0], f"{VIP_B}/32")
+        wait_for(lambda: frr.denied(node01, f"{VIP_B}/32"), f"bgpd to refuse {VIP_B} from {node01}", why=frr.diagnosis)
+        assert router.next_hops(VIP_B) == [node02], frr.diagnosis()
+
         # node02 withdraws (ober drain's maintenance file): the VIP keeps node01 as its only next-hop, and the
         # session stays up; when the drain ends, node02 is back.
         nodes[1].maintenance(True)
@@ -454,6 +520,15 @@ def test_frr_config_routes_the_vip_to_real_exabgp_nodes_by_ecmp(tmp_path: Path) 
         )
         wait_for(lambda: sorted(router.next_hops(VIP)) == both, f"{node02} back", timeout=10, why=frr.diagnosis)
         print(f"{node02} back in the ECMP set {time.monotonic() - started:.2f}s after its ExaBGP restarted")
+
+        # node01 floods more routes than its prefix limit: bgpd refuses every one and keeps none (its table holds
+        # node01's one VIP), so the session and node01's VIP stay; nothing of the flood is routed.
+        exabgp_announce(nodes[0], f"attributes next-hop self nlri {' '.join(FLOOD)}")
+        wait_for(lambda: frr.denied(node01, FLOOD[-1]), f"bgpd to refuse the flood from {node01}", why=frr.diagnosis)
+        peer = frr.vtysh_json("show bgp summary").get("ipv4Unicast", {}).get("peers", {}).get(node01, {})
+        assert (peer.get("state"), peer.get("pfxRcd")) == ("Established", 1), frr.diagnosis()
+        assert not [prefix for prefix in FLOOD if kernel_routes(router, prefix)]
+        assert sorted(router.next_hops(VIP)) == both
         processes = [frr.zebra, frr.bgpd, exabgp, *(daemon for node in nodes for daemon in (node.haproxy, node.exabgp))]
 
     assert all(process.poll() is not None for process in processes)

@@ -237,21 +237,24 @@ def test_bad_secret_names(tmp_path: Path, name: object) -> None:
 
 def test_pick_returns_only_the_named_secrets() -> None:
     secrets = {"bgp_md5": TOKEN, "stats_password": "pw", "other": "o"}
-    assert pick(secrets, ["stats_password", "bgp_md5"]) == {"stats_password": "pw", "bgp_md5": TOKEN}
-    assert pick(secrets, []) == {}
+    refs = {"stats.auth.password_secret": "stats_password", "bgp.md5_secret": "bgp_md5"}
+    assert pick(secrets, refs) == {"stats_password": "pw", "bgp_md5": TOKEN}
+    assert pick(secrets, {}) == {}
 
 
-def test_pick_names_the_missing_secret() -> None:
+def test_pick_names_the_field_of_a_missing_secret_never_the_name_it_gives() -> None:
+    # The name in the config may be a password pasted in the wrong place: only the field is named.
+    pasted = "correcthorsebatterystaple"
     with pytest.raises(SecretsError) as info:
-        pick({"bgp_md5": TOKEN}, ["bgp_md5", "stats_password", "third"])
-    assert info.value.message == "secret 'stats_password' is referenced by the config but not in the secrets file"
-    assert info.value.fix == "add 'stats_password: VALUE' to the secrets file (mode 600)"
-    assert TOKEN not in str(info.value)
+        pick({"bgp_md5": TOKEN}, {"bgp.md5_secret": "bgp_md5", "stats.auth.password_secret": pasted})
+    assert info.value.message == "stats.auth.password_secret: the secret it names is not in the secrets file"
+    assert info.value.fix is not None and "the names it has: bgp_md5" in info.value.fix
+    assert pasted not in str(info.value) and TOKEN not in str(info.value)
 
 
 def test_pick_names_the_source() -> None:
     with pytest.raises(SecretsError, match=r"not in /etc/x/login") as info:
-        pick({}, ["bgp_md5"], "/etc/x/login")
+        pick({}, {"bgp.md5_secret": "bgp_md5"}, "/etc/x/login")
     assert info.value.fix is not None
     assert "/etc/x/login" in info.value.fix
 

@@ -13,6 +13,7 @@ import pytest
 
 from ober.bootstrap import HostFacts, UnitState
 from ober.bootstrap.facts import parse_dnf_list
+from ober.bootstrap.steps import Run
 from ober.cli import main
 from ober.errors import OberError
 from ober.runner import Result
@@ -187,6 +188,12 @@ def test_gather_on_rhel_with_dnf_mocked(tmp_path: Path) -> None:
     assert got.ober == Versions("0.1.0", "0.2.0", str(wheels))
     assert got.exabgp == Versions("5.0.15", None, str(wheels))
     assert got.units == {}  # no systemd under this root: no unit is restarted
+    assert not got.pinned  # no requirements.txt: ober==0.2.0 from the directory, unchecked
+    (wheels / "requirements.txt").write_text("ober==0.2.0 --hash=sha256:" + "0" * 64 + "\n")
+    pinned = gather_upgrade_facts("/opt/ober", runner, manager="dnf", wheelhouse=wheels, root=root)
+    [ober] = [step for step in plan_upgrade(pinned) if step.name == "ober"]
+    [pip] = [" ".join(a.argv) for a in ober.actions if isinstance(a, Run)]
+    assert pip.endswith(f"--find-links {wheels} --require-hashes -r {wheels}/requirements.txt --upgrade")
 
 
 def test_gather_from_the_index_with_apt(tmp_path: Path) -> None:

@@ -245,7 +245,7 @@ def test_configured_node_accepting_every_default_in_edit_mode_changes_nothing(
     asker.answers += ["edit", *[ENTER] * (4 * groups)]
     asker.answers += ["edit", ENTER, ENTER, ENTER]  # certificates
     asker.answers += ["edit", ENTER, ENTER, ENTER]  # health
-    asker.answers += ["edit", ENTER, ENTER, ENTER, ENTER, ENTER]  # stats, with auth
+    asker.answers += ["edit", ENTER, ENTER, ENTER, ENTER, ENTER, ENTER]  # stats, with auth (TLS as it is)
     asker.answers += ["edit", ENTER, ENTER]  # logs
     data = Wizard(asker, current, FOUND).run()
     assert asker.answers == [], asker.asked[-3:]
@@ -317,11 +317,13 @@ def test_an_earlier_problem_is_not_blamed_on_an_answer() -> None:
 def test_acme_and_stats_auth() -> None:
     script = list(NEW_NODE)
     script[16:19] = ["acme", "ops@example.test", "s3.example.test", "serve"]
-    script[-2:] = ["edit", ENTER, ENTER, True, ENTER, "stats_password", "keep"]
+    script[-2:] = ["edit", ENTER, ENTER, True, ENTER, "stats_password", ENTER, "keep"]
     config = parse_node_config(Wizard(Scripted(script), {}, FOUND).run())
     assert config.certificates.acme is not None and config.certificates.acme.domains == ("s3.example.test",)
     assert config.certificates.pem is None and config.certificates.http == "serve"
     assert config.stats.auth is not None and config.stats.auth.password_secret == "stats_password"
+    # A new login is served over TLS unless declined, on the node's own address (not loopback, not 0.0.0.0).
+    assert config.stats.tls and config.stats.bind == config.bgp.local_address
 
 
 def test_without_a_terminal_it_says_to_use_from_or_set(

@@ -30,6 +30,8 @@ NETWORKD_UNIT = "systemd-networkd.service"
 NETWORKD_WAIT_ONLINE = "systemd-networkd-wait-online.service"
 SELINUX_BOOLEAN = "haproxy_connect_any"
 JOURNALD_DROP_INS = "/etc/systemd/journald.conf.d"
+PATH_LINK = "/usr/local/bin/ober"
+"""The link that puts the node's ober on PATH (``ober status`` rather than ``/opt/ober/venv/bin/ober status``)."""
 # Where an AWS-LC HAProxy package repository would be configured (relative to the root).
 REPO_GLOBS = (
     "etc/apt/sources.list",
@@ -105,6 +107,12 @@ class InstallFacts:
     dirs: Mapping[str, int]
     venv_python: bool = False
     venv_packages: Mapping[str, str] = field(default_factory=dict)
+    path_link: str | None = None
+    """Where `PATH_LINK` points, when it is a symbolic link."""
+    path_taken: bool = False
+    """`PATH_LINK` is something other than a symbolic link (another ober, say)."""
+    path_dir: bool = True
+    """The directory of `PATH_LINK` exists."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +297,24 @@ def gather_install_facts(install_path: str, root: Path = Path("/")) -> InstallFa
         if on_disk.is_dir():
             dirs[str(path)] = on_disk.stat().st_mode & 0o7777
     venv = root / install_path.lstrip("/") / "venv"
-    return InstallFacts(install_path, dirs, (venv / "bin/python").exists(), venv_packages(venv))
+    link = root / PATH_LINK.lstrip("/")
+    return InstallFacts(
+        install_path,
+        dirs,
+        (venv / "bin/python").exists(),
+        venv_packages(venv),
+        path_link=read_link(link),
+        path_taken=link.exists() and not link.is_symlink(),
+        path_dir=link.parent.is_dir(),
+    )
+
+
+def read_link(path: Path) -> str | None:
+    """Where the symbolic link ``path`` points (None when it is not one)."""
+    try:
+        return str(path.readlink())
+    except OSError:
+        return None
 
 
 def installed_packages(runner: Runner, manager: str) -> set[str]:

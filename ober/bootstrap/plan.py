@@ -17,6 +17,7 @@ from ober.bootstrap.facts import (
     JOURNALD_DROP_INS,
     NETWORKD_UNIT,
     NETWORKD_WAIT_ONLINE,
+    PATH_LINK,
     SELINUX_BOOLEAN,
     Facts,
     HostFacts,
@@ -28,6 +29,7 @@ from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPac
 from ober.checks import check_os, check_python
 from ober.config import CONFIG_RELATIVE
 from ober.errors import OberError
+from ober.wheelpins import pinned_install
 
 EXABGP_VERSION = "5.0.15"
 """ExaBGP's release ober runs (5.0 keeps the text API; 6, unreleased, defaults to a JSON-only API)."""
@@ -40,6 +42,8 @@ class BootstrapOptions:
 
     install_path: str
     wheels: str | None = None
+    pinned: bool = False
+    """The wheels directory pins every wheel by hash (``requirements.txt``): install exactly those, checked."""
 
 
 def check_host(host: HostFacts) -> list[str]:
@@ -112,6 +116,7 @@ def plan_bootstrap(facts: Facts, options: BootstrapOptions) -> list[Step]:
     steps.append(_plan_packages(host, need_venv))
     steps.append(_plan_distro_unit(host))
     steps.append(_plan_venv(host, install, options))
+    steps.append(_plan_path(install, options.install_path))
     steps.append(_plan_network(host))
     if host.selinux is not None:
         steps.append(_plan_selinux(host))
@@ -202,7 +207,12 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
         missing = tuple(name for name in wanted if name not in have)
         record = Entry("pip", venv, names=missing) if missing else None
     source: list[str] = []
-    if options.wheels:
+    pins: list[str] = [f"exabgp=={EXABGP_VERSION}"]
+    if options.wheels and options.pinned:
+        # Every wheel at its pinned version and hash (pip refuses any other); ober and ExaBGP among them.
+        ober, origin = "", f"from {options.wheels} only, each wheel checked against its pinned hash"
+        source, pins = pinned_install(options.wheels), []
+    elif options.wheels:
         ober, origin = f"ober=={host.ober_version}", f"from {options.wheels} only (--no-index)"
         source = ["--no-index", "--find-links", options.wheels]
     elif host.ober_source:
@@ -211,11 +221,28 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
         ober, origin = f"ober=={host.ober_version}", "from the package index"
     pip = (f"{venv}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", *source)
     env = (("PIP_NO_INPUT", "1"),)
-    actions.append(Run((*pip, f"exabgp=={EXABGP_VERSION}", ober), PIP_TIMEOUT, env, record=record))
+    actions.append(Run((*pip, *pins, *([ober] if ober else [])), PIP_TIMEOUT, env, record=record))
     verb = "create" if not install.venv_python else "update"
     return Step(
         "venv", title, f"{verb} {venv}: ExaBGP {EXABGP_VERSION} and ober {host.ober_version} {origin}", tuple(actions)
     )
+
+
+def _plan_path(install: InstallFacts, path: str) -> Step:
+    title = "Put ober on PATH"
+    program = f"{path}/venv/bin/ober"
+    if install.path_link == program:
+        return Step("path", title, f"{PATH_LINK} links to {program}")
+    if install.path_link is not None or install.path_taken:
+        what = f"a link to {install.path_link}" if install.path_link else "a file ober did not write"
+        warning = f"{PATH_LINK} is {what}: left alone, so 'ober' may not be this node's; run {program}"
+        return Step("path", title, f"{PATH_LINK} is {what}", warnings=(warning,))
+    if not install.path_dir:
+        directory = PurePosixPath(PATH_LINK).parent
+        return Step("path", title, f"{directory} does not exist", warnings=(f"no {directory}: run {program}",))
+    # Recorded first: removing a link that was never made is harmless (uninstall checks where it points).
+    link = Run(("ln", "-s", program, PATH_LINK), record=Entry("symlink", PATH_LINK, names=(program,)))
+    return Step("path", title, f"link {PATH_LINK} to {program}", (link,))
 
 
 def _plan_network(host: HostFacts) -> Step:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ober.apply import manifest_path
-from ober.bootstrap.facts import UNITS, UnitState, installed_packages, read_unit
+from ober.bootstrap.facts import UNITS, UnitState, installed_packages, read_link, read_unit
 from ober.bootstrap.ledger import Entry, Ledger, ledger_path
 from ober.bootstrap.steps import (
     NONINTERACTIVE,
@@ -45,6 +45,8 @@ class UninstallFacts:
     """Which of the ledger's packages are still installed."""
     config: NodeConfig | None = None
     systemd: bool = True
+    links: Mapping[str, str | None] = field(default_factory=dict)
+    """For each link the ledger lists: where it points now (None: not a link any more)."""
 
 
 def _state_paths(install_path: str) -> dict[str, str]:
@@ -90,8 +92,9 @@ def gather_uninstall_facts(install_path: str, runner: Runner, root: Path = Path(
             config = load_config(on(_state_paths(install_path)["config"]))
         except OberError:
             config = None  # a broken config still lets uninstall stop the units, just not gracefully
+    links = {entry.target: read_link(on(entry.target)) for entry in ledger if entry.kind == "symlink"}
     return UninstallFacts(
-        install_path, tuple(ledger), manifest, existing, children, units, frozenset(installed), config, systemd
+        install_path, tuple(ledger), manifest, existing, children, units, frozenset(installed), config, systemd, links
     )
 
 
@@ -166,6 +169,16 @@ def _undo(entry: Entry, facts: UninstallFacts, *, venv_removed: bool) -> Step:
             return Step("pip", title, "the venv goes as a whole", forget=(entry,))
         argv = (f"{entry.target}/bin/python", "-m", "pip", "uninstall", "-y", "-q", *entry.names)
         return Step("pip", title, "installed there by bootstrap", (Run(argv, PIP_TIMEOUT, forget=entry),))
+    if entry.kind == "symlink":
+        title = f"Remove the link {entry.target}"
+        wanted, have = (entry.names or ("",))[0], facts.links.get(entry.target)
+        if have is None:
+            return Step("symlink", title, "it is gone already", forget=(entry,))
+        if have != wanted:
+            return Step("symlink", title, f"it points to {have} now, not to {wanted}: left alone", forget=(entry,))
+        return Step(
+            "symlink", title, f"made by bootstrap, to {wanted}", (Run(("rm", "-f", entry.target), forget=entry),)
+        )
     if entry.kind == "selinux-boolean":
         value = "1" if entry.was == "on" else "0"
         title = f"Restore SELinux {entry.target}"

@@ -20,6 +20,7 @@ from ober.cli.output import LiveProgress, Output, json_option
 from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
 from ober.runner import LocalRunner, Runner
+from ober.wheelpins import REQUIREMENTS
 
 yes_option = click.option("-y", "--yes", is_flag=True, help="Ask nothing: for scripts and remote runs.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the plan (every command); change nothing.")
@@ -178,7 +179,9 @@ def bootstrap(out: Output, path: Path | None, yes: bool, wheelhouse: Path | None
     host = read_host_facts(runner)
     core.check_host(host)  # refuse before asking anything
     install = _choose_install_path(out, host, path, yes or dry_run)
-    options = core.BootstrapOptions(install, normalized(wheelhouse) if wheelhouse else None)
+    wheels = normalized(wheelhouse) if wheelhouse else None
+    pinned = wheels is not None and Path(wheels, REQUIREMENTS).is_file()
+    options = core.BootstrapOptions(install, wheels, pinned)
     steps = core.plan_bootstrap(core.Facts(host, read_install_facts(install)), options)
     hint = core.next_hint(install, host.network)
     changes = any(step.changes for step in steps)

@@ -58,7 +58,9 @@ def report(out: Output, outcome: Outcome) -> None:
     for change in outcome.changes:
         out.print(f"{change.kind:>6} {change.path}")
     done = ", ".join(outcome.actions) or ("none (--root)" if not outcome.live else "none needed")
-    text = f"applied {len(outcome.changes)} changes; backup in {outcome.backup}; services: {done}"
+    # No backup when every file it held was a secret file (those copies are removed once the apply worked).
+    kept = f"backup in {outcome.backup}" if outcome.backup else "no backup kept (only secret files changed)"
+    text = f"applied {len(outcome.changes)} changes; {kept}; services: {done}"
     if outcome.degraded:
         out.print(f"[yellow]![/] {text}; but HAProxy serves degraded (the warnings above)")
     else:
@@ -157,6 +159,6 @@ def config_cmd(
         wizard(out, config_path, root, secrets_path, check=not no_check, dry_run=dry_run)
         return
     if replace and from_file is None:
-        raise OberError("--replace needs --from FILE", "give the whole config with --from FILE --replace")
+        raise click.UsageError("--replace needs --from FILE: give the whole config with --from FILE --replace")
     data = edited(current_data(config_path, root), from_file, assignments, replace=replace)
     report(out, configure(data, root=root, secrets_path=secrets_path, check=not no_check, dry_run=dry_run))

@@ -20,8 +20,8 @@ secrets_option = click.option(
     "secrets_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="Secrets file, for MD5 on the BGP probe and rendering with real values [default: $OBER_SECRETS or "
-    "~/.ober/login, if present].",
+    help="Secrets file, for MD5 on the BGP probe, rendering with real values and the SSE-C probe's S3 keys "
+    "(s3_probe_access_key, s3_probe_secret_key) [default: $OBER_SECRETS or ~/.ober/login, if present].",
 )
 timeout_option = click.option(
     "--timeout",
@@ -75,7 +75,11 @@ def report(out: Output, checks: list[Check]) -> None:
 @json_option
 @click.pass_obj
 def doctor(out: Output, config_path: Path, secrets_path: Path | None, timeout: float) -> None:
-    """Diagnose this node: Python, root and OS (even before bootstrap); then units, config, BGP, RGW, certificates."""
+    """Diagnose this node: Python, root and OS (even before bootstrap); then units, config, BGP, RGW, certificates.
+
+    With S3 probe keys in the secrets file, an SSE-C upload and download through each VIP over TLS shows whether
+    RGW believes requests reached ober over TLS.
+    """
     report(out, run_doctor(config_path, secrets_path=secrets_path, timeout=timeout))
 
 
@@ -86,5 +90,9 @@ def doctor(out: Output, config_path: Path, secrets_path: Path | None, timeout: f
 @json_option
 @click.pass_obj
 def node_test(out: Output, config_path: Path, secrets_path: Path | None, timeout: float) -> None:
-    """Test this node's config without starting anything: validity, BGP TCP to the routers, RGW, certificates."""
+    """Test this node's config without starting anything: validity, BGP TCP to the routers, RGW, certificates.
+
+    With S3 probe keys in the secrets file, an SSE-C upload and download straight to each backend group, with the
+    headers HAProxy adds, shows whether RGW trusts them ('rgw trust forwarded https').
+    """
     report(out, run_test(config_path, secrets_path=secrets_path, timeout=timeout))

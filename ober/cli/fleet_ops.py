@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ober.cli.fleet import inventory_option, targets_argument
+from ober.cli.fleet import inventory_option, required_targets_argument, targets_argument
 from ober.cli.options import secrets_option, ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
@@ -67,6 +67,7 @@ def status_cmd(
     bad = [view.name for view, _drift, _why in rows if not view.healthy]
     live = [view.name for view, _drift, _why in rows if view.liveness is Liveness.LIVE]
     unknown = [view.name for view, _drift, _why in rows if view.liveness is Liveness.UNKNOWN]
+    warned = {node.name: fleetops.warnings(node) for node in nodes}
     if out.as_json:
         out.json(
             {
@@ -75,7 +76,12 @@ def status_cmd(
                 "live": live,
                 "unknown": unknown,
                 "nodes": [
-                    {**view.to_dict(), "drift": drift.to_dict() if drift else None, "drift_error": why}
+                    {
+                        **view.to_dict(),
+                        "drift": drift.to_dict() if drift else None,
+                        "drift_error": why,
+                        "warnings": warned.get(view.name, []),
+                    }
                     for view, drift, why in rows
                 ],
             }
@@ -89,6 +95,10 @@ def status_cmd(
     for view, drift, why in rows:
         table.add_row(*_status_row(view, drift, why))
     out.table(table)
+    # Not a failure (the exit status stays): what the inventory allowed but should not have to.
+    for name, found in warned.items():
+        for line in found:
+            out.print(f"[yellow]![/] {escape(name)}: {escape(line)}", force=True)
     summary = f"{len(live)} of {len(rows)} nodes live (announcing, not drained)"
     if unknown:
         # The controller sees the nodes, not the routers: a node that does not answer may still be announcing.
@@ -175,7 +185,7 @@ def _with(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 
 @click.command("drain")
 @inventory_option
-@click.argument("targets")
+@required_targets_argument
 @click.option("--reason", default="", help="Why, shown by status.")
 @click.option("--timeout", type=float, default=None, help="Per node: seconds to wait for its connections to end.")
 @_with(drain_options)
@@ -217,7 +227,7 @@ def drain_cmd(
 
 @click.command("undrain")
 @inventory_option
-@click.argument("targets")
+@required_targets_argument
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Per node: seconds to wait until live.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for each node to announce again.")
 @ssh_options

@@ -96,7 +96,7 @@ def restart_cmd(
     """Restart ober's services node by node, each in the least disruptive way it allows (see --dry-run)."""
     request = Request(Operation.RESTART, full=full, reload_only=reload_only, reboot=reboot)
     if len(request.modes) > 1:
-        raise OberError(f"{request.modes[0]} and {request.modes[1]} contradict each other", "choose one")
+        raise click.UsageError(f"{request.modes[0]} and {request.modes[1]} contradict each other: choose one")
     options = Options(
         settle=settle,
         drain_timeout=drain_timeout,

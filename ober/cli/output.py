@@ -79,9 +79,39 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
         ctx.obj.as_json = True
 
 
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and isinstance(ctx.obj, Output):
+        ctx.obj.quiet = True
+
+
+def _add_verbose(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    if value and isinstance(ctx.obj, Output):
+        ctx.obj.verbose += value
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable output on stdout."
 )
+
+
+def global_options() -> list[click.Option]:
+    """``--json``, ``-q`` and ``-v`` as options of a subcommand, so they work after it as well as before it."""
+    return [
+        click.Option(["--json"], is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable output."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_set_quiet, help="Only errors."),
+        click.Option(
+            ["-v", "--verbose"], count=True, expose_value=False, callback=_add_verbose, help="More detail; tracebacks."
+        ),
+    ]
+
+
+def add_global_options(command: click.Command) -> None:
+    """Give ``command`` (and, for a plain group, its subcommands) the global options it does not have yet."""
+    taken = {name for param in command.params for name in getattr(param, "opts", [])}
+    command.params.extend(option for option in global_options() if not taken & set(option.opts))
+    if isinstance(command, click.Group) and not hasattr(command, "lazy"):
+        for sub in command.commands.values():
+            add_global_options(sub)
 
 
 class LiveProgress:

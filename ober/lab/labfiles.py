@@ -145,7 +145,8 @@ def lab_inventory(paths: LabPaths, router_ip: str, addresses: dict[str, str]) ->
                 for group, rgws in RGWS.items()
             },
             "certificates": {"pem": NODE_PEM, "http": "redirect"},
-            "stats": {"auth": {"user": "admin", "password_secret": STATS_SECRET}},
+            # On each node's own address, behind a login over TLS (an open stats page is refused).
+            "stats": {"auth": {"user": "admin", "password_secret": STATS_SECRET}, "tls": True},
             # This kernel has no dummy driver: the VIPs go on lo, managed by networkd.
             "network": {"manager": "networkd", "interface": "lo"},
             "kernel_profile": "none",

@@ -93,6 +93,23 @@ def lab_config(data: Mapping[str, Any], install_path: Path) -> NodeConfig:
     return parse_node_config(merged)
 
 
+def write_install(config: NodeConfig, secrets: Mapping[str, str]) -> dict[str, str]:
+    """Write the node's rendered files that live under its install path, and make its run dir; its paths.
+
+    Files outside the install path (units, sysctl, the network) are left out: a lab node never changes the host.
+    """
+    install = str(config.install_path)
+    for item in render_node(config, secrets).files:
+        if item.path.startswith(f"{install}/"):
+            target = Path(item.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(item.content)
+            target.chmod(item.mode)
+    p = paths(config)
+    Path(p["run_dir"]).mkdir(parents=True, exist_ok=True)
+    return p
+
+
 def start_node(
     lab: Lab, router: Router, name: str, address: str, data: Mapping[str, Any], secrets: Mapping[str, str]
 ) -> ProcessNode:
@@ -106,14 +123,7 @@ def start_node(
     config = lab_config(data, install)
     for vip in config.vips:
         add_address(ns, "lo", f"{vip.address}/32")
-    p = paths(config)
-    for item in render_node(config, secrets).files:
-        if item.path.startswith(str(install)):
-            target = Path(item.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(item.content)
-            target.chmod(item.mode)
-    Path(p["run_dir"]).mkdir(parents=True, exist_ok=True)
+    p = write_install(config, secrets)
     venv_bin = Path(p["venv"]) / "bin"
     venv_bin.mkdir(parents=True, exist_ok=True)
     for program in ("ober", "exabgp"):

@@ -39,6 +39,7 @@ from ober.lab.netns import check_off_host, run, run_in, spawn_in, stop_process
 from ober.render import render_template
 
 RGW_PORT = 7480
+RGW_TLS_PORT = 7443
 MON_ID = "a"
 OSD_ID = 0
 USER = "ober-lab"
@@ -114,10 +115,14 @@ def render_ceph_conf(
     rgw_addresses: Sequence[str],
     *,
     memstore_bytes: int = MEMSTORE_BYTES,
+    tls_pem: Path | None = None,
+    dns_name: str | None = None,
 ) -> str:
     """The cluster's ceph.conf: pure, so the same arguments give the same text.
 
-    The radosgw daemons are named ``client.rgw.<i>`` in the order of ``rgw_addresses``.
+    The radosgw daemons are named ``client.rgw.<i>`` in the order of ``rgw_addresses``. With ``tls_pem`` (the
+    certificate and its key) each also serves TLS itself on port 7443; with ``dns_name`` it takes requests for
+    ``BUCKET.<dns_name>`` as virtual-hosted style.
     """
     return render_template(
         "lab/ceph.conf.j2",
@@ -131,8 +136,10 @@ def render_ceph_conf(
             "pg_num": PG_NUM,
             "gc_min_wait": GC_MIN_WAIT,
             "rgw_init_timeout": int(RGW_START_TIMEOUT),
+            "tls_pem": tls_pem,
+            "dns_name": dns_name,
             "rgws": [
-                {"name": rgw_name(index), "address": address, "port": RGW_PORT}
+                {"name": rgw_name(index), "address": address, "port": RGW_PORT, "tls_port": RGW_TLS_PORT}
                 for index, address in enumerate(rgw_addresses)
             ],
         },
@@ -379,6 +386,7 @@ class RgwCluster:
         netns: the namespace it runs in.
         layout: where its files are.
         endpoints: one ``http://ADDRESS:7480`` per radosgw, in the order of the addresses given.
+        tls_endpoints: one ``https://ADDRESS:7443`` per radosgw when it serves TLS itself, else empty.
         access_key: the S3 access key of the lab's user.
         secret_key: that user's secret key.
         timings: seconds each bring-up step took (``mon``, ``osd``, ``rgw``, ``user``).
@@ -394,12 +402,14 @@ class RgwCluster:
         keys: tuple[str, str],
         timings: dict[str, float],
         bringup_seconds: float,
+        tls_endpoints: Sequence[str] = (),
     ) -> None:
         self.netns = netns
         self.layout = layout
         self._daemons = list(daemons)
         self._rgws = [daemon for daemon in daemons if daemon.name.startswith("client.")]
         self.endpoints = tuple(endpoints)
+        self.tls_endpoints = tuple(tls_endpoints)
         self.access_key, self.secret_key = keys
         self.timings = dict(timings)
         self.bringup_seconds = bringup_seconds
@@ -470,6 +480,8 @@ def start_cluster(
     *,
     memstore_bytes: int = MEMSTORE_BYTES,
     timeout: float = START_TIMEOUT,
+    tls_pem: Path | None = None,
+    dns_name: str | None = None,
 ) -> RgwCluster:
     """Bring up a one-node Ceph cluster with one radosgw per address, inside ``netns``, and an S3 user.
 
@@ -481,6 +493,9 @@ def start_cluster(
         mon_address: the mon's (and the OSD's) address.
         memstore_bytes: the OSD's capacity, held in RAM.
         timeout: the deadline for the whole bring-up, in seconds.
+        tls_pem: a PEM holding a certificate and its key: each radosgw then also serves TLS on port 7443, as
+            ``tls_endpoints`` (to compare S3 through ober with S3 straight to RGW over TLS).
+        dns_name: RGW's ``rgw dns name``: requests for ``BUCKET.<dns_name>`` are virtual-hosted style.
 
     Raises:
         OberError: bad addresses, Ceph missing, a non-empty work directory, or a daemon that exited or was not
@@ -493,11 +508,14 @@ def start_cluster(
     if missing:
         raise OberError(f"Ceph programs missing: {', '.join(missing)}", INSTALL_HINT)
     # A port already answering would pass our readiness checks on the other listener's behalf.
-    for address, port in [*((mon, port) for port in MON_PORTS), *((address, RGW_PORT) for address in rgws)]:
+    rgw_ports = (RGW_PORT, RGW_TLS_PORT) if tls_pem is not None else (RGW_PORT,)
+    for address, port in [*((mon, port) for port in MON_PORTS), *((a, port) for a in rgws for port in rgw_ports)]:
         _check_free(netns, address, port)
     layout = _prepare(workdir)
     fsid = str(uuid.uuid4())
-    layout.conf.write_text(render_ceph_conf(layout, fsid, mon, rgws, memstore_bytes=memstore_bytes))
+    layout.conf.write_text(
+        render_ceph_conf(layout, fsid, mon, rgws, memstore_bytes=memstore_bytes, tls_pem=tls_pem, dns_name=dns_name)
+    )
     daemons: list[_Daemon] = []
     timings: dict[str, float] = {}
     try:
@@ -509,6 +527,14 @@ def start_cluster(
         endpoints = [f"http://{address}:{RGW_PORT}" for address in rgws]
         _start_rgws(netns, layout, endpoints, daemons, deadline)
         timings["rgw"], mark = time.monotonic() - mark, time.monotonic()
+        if tls_pem is not None:
+            for address in rgws:
+                _wait_until(
+                    f"radosgw's TLS endpoint on {address}:{RGW_TLS_PORT}",
+                    partial(_listens, netns, address, RGW_TLS_PORT),
+                    daemons,
+                    deadline,
+                )
         keys = _create_user(netns, layout)
         timings["user"] = time.monotonic() - mark
     except BaseException as exc:
@@ -517,7 +543,8 @@ def start_cluster(
         except OberError as leftover:  # the bring-up's own error stays the one raised
             exc.add_note(str(leftover))
         raise
-    return RgwCluster(netns, layout, daemons, endpoints, keys, timings, time.monotonic() - start)
+    tls_endpoints = [f"https://{address}:{RGW_TLS_PORT}" for address in rgws] if tls_pem is not None else []
+    return RgwCluster(netns, layout, daemons, endpoints, keys, timings, time.monotonic() - start, tls_endpoints)
 
 
 # Each step appends a daemon to ``running`` as soon as it is started, so a failed bring-up stops it too.
@@ -630,6 +657,13 @@ def _mon_in_quorum(netns: str, layout: Layout) -> bool:
 def _osd_up(netns: str, layout: Layout) -> bool:
     status = _ceph_json(netns, layout, "osd", "stat")
     return isinstance(status, dict) and status.get("num_up_osds", 0) >= 1
+
+
+def _listens(netns: str, address: str, port: int) -> bool:
+    try:
+        return not port_refuses(netns, address, port)
+    except OberError:
+        return False
 
 
 def _rgw_answers(netns: str, endpoint: str) -> bool:

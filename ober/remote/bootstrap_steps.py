@@ -99,7 +99,7 @@ def payloads(inventory: Inventory, nodes: Sequence[InventoryNode], secrets: Mapp
     result: dict[str, Payload] = {}
     for node in nodes:
         etc = f"{node.config.install_path}/etc"
-        mine = pick(secrets, node.config.secret_names(), "the secrets file")
+        mine = pick(secrets, node.config.secret_refs(), "the secrets file")
         login = yaml.safe_dump(mine, default_flow_style=False).encode() if mine else b""
         staged = f"{etc}/fleet.yaml"
         files = {f"{etc}/login": (login, 0o600), staged: (dump_config(node.config).encode(), 0o644), **shared}
@@ -202,9 +202,13 @@ class NodeJob:
         program = self.ober
         throwaway = f"{self.install}/{THROWAWAY}"
         if not installed:
+            # Only the pinned wheels, each checked against its hash, when the wheelhouse pins them (ober's always does).
             script = (
-                'rm -rf "$1" && python3 -m venv "$1" && '
-                '"$1/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$2" ober'
+                'venv="$1" links="$2"; '
+                'if [ -f "$links/requirements.txt" ]; then set -- --require-hashes -r "$links/requirements.txt"; '
+                "else set -- ober; fi; "
+                'rm -rf "$venv" && python3 -m venv "$venv" && '
+                '"$venv/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$links" "$@"'
             )
             made = self.conn.run(["sh", "-c", script, "throwaway", throwaway, wheels], INSTALL_TIMEOUT)
             _need(made, "a throwaway venv to run ober bootstrap")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
+from ober.config import stats_exposure
 from ober.errors import OberError
 from ober.inventory import Inventory, InventoryNode
 from ober.remote.connection import Connection, targets
@@ -94,6 +95,14 @@ def status(
         if outcome.value is not None
         else (unreachable(node, outcome.error or "failed"), None, "unreachable")
         for node, outcome in zip(nodes, outcomes, strict=True)
+    ]
+
+
+def warnings(node: InventoryNode) -> list[str]:
+    """What the inventory makes weak on this node, whatever its state: an open stats page, a password in clear."""
+    found = stats_exposure(node.config.stats, node.config.whitelists)
+    return [f"stats page open: {why} (stats.allow_open)" for why in found.open] + [
+        f"stats page: {why}" for why in found.weak
     ]
 
 

@@ -8,6 +8,7 @@ a pure function of those views, so every rule is table-tested without a fleet.
 Rules, for the nodes an operation takes out (``candidates``):
 
 - at least ``min_available`` nodes must stay live (announcing a VIP to an established neighbor, not drained);
+- a node that did not answer cannot be taken out (nor is anything known about what that would change);
 - at most ``max_unavailable`` nodes of the inventory may be out of service at once, counting those already out
   (drained, down, unreachable) — like a Kubernetes disruption budget, so an unexpected outage elsewhere stops a
   planned one.
@@ -57,6 +58,9 @@ class Decision:
         counts = f"{len(self.live)} live now, {self.left} after; {len(self.unavailable)} out of service after"
         if self.unknown:
             counts += f"; {collect(self.unknown)} unknown (no answer), counted as not live"
+        if self.allowed and self.unknown:
+            # Not "ok": it passes only because nodes nobody could ask are counted as out of service.
+            return f"guard: allowed only by counting {collect(self.unknown)} as out of service ({counts})"
         if self.allowed:
             return f"guard: ok ({counts})"
         return f"guard refused: {'; '.join(self.reasons)} ({counts})"
@@ -116,6 +120,9 @@ def decide(views: Sequence[NodeView], candidates: Iterable[str], min_available: 
     not_asked = sorted(wanted - names)
     if not_asked:
         reasons.append(f"{collect(not_asked)} not asked (not in the sweep)")
+    silent = [name for name in unknown if name in wanted]
+    if silent:
+        reasons.append(f"{collect(silent)} did not answer, so ober can neither tell what it announces nor take it out")
     if taken_out and left < min_available:
         reasons.append(
             f"taking out {collect(taken_out)} would leave {left} live node{'s' if left != 1 else ''}, "

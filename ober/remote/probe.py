@@ -3,7 +3,8 @@
 The roll's verify asks the node what it thinks (`ober status`); this asks the data path. It runs on the node (the
 VIPs are bound there, so the request never leaves it and cannot land on another ECMP member) with the node venv's
 Python and only the standard library, so it does not depend on the node's ober version. A status below 500 is a
-pass: HAProxy answered and did not fail for want of a backend (RGW answers an anonymous ``GET /`` itself).
+pass: HAProxy answered and did not fail for want of a backend (RGW answers an anonymous ``GET /`` itself). TLS is
+verified against the node's own certificate: a VIP serving another one fails the probe.
 """
 
 from __future__ import annotations
@@ -14,16 +15,36 @@ from ober.config import NodeConfig
 from ober.runner import Runner
 
 PROBE_TIMEOUT = 10.0
+HTTPS_PORT = 443
 
+# argv: the node's certificate (a PEM file or a directory of them), the port, then the VIPs. The node's own
+# certificates are the only trust anchors (partial chain: a self-signed or mid-chain one is enough), so the probe
+# fails when a VIP serves anything else (another host's certificate, an expired one); the hostname is not checked:
+# the VIPs are addressed by IP, and the certificate names the service.
 _SCRIPT = """
-import http.client, json, ssl, sys
-out = {}
-for vip in sys.argv[1:]:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the path is probed here; certificates are checked by `ober test`
+import http.client, json, os, re, ssl, sys
+crt, port, vips = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+files = [crt]
+if os.path.isdir(crt):
+    files = [os.path.join(crt, n) for n in sorted(os.listdir(crt)) if not n.endswith((".key", ".ocsp", ".sctl"))]
+blocks = []
+for name in files:
     try:
-        conn = http.client.HTTPSConnection(vip, 443, timeout=5, context=context)
+        with open(name, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        continue
+    blocks += re.findall(r"-----BEGIN CERTIFICATE-----[\\s\\S]*?-----END CERTIFICATE-----", text)
+out = {}
+for vip in vips:
+    if not blocks:
+        out[vip] = "no certificate in " + crt + " to verify the VIP against"
+        continue
+    try:
+        context = ssl.create_default_context(cadata="\\n".join(blocks))
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection(vip, port, timeout=5, context=context)
         conn.request("GET", "/", headers={"Connection": "close"})
         out[vip] = conn.getresponse().status
         conn.close()
@@ -33,13 +54,21 @@ print(json.dumps(out))
 """
 
 
+def probe_argv(python: str, config: NodeConfig, port: int = HTTPS_PORT) -> list[str]:
+    """The command that probes every VIP of ``config`` on the node (run with the node venv's ``python``)."""
+    crt = config.certificates.crt_path(config.install_path)
+    return [python, "-c", _SCRIPT, crt, str(port), *(vip.address for vip in config.vips)]
+
+
 def probe_vips(conn: Runner, config: NodeConfig, timeout: float = PROBE_TIMEOUT) -> list[str]:
-    """What is wrong with a request through each of the node's VIPs, one phrase each (empty: every VIP answers)."""
+    """What is wrong with a request through each of the node's VIPs, one phrase each (empty: every VIP answers).
+
+    The TLS certificate each VIP serves must be the node's own (``certificates.pem``, or its ACME directory).
+    """
     vips = [vip.address for vip in config.vips]
     if not vips:
         return []
-    python = f"{config.install_path}/venv/bin/python"
-    result = conn.run([python, "-c", _SCRIPT, *vips], timeout)
+    result = conn.run(probe_argv(f"{config.install_path}/venv/bin/python", config), timeout)
     if not result.ok:
         return [f"probe through the VIPs did not run: {result.last_line()}"]
     return judge(result.stdout, vips)

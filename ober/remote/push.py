@@ -26,11 +26,12 @@ import yaml
 from ober.apply import Change, diff, manifest_path
 from ober.build import build_node
 from ober.config import NodeConfig, dump_config
-from ober.errors import OberError
+from ober.errors import OberError, SecretsError
 from ober.inventory import InventoryNode
 from ober.remote.nodeclient import MAX_PROBLEM, MAX_PROBLEMS, NodeClient, NotReady, config_file, ober_program
 from ober.render import Rendered
 from ober.runner import Result, Runner
+from ober.secrets import pick
 
 FACTS_TIMEOUT = 60.0
 APPLY_TIMEOUT = 300.0
@@ -251,13 +252,10 @@ class PushResult:
 
 def node_files(config: NodeConfig, secrets: Mapping[str, str]) -> tuple[bytes, bytes]:
     """The node's ``ober.yaml`` and its secrets file (only the secrets it references), as uploaded."""
-    wanted = {name: secrets[name] for name in config.secret_names() if name in secrets}
-    missing = [name for name in config.secret_names() if name not in secrets]
-    if missing:
-        raise PushError(
-            f"node {config.name}: secret {missing[0]!r} is referenced but not in the secrets file",
-            f"add '{missing[0]}: VALUE' to the secrets file (mode 600)",
-        )
+    try:
+        wanted = pick(secrets, config.secret_refs())
+    except SecretsError as exc:
+        raise PushError(f"node {config.name}: {exc.message}", exc.fix) from None
     return dump_config(config).encode(), yaml.safe_dump(wanted).encode()
 
 

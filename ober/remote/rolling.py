@@ -1,8 +1,8 @@
 """The rolling plan: what each node needs, in which class of step, in which order. Pure: facts in, a plan out.
 
 Every change of a router's ECMP set re-hashes flows that live on the *other* nodes, and a GET cut mid-body is not
-retried by S3 clients (LAB-NOTES: a withdraw-first roll of 4 nodes broke 1-3 requests, a hitless reload on each
-node broke none). So each node gets the least disruptive class of step that does what it needs:
+retried by S3 clients (measured on the 4-node lab: a withdraw-first roll broke 1-3 requests, a hitless reload on
+each node broke none). So each node gets the least disruptive class of step that does what it needs:
 
 - ``reload``: a config change or an HAProxy package upgrade. HAProxy's master re-executes the (new) binary and
   hands the listeners over; the node stays in the ECMP set.

@@ -2,9 +2,11 @@
 
 Every neighbor address the nodes name is a router; each gets its own configuration: one BGP neighbor per node that
 peers with it (the node's BGP local address, AS, hold time, MD5 password), multipath across them (ECMP), an import
-filter accepting only the VIPs as /32 host routes, nothing exported back to the nodes, a short error wait so a
-restarted node rejoins the ECMP set at once, and graceful restart (helper side) so a node that restarts ExaBGP
-with graceful restart keeps its route meanwhile. Passwords are placeholders unless the caller passes the secrets.
+filter per node accepting exactly that node's VIPs as /32 host routes (a node cannot take over a VIP it does not
+serve), a prefix limit per node (a node that floods routes loses its session instead of filling the router's
+memory), nothing exported back to the nodes, a short error wait so a restarted node rejoins the ECMP set at once,
+and graceful restart (helper side) so a node that restarts ExaBGP with graceful restart keeps its route meanwhile.
+Passwords are placeholders unless the caller passes the secrets.
 
 The decisions are made here; the layout lives in ``templates/router/``.
 """
@@ -19,10 +21,16 @@ from dataclasses import dataclass
 from ober.errors import ConfigError
 from ober.inventory import Inventory, InventoryNode
 from ober.render import render_template
+from ober.secrets import missing_secret
 
 FLAVORS = ("frr", "bird")
 FRR_MAX_PATHS = 64
 """Debian's FRR is built with 64 ECMP paths at most (MULTIPATH_NUM)."""
+PREFIX_HEADROOM = 10
+"""Routes a node may send beyond its own VIPs before the router drops its session (the prefix limit).
+
+The extra ones are refused by the node's filter anyway; the headroom keeps a VIP added on the nodes before the
+routers' config from tearing down every session, while a flood (thousands) trips the limit at once."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,15 @@ class Peer:
     """The MD5 password, or a placeholder naming the secret; None without MD5."""
     secret: str | None
     """The secret's name (what the placeholder stands for)."""
+    vips: tuple[str, ...]
+    """This node's VIPs as host prefixes (``a.b.c.d/32``): all the router accepts from it."""
+    tag: str
+    """A name for its filter and prefix list (letters, digits, ``_``)."""
+
+    @property
+    def prefix_limit(self) -> int:
+        """Routes received from this node (its filter's refusals included) before the router drops the session."""
+        return len(self.vips) + PREFIX_HEADROOM
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,7 @@ class RouterPlan:
     asn: int
     peers: tuple[Peer, ...]
     vips: tuple[str, ...]
-    """Host prefixes (``a.b.c.d/32``) the router accepts."""
+    """Host prefixes (``a.b.c.d/32``) of every VIP its nodes serve (each node's filter has only its own)."""
     with_secrets: bool
 
     @property
@@ -147,13 +164,14 @@ def _peer(node: InventoryNode, protocol: str, secrets: Mapping[str, str] | None)
         elif bgp.md5_secret in secrets:
             password = secrets[bgp.md5_secret]
         else:
-            raise ConfigError(
-                f"node {node.name}: secret {bgp.md5_secret!r} is not in the secrets file",
-                f"add '{bgp.md5_secret}: VALUE' to it (mode 600), or leave out --with-secrets",
-            )
+            missing = missing_secret("bgp.md5_secret", secrets)
+            raise ConfigError(f"node {node.name}: {missing.message}", f"{missing.fix}; or leave out --with-secrets")
+    vips = sorted({vip.address for vip in node.config.vips}, key=ipaddress.IPv4Address)
     return Peer(
         node=node.name,
         protocol=protocol,
+        vips=tuple(f"{vip}/32" for vip in vips),
+        tag=protocol.removeprefix("ober_"),
         address=bgp.local_address,
         asn=bgp.local_as,
         hold_time=bgp.hold_time,

@@ -14,11 +14,9 @@ HAProxy's master re-executes the new binary and the node stays in the ECMP set.
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import subprocess
 import tarfile
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,22 +25,18 @@ from ober import __version__
 from ober.errors import OberError
 from ober.remote.connection import Connection
 from ober.remote.lock import STATE_DIR
+from ober.remote.ownwheel import pinned
 from ober.remote.roll import NodeOps, StepFailed
 from ober.remote.rolling import Step
-from ober.remote.wheelhouse import PROJECT, build_wheelhouse
+from ober.remote.wheelhouse import build_wheelhouse
+from ober.wheelpins import REQUIREMENTS, pinned_install
 
-_PIN = re.compile(r"^exabgp==(\S+)$")
 PIP_TIMEOUT = 300.0
 
 
-def pinned_exabgp(project: Path = PROJECT) -> str | None:
-    """The ExaBGP version ober's pyproject pins."""
-    meta = tomllib.loads((project / "pyproject.toml").read_text())["project"]
-    for dependency in meta.get("dependencies", []):
-        match = _PIN.match(str(dependency).replace(" ", ""))
-        if match:
-            return match.group(1)
-    return None
+def pinned_exabgp() -> str | None:
+    """The ExaBGP version this ober pins (its source tree's pyproject, or its installed metadata)."""
+    return pinned("exabgp")
 
 
 @dataclass(frozen=True)
@@ -112,7 +106,8 @@ class Installer:
             wheels = build_wheelhouse(python, arch=arch)
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for wheel in sorted(wheels.glob("*.whl")):
+                # The pins go along: the node installs with pip --require-hashes from them.
+                for wheel in [*sorted(wheels.glob("*.whl")), wheels / REQUIREMENTS]:
                     tar.add(wheel, arcname=wheel.name)
             self._built[key] = buffer.getvalue()
         return self._built[key]
@@ -137,11 +132,12 @@ class Installer:
         ops.conn.put(self._archive(python, arch), archive, 0o600, timeout=PIP_TIMEOUT)
         unpack = 'rm -rf "$1" && mkdir -p "$1" && tar -x -f "$2" -C "$1" && rm -f "$2"'
         ops.run(["sh", "-c", unpack, "ober-wheels", directory, archive], "unpack the wheelhouse")
-        pins = [f"ober=={self.wanted['ober']}", f"exabgp=={self.wanted['exabgp']}"]
-        pip = [f"{venv}/bin/pip", "install", "-q", "--no-index", "--find-links", directory]
-        # New dependencies first, then ober and ExaBGP themselves, replaced even at the same version (--reinstall).
-        ops.run([*pip, "--upgrade", *pins], "pip install", PIP_TIMEOUT)
-        ops.run([*pip, "--force-reinstall", "--no-deps", *pins], "pip install", PIP_TIMEOUT)
+        # Exactly the wheelhouse's pinned wheels, each checked against its hash (the wheelhouse pins ober and ExaBGP
+        # at the wanted versions: it was built from this tree).
+        pip = [f"{venv}/bin/pip", "install", "-q", *pinned_install(directory)]
+        # New dependencies first, then everything replaced even at the same version (--reinstall).
+        ops.run([*pip, "--upgrade"], "pip install", PIP_TIMEOUT)
+        ops.run([*pip, "--force-reinstall", "--no-deps"], "pip install", PIP_TIMEOUT)
 
     def _install_package(self, ops: NodeOps) -> None:
         """Copy the HAProxy package file to the node and install it from there (no mirror needed)."""

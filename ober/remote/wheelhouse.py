@@ -5,13 +5,21 @@ Lab nodes (and, later, real nodes behind a firewall) have no route to PyPI, so t
 may differ from the node's (3.11 here, 3.13 on Debian 13): ``pip download`` is told the node's Python, ABI and
 platforms, so it fetches wheels the node can use, never ones for this machine.
 
-Two caches under ``dest``, each built in a temporary directory and renamed into place when complete:
+ober's own wheel is the running ober's (`ober.remote.ownwheel`): built from its source tree in a checkout, packed
+again from the installed files otherwise; its dependencies are the ones that ober declares (ExaBGP pinned). pip is
+found wherever it is (`find_pip`): ober installed with pipx or ``uv tool`` has none in its own environment.
 
-- ``deps-cp313-<key>``: the dependencies, keyed by the node's Python, architecture, glibc and pyproject's
+Two caches under ``dest`` (`default_cache`: no root needed), each built in a temporary directory and renamed into
+place when complete:
+
+- ``deps-cp313-<key>``: the dependencies, keyed by the node's Python, architecture, glibc and ober's
   dependency list (downloading them takes seconds; they change rarely);
-- ``cp313-ober<version>-<key>``: the wheelhouse itself, keyed by that and a hash of ober's sources, so a node
+- ``cp313-ober<version>-<key>``: the wheelhouse itself, keyed by that and a hash of ober's files, so a node
   always gets the code being tested while a second call with unchanged sources returns at once. It holds hard
   links to the dependency wheels, so each source change costs only ober's own wheel (about 100 KiB).
+
+Each holds ``requirements.txt`` (:mod:`ober.wheelpins`): every wheel's exact version and SHA-256, written when it
+is built and checked again before a cached one is used; nodes install from it with ``pip --require-hashes``.
 
 A dependency PyPI has only as an sdist (python-hostlist) is built here with ``pip wheel --no-deps``; that is only
 accepted when the result is pure Python (``*-none-any.whl``), since a compiled wheel built here would be for this
@@ -21,57 +29,118 @@ machine's Python, not the node's.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ober.errors import OberError
+from ober.remote.ownwheel import Source, digest, find_source, pack, source_digest
+from ober.wheelpins import verify_requirements, write_requirements
 
-DEFAULT_CACHE = Path(os.environ.get("OBER_WHEELHOUSE_CACHE", "/var/cache/ober/wheelhouse"))
-PROJECT = Path(__file__).resolve().parents[2]
+__all__ = ["build_wheelhouse", "default_cache", "find_pip", "platforms", "source_digest"]
+
 # Debian 13's glibc: every manylinux wheel for this glibc or older runs on the node.
 TARGET_GLIBC = (2, 41)
 # The machines manylinux wheels exist for that ober supports (``platform.machine()`` on the node).
 ARCHITECTURES = ("x86_64", "aarch64")
 DOWNLOAD_TIMEOUT = 600.0
 BUILD_TIMEOUT = 300.0
+PROBE_TIMEOUT = 30.0
 # Each missing wheel costs one retry; more sdist-only dependencies than this means something else is wrong.
 MAX_LOCAL_BUILDS = 8
 STAMP = "WHEELS"
-# What goes into ober's wheel (pyproject's hatch config): a change to any of it means a new wheel.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "ober", "templates")
+NO_PIP_FIX = (
+    "install pip or uv here (e.g. apt install python3-pip), set OBER_PIP to a pip command, "
+    "or pass --wheelhouse DIR built elsewhere"
+)
 _MISSING = re.compile(r"No matching distribution found for (\S+)")
 _PYTHON = re.compile(r"^3\.(\d+)$")
 
 
+def default_cache() -> Path:
+    """Where wheelhouses are kept: ``$OBER_WHEELHOUSE_CACHE``; else /var/cache/ober for root, the user's cache else.
+
+    A workstation user is rarely root: their cache is ``$XDG_CACHE_HOME/ober/wheelhouse`` (``~/.cache/…``).
+    """
+    configured = os.environ.get("OBER_WHEELHOUSE_CACHE")
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/cache/ober/wheelhouse")
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ober" / "wheelhouse"
+
+
+def find_pip() -> list[str]:
+    """The command that runs pip: ``$OBER_PIP``, this Python's pip, a pip on PATH, ``uv``'s or ``pipx``'s.
+
+    pipx and ``uv tool`` make ober's environment without pip; the wheels are for the node's Python anyway
+    (``pip download --python-version``), so any pip will do.
+
+    Raises:
+        OberError: none of them is here.
+    """
+    configured = os.environ.get("OBER_PIP")
+    if configured:
+        return shlex.split(configured)
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    python3 = shutil.which("python3")
+    if python3 and _works([python3, "-m", "pip"]):
+        return [python3, "-m", "pip"]
+    uv = shutil.which("uv")
+    if uv:
+        return [uv, "tool", "run", "--from", "pip", "pip"]
+    pipx = shutil.which("pipx")
+    if pipx:
+        return [pipx, "run", "pip"]
+    raise OberError("no pip to build the nodes' wheelhouse with (ober's own environment has none)", NO_PIP_FIX)
+
+
+def _works(command: Sequence[str]) -> bool:
+    try:
+        return (
+            subprocess.run([*command, "--version"], capture_output=True, timeout=PROBE_TIMEOUT, check=False).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def build_wheelhouse(
     target_python: str = "3.13",
-    dest: Path = DEFAULT_CACHE,
+    dest: Path | None = None,
     *,
-    project: Path = PROJECT,
+    project: Path | None = None,
     glibc: tuple[int, int] = TARGET_GLIBC,
     arch: str = "x86_64",
+    source: Source | None = None,
 ) -> Path:
     """Return a directory of wheels from which ``pip install --no-index`` installs ober on the target Python.
 
     Args:
         target_python: the node's Python, ``3.MINOR`` (CPython, Linux).
-        dest: the cache directory; the wheelhouse is a subdirectory named by what it was built from.
-        project: ober's source tree (the one holding pyproject.toml).
+        dest: the cache directory (default: :func:`default_cache`); the wheelhouse is a subdirectory named by
+            what it was built from.
+        project: ober's source tree (default: the running ober's, else its installed files).
         glibc: the node's glibc version, the newest manylinux tag its wheels may carry.
         arch: the node's machine (``platform.machine()``): one of `ARCHITECTURES`.
+        source: where ober's own wheel comes from (default: :func:`ober.remote.ownwheel.find_source`).
 
     Raises:
-        OberError: a bad Python version or architecture, no source tree, or pip failing (its last line is quoted).
+        OberError: a bad Python version or architecture, no pip, or pip failing (its last line is quoted).
     """
     match = _PYTHON.match(target_python)
     if match is None:
@@ -80,36 +149,59 @@ def build_wheelhouse(
         raise OberError(f"unsupported architecture {arch!r}", f"ober's nodes run on {' or '.join(ARCHITECTURES)}")
     tag = f"cp3{match.group(1)}"
     label = tag if arch == "x86_64" else f"{tag}-{arch}"
-    pyproject = project / "pyproject.toml"
-    if not pyproject.is_file():
-        raise OberError(f"no pyproject.toml in {project}", "build the wheelhouse from ober's source tree")
-    meta = tomllib.loads(pyproject.read_text())["project"]
-    dependencies: list[str] = list(meta.get("dependencies", []))
-    dest.mkdir(parents=True, exist_ok=True)
+    source = source or find_source(project)
+    dependencies = list(source.requirements)
+    dest = dest or default_cache()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OberError(
+            f"cannot create the wheelhouse cache {dest}: {exc.strerror}",
+            "set OBER_WHEELHOUSE_CACHE to a writable directory",
+        ) from None
 
     # x86_64 keeps the key it had before architectures were named, so existing caches stay valid.
     key_data: list[object] = [target_python, glibc, dependencies, *([] if arch == "x86_64" else [arch])]
-    deps_key = _digest(json.dumps(key_data).encode())
-    final = dest / f"{label}-ober{meta['version']}-{_digest(deps_key.encode(), source_digest(project).encode())}"
+    deps_key = digest(json.dumps(key_data).encode())
+    final = dest / f"{label}-ober{source.version}-{digest(deps_key.encode(), source.digest.encode())}"
     if (final / STAMP).is_file():
+        verify_requirements(final)  # a cached wheelhouse is pushed only as it was built
         return final
+    pip: list[str] | None = None
     deps = dest / f"deps-{label}-{deps_key}"
     if not (deps / STAMP).is_file():
+        pip = find_pip()
         with _building(deps) as work:
-            _download(dependencies, work, target_python, tag, glibc, arch)
+            _download(pip, dependencies, work, target_python, tag, glibc, arch)
+            # Pinned as downloaded (pip checked PyPI's TLS): a later change to the cache is caught below.
+            write_requirements(work)
+    verify_requirements(deps)
     with _building(final) as work:
-        _pip(["wheel", "--no-deps", "--wheel-dir", str(work), *_isolation(), str(project)], BUILD_TIMEOUT)
+        if source.tree is None:
+            pack(source, work)  # from the installed files: no pip, no build backend
+        else:
+            pip = pip or find_pip()
+            argv = ["wheel", "--no-deps", "--wheel-dir", str(work), *_isolation(pip), str(source.tree)]
+            _pip(pip, argv, BUILD_TIMEOUT)
         for wheel in deps.glob("*.whl"):
             # Hard links: each wheelhouse costs only ober's wheel; a copy when the cache spans filesystems.
             try:
                 os.link(wheel, work / wheel.name)
             except OSError:
                 shutil.copy2(wheel, work / wheel.name)
+        # Every wheel's exact version and hash: the node installs with pip --require-hashes from this file.
+        write_requirements(work)
     return final
 
 
 def _download(
-    requirements: Sequence[str], work: Path, target_python: str, tag: str, glibc: tuple[int, int], arch: str
+    pip: Sequence[str],
+    requirements: Sequence[str],
+    work: Path,
+    target_python: str,
+    tag: str,
+    glibc: tuple[int, int],
+    arch: str,
 ) -> None:
     """Download wheels of ``requirements`` and their dependencies for the target into ``work``."""
     target = ["--python-version", target_python, "--implementation", "cp"]
@@ -119,7 +211,7 @@ def _download(
     while True:
         # --find-links: the resolver also sees the wheels built here for sdist-only packages.
         argv = ["download", "--dest", str(work), "--find-links", str(work), "--only-binary=:all:", *target]
-        done = _pip([*argv, *requirements], DOWNLOAD_TIMEOUT, check=False)
+        done = _pip(pip, [*argv, *requirements], DOWNLOAD_TIMEOUT, check=False)
         if done.returncode == 0:
             return
         missing = _MISSING.search(done.stderr)
@@ -128,7 +220,7 @@ def _download(
         requirement = missing.group(1)
         built.add(requirement)
         before = set(work.glob("*.whl"))
-        _pip(["wheel", "--no-deps", "--wheel-dir", str(work), requirement], BUILD_TIMEOUT)
+        _pip(pip, ["wheel", "--no-deps", "--wheel-dir", str(work), requirement], BUILD_TIMEOUT)
         for wheel in set(work.glob("*.whl")) - before:
             if not wheel.name.endswith("-none-any.whl"):
                 raise OberError(
@@ -150,31 +242,10 @@ def platforms(glibc: tuple[int, int], arch: str = "x86_64") -> list[str]:
     return [*tags, *(f"{name}_{arch}" for name in legacy), "any"]
 
 
-def source_digest(project: Path) -> str:
-    """A hash of the files that go into ober's wheel (paths and contents; caches and bytecode skipped)."""
-    files: list[Path] = []
-    for name in SOURCES:
-        path = project / name
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            files.extend(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    parts = [item for path in sorted(files) for item in (str(path.relative_to(project)).encode(), path.read_bytes())]
-    return _digest(*parts)
-
-
-def _digest(*parts: bytes) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        # Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-        hasher.update(len(part).to_bytes(8, "big"))
-        hasher.update(part)
-    return hasher.hexdigest()[:16]
-
-
-def _isolation() -> list[str]:
-    """Build ober's wheel with the hatchling already here when there is one: faster, and no download."""
-    return ["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []
+def _isolation(pip: Sequence[str]) -> list[str]:
+    """Build ober's wheel with the hatchling already here when pip runs here too: faster, and no download."""
+    here = list(pip[:3]) == [sys.executable, "-m", "pip"]
+    return ["--no-build-isolation"] if here and importlib.util.find_spec("hatchling") else []
 
 
 @contextlib.contextmanager
@@ -198,10 +269,14 @@ def _building(final: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _pip(argv: Sequence[str], timeout: float, *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *argv]
+def _pip(
+    pip: Sequence[str], argv: Sequence[str], timeout: float, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    command = [*pip, "--disable-pip-version-check", *argv]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise OberError(f"{pip[0]} is not there", NO_PIP_FIX) from None
     except subprocess.TimeoutExpired:
         raise OberError(f"pip {argv[0]} did not finish in {timeout:g}s", "check that PyPI is reachable") from None
     if check and done.returncode != 0:

@@ -1,7 +1,8 @@
 """A stand-in RGW for tests/test_haproxy_serving.py: records what reaches it and answers 200.
 
 Run as ``python serving_backend.py ADDRESS PORT``. Every request except ``GET /_seen`` is recorded: the method, the
-path, every ``Host``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` header (as lists), and the number of body bytes
+path, every ``Host``, ``X-Forwarded-For`` and ``X-Forwarded-Proto`` header (as lists), every forwarding header
+(``Forwarded``, ``X-Forwarded-*``, also spelt with ``_``) as name and value, and the number of body bytes
 read with their SHA-256. Bodies (``Content-Length`` or chunked) are read and counted in pieces, never held whole.
 ``GET /_seen`` answers the records as a JSON list. Every other request is answered ``200`` with its own record.
 """
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PIECE = 64 * 1024
+FORWARDING = {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"}
 SEEN: list[dict[str, Any]] = []
 LOCK = threading.Lock()
 
@@ -95,6 +97,10 @@ class Handler(BaseHTTPRequestHandler):
             "host": self.headers.get_all("Host", []),
             "x_forwarded_for": self.headers.get_all("X-Forwarded-For", []),
             "x_forwarded_proto": self.headers.get_all("X-Forwarded-Proto", []),
+            # Every header radosgw would read as a forwarding one ('_' and '-' alike), as [name, value] in order.
+            "forwarding": [
+                [name, value] for name, value in self.headers.items() if name.lower().replace("_", "-") in FORWARDING
+            ],
             "body_bytes": count,
             "body_sha256": sha256,
         }

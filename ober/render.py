@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from ober.config import NodeConfig, Whitelists, dump_config
+from ober.config import SLOT_PREFIX, NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
 from ober.secrets import pick
@@ -171,6 +171,7 @@ def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: W
         # HAProxy 2.8 added ssl-default-bind-curves; older versions take the OpenSSL default groups.
         "haproxy_has_curves": version >= (2, 8),
         "groups_in_use": sorted({vip.backend for vip in config.vips}),
+        "slot_prefix": SLOT_PREFIX,
         "ephemeral": EPHEMERAL,
         "reserved_ports": listening_ports(config, EPHEMERAL),
     }

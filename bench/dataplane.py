@@ -66,10 +66,10 @@ from ober.certs import write_pem
 from ober.errors import OberError
 from ober.facts import find_program
 from ober.lab.netns import Lab, add_address, run, run_in
-from ober.lab.procnode import lab_config
+from ober.lab.procnode import lab_config, write_install_tree
 from ober.lab.rgw import RgwCluster, http_get, in_netns, port_refuses, start_cluster
 from ober.lab.site import node_data
-from ober.render import paths, render_node
+from ober.render import paths
 
 RGW, MON = "100.64.1.11", "100.64.1.10"
 RGW_PORT, RGW_TLS_PORT = 7480, 7443
@@ -150,13 +150,7 @@ def ober_haproxy_cfg(lab: Lab, pem: Path) -> str:
     data["backends"] = {"ceph": {**data["backends"]["ceph-a"], "servers": [RGW]}}
     install = lab.path("ober", "opt", "ober")
     config = lab_config(data, install)
-    for item in render_node(config, {}).files:
-        if item.path.startswith(str(install)):
-            target = Path(item.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(item.content)
-            target.chmod(item.mode)
-    Path(paths(config)["run_dir"]).mkdir(parents=True, exist_ok=True)
+    write_install_tree(config, {})
     return paths(config)["haproxy_cfg"]
 
 

@@ -25,7 +25,8 @@ class Entry:
     ``kind`` is one of: ``directory`` (created), ``mode`` (a directory's mode changed; ``was`` the old one, octal),
     ``packages`` (``names`` installed by ``target``, apt or dnf), ``venv`` (created), ``pip`` (``names`` installed
     into the existing venv ``target``), ``service-disabled`` / ``service-enabled`` (unit ``target``;
-    ``enabled``/``active``: its state before), ``selinux-boolean`` (``target`` set; ``was`` on/off before).
+    ``enabled``/``active``: its state before), ``selinux-boolean`` (``target`` set; ``was`` on/off before),
+    ``user`` / ``group`` (a system user or group ``target`` created).
     """
 
     kind: str

@@ -277,10 +277,10 @@ def test_users_for_the_daemons_are_created_each_with_its_group_and_recorded() ->
     assert commands(step) == [
         "groupadd --system ober-haproxy",
         "useradd --system --gid ober-haproxy --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
-        "--comment 'ober: HAProxy workers' ober-haproxy",
+        "--comment 'ober HAProxy workers' ober-haproxy",
         "groupadd --system ober-bgp",
         "useradd --system --gid ober-bgp --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
-        "--comment 'ober: ExaBGP and ober health' ober-bgp",
+        "--comment 'ober ExaBGP and ober health' ober-bgp",
     ]
     records = [action.record for action in step.actions if isinstance(action, Run)]
     assert records == [

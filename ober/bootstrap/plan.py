@@ -139,10 +139,10 @@ def _plan_dirs(install: InstallFacts, path: str) -> Step:
     return Step("dirs", "Create ober's directories", f"create or fix {made}", tuple(actions))
 
 
-# Who each user is for (useradd's comment, seen in ps and /etc/passwd).
+# Who each user is for (useradd's comment in /etc/passwd: no colon, it separates the fields).
 USER_ROLES = {
-    NODE_USERS.haproxy_user: "ober: HAProxy workers",
-    NODE_USERS.bgp_user: "ober: ExaBGP and ober health",
+    NODE_USERS.haproxy_user: "ober HAProxy workers",
+    NODE_USERS.bgp_user: "ober ExaBGP and ober health",
 }
 
 

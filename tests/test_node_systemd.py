@@ -213,7 +213,7 @@ HTTP_CAPS["CAP_SYS_CHROOT"] = 18
 def processes(node: NspawnNode, unit: str) -> dict[int, dict[str, str]]:
     """Every process of ``unit`` (its cgroup), with the fields of /proc/PID/status and its root directory."""
     script = (
-        f"for pid in $(cat /sys/fs/cgroup/system.slice/{unit}.service/cgroup.procs); do "
+        f"for pid in $(grep -l '/{unit}.service$' /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3); do "
         'echo "== $pid $(readlink /proc/$pid/root)"; cat /proc/$pid/status; done'
     )
     found: dict[int, dict[str, str]] = {}
@@ -266,7 +266,7 @@ def test_daemons_run_unprivileged_in_their_sandboxes(systemd_lab: SystemdLab) ->
         "/opt/ober/run/haproxy.sock 600 root root",
         "/opt/ober/run/health.sock 660 root ober-bgp",
         "/opt/ober/run/health 755 ober-bgp ober-bgp",
-        "/opt/ober/run/health/health.json 644 ober-bgp ober-bgp",
+        "/opt/ober/run/health/health.json 640 ober-bgp ober-bgp",  # ExaBGP's umask (daemon.umask)
     ]
     # As ober-bgp: HAProxy's state yes, a change no, the admin socket not at all.
     as_bgp = "runuser -u ober-bgp -- /opt/ober/venv/bin/python -c"

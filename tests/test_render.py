@@ -317,7 +317,9 @@ def test_bgp_unit_runs_exabgp_unprivileged_with_its_secret_as_a_credential(
     assert not any(line.startswith("ProtectProc=") for line in lines)
     # A reload refuses an exabgp.conf that changed since the start (ExaBGP would re-read the old copy).
     reload = [line for line in lines if line.startswith("ExecReload=")]
-    assert reload[0].startswith("ExecReload=+/bin/sh -c 'cmp -s /opt/ober/etc/exabgp.conf %d/exabgp.conf ||")
+    assert reload[0].startswith(
+        "ExecReload=+/bin/sh -c 'cmp -s /opt/ober/etc/exabgp.conf /proc/$MAINPID/root%d/exabgp.conf ||"
+    )
     assert reload[-1] == "ExecReload=/bin/kill -USR1 $MAINPID"
     # The secret stays in the root-only file, never in the unit.
     assert render_node(make_config(), SECRETS).file(EXABGP_CONF).mode == 0o600

@@ -364,7 +364,10 @@ def test_bgp_reload_with_a_broken_config_is_refused(systemd_lab: SystemdLab) -> 
         failed = node.run(f"{OBER} reload", timeout=60, check=False)
     finally:
         node.run(f"cp -a /root/exabgp.conf.good {EXABGP_CONF}")
-    assert failed.returncode == 1 and "ober-bgp" in failed.stderr  # the check refused it before signalling ExaBGP
+    # Refused before ExaBGP is signalled: it would re-read the copy systemd gave it at start, not this file.
+    assert failed.returncode == 1 and "ober-bgp" in failed.stderr
+    journal = node.run("journalctl -u ober-bgp -n 20 --no-pager -o cat").stdout
+    assert f"{EXABGP_CONF} changed since ExaBGP started: restart ober-bgp to take it" in journal
     assert systemd_lab.active("ober-bgp") == "active"
     assert systemd_lab.bird_session() == session and systemd_lab.hops() == [NODE]
 

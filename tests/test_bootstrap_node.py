@@ -238,7 +238,7 @@ def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
     assert started.returncode == 0, started.stderr
     node_lab.wait_hops([NODE])
     # Who runs what: HAProxy's master root, its workers and ExaBGP (with ober health) as bootstrap's users.
-    ps = node.run("ps -e -o user=,ppid=,pid=,args=").stdout.splitlines()
+    ps = node.run("ps -e -o user:32=,ppid=,pid=,args=").stdout.splitlines()
     master = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
     rows = [line.split(None, 3) for line in ps]
     assert any(pid == master and user == "root" for user, _, pid, _ in rows)

@@ -20,8 +20,9 @@ with the same boto3 load for ``--seconds``, the config switched by a HAProxy rel
 3. the attacker, per_source on (default).
 
 Each row: what the attacker held (HAProxy's frontend sessions, sampled), how many of its connection attempts HAProxy
-refused, and what the boto3 client saw (requests, retries, failures; requests per second), and whether the router
-kept the node's route. On 2 shared cores the rates are rough; the difference between the rows is what to read.
+refused, what the boto3 client saw (requests, retries, failures; requests per second), what new clients saw (a curl
+with a new connection every 0.25 s, 5 s at most: answered or not, how long), and whether the router kept the
+node's route. On 2 shared cores the rates are rough; the difference between the rows is what to read.
 
 Usage (root): ``python bench/slowclients.py [--seconds 30] [--connections 6000] [--json]``. Prints numbers,
 asserts nothing.
@@ -44,7 +45,7 @@ from typing import Any
 from ober.config import PER_SOURCE_CONNECTIONS
 from ober.errors import OberError
 from ober.haproxy_runtime import snapshot
-from ober.lab.netns import Lab, add_address, stop_process
+from ober.lab.netns import Lab, add_address, run_in, stop_process
 from ober.lab.procnode import ProcessNode, lab_config, start_node, write_install_tree
 from ober.lab.rgw import start_cluster
 from ober.lab.router import start_router
@@ -176,6 +177,59 @@ class Sampler:
         self.thread.join(10)
 
 
+class NewClients:
+    """A new client every 0.25 s (curl, a new TCP and TLS connection each, 5 s at most): what a client that is not
+    already connected gets while the phase runs. boto3 keeps its connections open, so it notices an exhausted node
+    only when it needs a new one."""
+
+    def __init__(self, ns: str, ca: Path) -> None:
+        self.ns, self.ca = ns, ca
+        self.times: list[float] = []
+        self.failed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        url = f"https://{VIP_A}/"
+        argv = [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "--cacert",
+            str(self.ca),
+            "-w",
+            "%{http_code} %{time_total}",
+        ]
+        while not self.stop.wait(0.25):
+            done = run_in(self.ns, [*argv, url], timeout=30, check=False)
+            code, _, took = done.stdout.partition(" ")
+            if done.returncode == 0 and code.startswith(("2", "4")):  # RGW's answer, whatever it is
+                self.times.append(float(took))
+            else:
+                self.failed += 1
+
+    def __enter__(self) -> NewClients:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def summary(self) -> dict[str, Any]:
+        """How many got an answer, how many did not within 5 s, and how long the answered ones took."""
+        times = sorted(self.times)
+        return {
+            "new_clients": len(times) + self.failed,
+            "new_clients_failed": self.failed,
+            "new_client_median_s": round(statistics.median(times), 3) if times else None,
+            "new_client_p95_s": round(times[int(0.95 * (len(times) - 1))], 3) if times else None,
+        }
+
+
 def run_phase(
     lab: Lab, name: str, args: argparse.Namespace, node: ProcessNode, site: dict[str, Any], attack: bool
 ) -> dict[str, Any]:
@@ -203,7 +257,7 @@ def run_phase(
     )
     result = LoadResult()
     note = ""
-    with Sampler(node, site["hops"]) as sampler:
+    with Sampler(node, site["hops"]) as sampler, NewClients(site["client_ns"], site["ca"]) as newcomers:
         try:
             load.start(ready_timeout=max(60.0, args.seconds))
             time.sleep(args.seconds)
@@ -232,6 +286,7 @@ def run_phase(
         "seconds": result.seconds,
         "req_per_s": round(result.sent / result.seconds, 1) if result.seconds else 0.0,
         "route_kept": all(sampler.routed) if sampler.routed else None,
+        **newcomers.summary(),
         "errors": result.errors[:3],
         "note": note,
     }
@@ -283,15 +338,17 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     )
     print(
         f"{'phase':<30} {'held (median/max)':>17} {'refused':>8} {'requests':>9} {'req/s':>7} {'retried':>8} "
-        f"{'failed':>7} {'route':>6}"
+        f"{'failed':>7} {'new clients: ok/failed':>22} {'median/p95 s':>13} {'route':>6}"
     )
     for row in rows:
         held = f"{row['frontend_sessions_median']}/{row['frontend_sessions_max']}"
         refused = "-" if row["attacker_refused"] is None else str(row["attacker_refused"])
         route = "kept" if row["route_kept"] else "lost"
+        newcomers = f"{row['new_clients'] - row['new_clients_failed']}/{row['new_clients_failed']}"
+        times = f"{row['new_client_median_s']}/{row['new_client_p95_s']}"
         print(
             f"{row['phase']:<30} {held:>17} {refused:>8} {row['requests']:>9} {row['req_per_s']:>7} "
-            f"{row['retried']:>8} {row['failed']:>7} {route:>6}"
+            f"{row['retried']:>8} {row['failed']:>7} {newcomers:>22} {times:>13} {route:>6}"
         )
         for line in ([row["note"]] if row["note"] else []) + row["errors"]:
             print(f"    {line}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import ConfigError, RenderError, SecretsError
 from ober.lab.netns import Lab, run_in, set_sysctl
-from ober.render import NODE_USERS, render_node, seconds
+from ober.render import NODE_USERS, paths, render_node, seconds
 from ober.validate import Tool, check_exabgp, check_haproxy, local_run_as
 from tests.conftest import SECRETS, require
 
@@ -337,6 +338,15 @@ def test_http_unit_keeps_the_master_root_with_only_the_capabilities_it_needs(
         assert line in lines, line
     # ober health (another user) reads HAProxy's pid file: files HAProxy writes stay readable.
     assert not any(line.startswith("UMask=") for line in lines)
+
+
+def test_haproxy_cfg_has_no_regex_the_http_units_sandbox_would_refuse(variant: NodeConfig) -> None:
+    """PCRE2 compiles a regex to machine code (JIT): under MemoryDenyWriteExecute=yes HAProxy refuses the config."""
+    assert "MemoryDenyWriteExecute=yes" in unit(variant, "ober-http.service")
+    text = render_node(variant, SECRETS).file(paths(variant)["haproxy_cfg"]).content
+    assert not re.search(r"\s-m\s+reg\b|_reg\b|\breg(irep|rep|sub)\b", text)
+    for spelling in ("X-Forwarded-Proto", "X_Forwarded-Proto", "X-Forwarded_Host", "X_Forwarded_For", "Forwarded"):
+        assert f"http-request del-header {spelling}\n" in text, spelling
 
 
 def test_bgp_unit_runs_exabgp_unprivileged_with_its_secret_as_a_credential(

@@ -280,6 +280,20 @@ def test_daemons_run_unprivileged_in_their_sandboxes(systemd_lab: SystemdLab) ->
     assert "Permission denied" in refused, refused
     admin = node.run(f"{as_bgp} '{probe}' /opt/ober/run/haproxy.sock 'show info'", check=False)
     assert admin.returncode != 0 and "Permission denied" in admin.stderr, admin.stderr
+    # ober's own metrics with these privileges: the chrooted workers reach ober health's abstract socket (no file of
+    # ober-bgp's in their sight), and ober health reads HAProxy's version through the read-only socket.
+    scrape = (
+        "import urllib.request; from ober.config import load_config; "
+        "c = load_config('/opt/ober/etc/ober.yaml'); "
+        "r = urllib.request.urlopen(f'http://{c.stats.bind}:{c.stats.port}/ober/metrics', timeout=10); "
+        "print(r.read().decode(), r.status, sep='')"
+    )
+    scraped = node.run(f'/opt/ober/venv/bin/python -c "{scrape}"').stdout.strip()
+    body, _, code = scraped.rpartition("\n")
+    assert code == "200", scraped[-500:]
+    assert "ober_exabgp_up 1" in body.splitlines(), body[:2000]
+    info = next(line for line in body.splitlines() if line.startswith("ober_info{"))
+    assert 'haproxy_version="3.' in info, info
     # systemd's own rating of each unit's exposure (0 = fully sandboxed, 10 = none), for the README.
     scores = {}
     for unit in ("ober-http", "ober-bgp", "ober-certs"):

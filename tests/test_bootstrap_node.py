@@ -15,6 +15,7 @@ uninstall, which stops the units gracefully and leaves the node as it was.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -277,7 +278,13 @@ def test_upgrade_ober_from_a_wheelhouse_restarts_bgp_and_announces_again(node_la
     node = node_lab.node
     node_lab.wait_hops([NODE])
     wheel = bumped_wheel(node_lab.lab, "0.1.1")
-    node.run(f"rm -rf /root/newer && cp -a {WHEELS} /root/newer")
+    # A newer wheelhouse as one is built: the new ober in place of the old, pinned by its hash in requirements.txt
+    # (ober upgrade installs exactly the pinned wheels of a wheelhouse that has one).
+    pin = f"ober==0.1.1 --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}"
+    node.run(
+        f"rm -rf /root/newer && cp -a {WHEELS} /root/newer && rm /root/newer/ober-0.1.0-*.whl"
+        f" && sed -i 's/^ober==.*/{pin}/' /root/newer/requirements.txt"
+    )
     node.put(wheel, f"/root/newer/{wheel.name}")
     http_pid = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
     bgp_pid = node.run("systemctl show -p MainPID --value ober-bgp").stdout.strip()

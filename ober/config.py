@@ -52,6 +52,7 @@ def is_slot(name: str) -> bool:
 
 MAX_GRACEFUL_RESTART = 600
 """Seconds a router may hold a restarting node's routes (bgp.graceful_restart) at most."""
+PER_SOURCE_CONNECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,26 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class PerSource:
+    """Limits per client address on each node, so one client cannot take all of ``maxconn``; 0 turns a limit off.
+
+    A slowloris client holds connections open with a trickle of bytes, each within every inactivity timeout.
+    ``connections``: connections one address may hold open at once; ``rate``: new connections it may open within
+    ``period`` seconds. Connections over a limit are refused at once (clients retry, or see a connection error);
+    the connections already open, however long their transfers, are never cut.
+    """
+
+    connections: int
+    rate: int
+    period: float
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is on."""
+        return bool(self.connections or self.rate)
+
+
+@dataclass(frozen=True)
 class HAProxy:
     """HAProxy process settings, and the version the config targets (newer directives only when supported)."""
 
@@ -262,6 +283,7 @@ class HAProxy:
     maxconn: int
     hard_stop_after: float
     timeouts: Timeouts
+    per_source: PerSource
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -732,11 +754,22 @@ def _parse_haproxy(fields: Fields) -> HAProxy:
         queue=t.duration("queue", 60.0, low=1.0, high=3600.0),
     )
     t.done()
+    maxconn = fields.integer("maxconn", 100000, low=100, high=10000000)
+    limits = fields.section("per_source")
+    per_source = PerSource(
+        # Far above what a legitimate client opens to one node (s5cmd's 256 workers, a NAT gateway's users), far
+        # below what one client would need to exhaust maxconn.
+        connections=limits.integer("connections", min(PER_SOURCE_CONNECTIONS, maxconn), low=0, high=maxconn),
+        rate=limits.integer("rate", 0, low=0, high=10000000),
+        period=limits.duration("period", 10.0, low=1.0, high=3600.0),
+    )
+    limits.done()
     haproxy = HAProxy(
         version=f"{major}.{minor}",
-        maxconn=fields.integer("maxconn", 100000, low=100, high=10000000),
+        maxconn=maxconn,
         hard_stop_after=fields.duration("hard_stop_after", 3600.0, low=1.0, high=7 * 86400.0),
         timeouts=timeouts,
+        per_source=per_source,
     )
     fields.done()
     return haproxy

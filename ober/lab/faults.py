@@ -31,7 +31,7 @@ from ober.lab.rgw import RGW_PORT, http_get
 NODE_TIMEOUT = 30.0
 STOP_WAIT = 10.0
 HAPROXY = "/usr/sbin/haproxy"
-HEALTH_STATE = "/opt/ober/run/health.json"
+HEALTH_STATE = "/opt/ober/run/health/health.json"
 # The node's clock right before the act: `date` prints the wall time the router's route is measured against.
 NOW = "date +%s.%N"
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from ober.cli import main
+from ober.inventory import load_inventory
 from ober.lab import faults
 from ober.lab.demo import metrics_lines, node_metrics
 from ober.lab.fleet import LabFleet
@@ -56,9 +57,11 @@ def test_every_node_serves_its_metrics_behind_the_stats_login(fleet: LabFleet, f
         services.add(samples["ober_config_info"][0][0]["service"])
     assert len(services) == 1, "every node serves the inventory's configuration"
     # The stats frontend's login guards ober's metrics as it guards HAProxy's.
-    url = "http://127.0.0.1:8404"
+    # Where the listener really is: the node's own address, over TLS once a login guards it.
+    stats = next(n.config.stats for n in load_inventory(fleet.inventory_path).nodes if n.name == "node01")
+    url = f"{'https' if stats.tls else 'http'}://{stats.bind}:{stats.port}"
     for path in ("/ober/metrics", "/metrics"):
-        code = fleet_lab.run_on("node01", f"curl -s -o /dev/null -w '%{{http_code}}' {url}{path}")
+        code = fleet_lab.run_on("node01", f"curl -sk -o /dev/null -w '%{{http_code}}' {url}{path}")
         assert code == "401", path
     assert any(line.startswith("ober_vip_announced{") for line in metrics_lines(node_metrics(fleet, "node01")))
 

@@ -96,9 +96,9 @@ def _show(args: Sequence[str]) -> None:
 # shell would act on) and handed to curl on stdin, never on a command line; then the scrape.
 _SCRAPE = """set -eu
 pw=$(sed -n 's/^OBER_STATS_PASSWORD=//p' {secrets})
-printf 'user = "%s:%s"\\n' {user} "$pw" | curl -sS --fail -K - http://127.0.0.1:{port}/ober/metrics
+printf 'user = "%s:%s"\\n' {user} "$pw" | curl -sS --fail -k -K - {url}
 """
-_SCRAPE_OPEN = "curl -sS --fail http://127.0.0.1:{port}/ober/metrics"
+_SCRAPE_OPEN = "curl -sS --fail -k {url}"
 
 SHOWN = (
     "ober_info",
@@ -117,12 +117,16 @@ SHOWN = (
 
 
 def scrape_script(config: NodeConfig) -> str:
-    """The shell script that scrapes ``/ober/metrics`` on the node itself, with the stats login when there is one."""
+    """The shell script that scrapes ``/ober/metrics`` on the node itself, with the stats login when there is one.
+
+    At the listener's own address and scheme (it is on the node's address, over TLS with a login; not on 127.0.0.1).
+    ``-k``: the certificate names the S3 service, not the node's address, and the request never leaves the node.
+    """
+    scheme = "https" if config.stats.tls else "http"
+    url = f"{scheme}://{config.stats.bind}:{config.stats.port}/ober/metrics"
     if config.stats.auth is None:
-        return _SCRAPE_OPEN.format(port=config.stats.port)
-    return _SCRAPE.format(
-        secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, port=config.stats.port
-    )
+        return _SCRAPE_OPEN.format(url=url)
+    return _SCRAPE.format(secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, url=url)
 
 
 def node_metrics(fleet: LabFleet, node: str) -> str:

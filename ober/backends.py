@@ -46,7 +46,7 @@ from ober.haproxy_state import State, read_state
 from ober.render import Rendered, paths
 from ober.resolve import resolve_whitelists
 from ober.slots import SlotRecord, backend_name, is_slot, read_record, write_record
-from ober.validate import check_haproxy
+from ober.validate import check_haproxy, local_run_as
 
 Query = Callable[[str], str]
 """Sends one runtime API command, returns HAProxy's answer."""
@@ -562,14 +562,16 @@ def file_changes(old: NodeConfig, new: NodeConfig, root: Path = Path("/")) -> tu
     """
     p = paths(new)
     wanted = (p["haproxy_cfg"], p["config"])
-    before = build_node(old, _placeholders(old), check=False).rendered.file(p["haproxy_cfg"]).content
+    # The users this machine has (a node's own; stand-ins in a lab without them), as its haproxy.cfg was written.
+    run_as = local_run_as(root)
+    before = build_node(old, _placeholders(old), check=False, run_as=run_as).rendered.file(p["haproxy_cfg"]).content
     on_disk = _read_text(root / p["haproxy_cfg"].lstrip("/"))
     if on_disk != before:
         raise OberError(
             f"{p['haproxy_cfg']} is not what this node's ober.yaml renders (a change not applied yet?)",
             f"apply it first (ober config --from {p['config']}), then retry",
         )
-    built = build_node(new, _placeholders(new), check=False)
+    built = build_node(new, _placeholders(new), check=False, run_as=run_as)
     check_haproxy(resolve_whitelists(new), _placeholders(new))
     rendered = Rendered(new.name, tuple(f for f in built.rendered.files if f.path in wanted))
     # plan() also lists files of the last apply's manifest that `rendered` lacks, as removals: here it holds two

@@ -22,6 +22,7 @@ from ober.haproxy_state import Server, State, degraded, intended
 from ober.hostlists import check_host
 from ober.render import render_node
 from ober.slots import SlotRecord, is_slot, read_record, record_path, write_record
+from ober.validate import local_run_as
 from tests.conftest import SECRETS
 
 A1, A2, A3 = "100.64.1.11:7480", "100.64.1.12:7480", "100.64.1.13:7480"
@@ -351,7 +352,7 @@ def installed(data: dict[str, Any], tmp_path: Path) -> NodeConfig:
     """The node's rendered files written under a scratch install path, as ober config would have."""
     data["install_path"] = str(tmp_path / "opt" / "ober")
     config = parse_node_config(data)
-    for item in render_node(config, SECRETS).files:
+    for item in render_node(config, SECRETS, run_as=local_run_as()).files:
         if item.path.startswith(config.install_path):
             Path(item.path).parent.mkdir(parents=True, exist_ok=True)
             Path(item.path).write_text(item.content)

@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/fanout.py
 	$(BIN)/python bench/dataplane.py
 	$(BIN)/python bench/footprint.py
+	$(BIN)/python bench/slowclients.py
 
 # The lab fleet demo (root): lab up, fleet bootstrap, status, a rolling restart under S3 load; the lab stays up.
 demo: setup

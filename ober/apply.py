@@ -144,6 +144,7 @@ def apply(
     *,
     reload: Callable[[], None],
     verify: Callable[[], None],
+    undo: Callable[[], None] | None = None,
 ) -> Applied:
     """Back up, swap in every change, reload, verify; on any failure put every file back and reload again.
 
@@ -154,6 +155,8 @@ def apply(
         owned: every path the new render holds (the next manifest).
         reload: makes the services read the new files (raises OberError on failure).
         verify: checks the node serves with them (raises OberError on failure).
+        undo: what puts the services back after the files were restored (default: ``reload`` again); for a
+            change made through HAProxy's runtime API instead of a reload, its reverse.
 
     Raises:
         OberError: the change was rolled back; the message says why.
@@ -193,7 +196,7 @@ def apply(
         _restore(saved)
         prune_backups(backups)  # the live files are the backed-up ones again: their copies are not needed
         try:
-            reload()
+            (undo or reload)()
         except OberError as again:
             raise OberError(
                 f"{_why(exc)}; files restored, but the reload after restoring failed too: {again.message}",

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ober.config import NodeConfig
-from ober.render import Rendered, render_node
+from ober.render import NODE_USERS, Rendered, RunAs, render_node
 from ober.resolve import Lookup, lookup_ipv4, resolve_whitelists
 from ober.validate import CheckResult, check_exabgp, check_haproxy
 
@@ -40,8 +40,11 @@ def build_node(
     check: bool = True,
     lookup: Lookup = lookup_ipv4,
     haproxy: HaproxyCheck = check_haproxy,
+    run_as: RunAs = NODE_USERS,
 ) -> Built:
     """Render a node's files and, unless ``check`` is false, validate them with ``haproxy -c`` and ExaBGP.
+
+    ``run_as``: the users the daemons run as (stand-ins only where the node's users do not exist, as in a lab).
 
     Raises:
         ConfigError: a whitelist name does not resolve.
@@ -49,7 +52,7 @@ def build_node(
         RenderError: a template failed or a tool rejected the result.
     """
     resolved = resolve_whitelists(config, lookup)
-    rendered = render_node(config, secrets, resolved=resolved.whitelists)
+    rendered = render_node(config, secrets, resolved=resolved.whitelists, run_as=run_as)
     if not check:
         return Built(rendered)
     return Built(rendered, [haproxy(resolved, secrets), check_exabgp(resolved, secrets)])

@@ -38,8 +38,21 @@ KERNEL_PROFILES = ("default", "throughput", "none")
 HTTP_MODES = ("redirect", "serve", "off")
 CHECK_METHODS = ("GET", "HEAD", "OPTIONS")
 OLDEST_HAPROXY = (2, 6)
+DEFAULT_SLOTS = 4
+"""Spare server slots per backend group for servers added at runtime (free again at the next reload)."""
+MAX_SLOTS = 256
+SLOT_PREFIX = "_slot"
+"""HAProxy's name of a spare slot is this and its number; '_' cannot start a hostname, so no server's name."""
+
+
+def is_slot(name: str) -> bool:
+    """Whether an HAProxy server name is one of ober's spare slots."""
+    return name.startswith(SLOT_PREFIX) and name[len(SLOT_PREFIX) :].isdigit()
+
+
 MAX_GRACEFUL_RESTART = 600
 """Seconds a router may hold a restarting node's routes (bgp.graceful_restart) at most."""
+PER_SOURCE_CONNECTIONS = 1000
 
 
 @dataclass(frozen=True)
@@ -116,12 +129,28 @@ class BackendTls:
 
 @dataclass(frozen=True)
 class BackendGroup:
-    """A set of RGW servers of one Ceph cluster."""
+    """A set of RGW servers of one Ceph cluster.
+
+    ``slots`` spare servers wait disabled in HAProxy for servers added at runtime (``ober backends add``);
+    ``drained`` servers take no new requests (weight 0) but are still checked and finish what they serve.
+    """
 
     name: str
     servers: tuple[Server, ...]
     check: HealthCheck
     tls: BackendTls
+    port: int = 7480
+    """The port of a server given without one."""
+    slots: int = 4
+    drained: tuple[Server, ...] = ()
+
+    def server(self, host: str, port: int) -> Server | None:
+        """The server at ``host:port``, if the group has it."""
+        return next((s for s in self.servers if s.host == host and s.port == port), None)
+
+    def is_drained(self, server: Server) -> bool:
+        """Whether ``server`` is drained."""
+        return server in self.drained
 
 
 @dataclass(frozen=True)
@@ -227,6 +256,26 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class PerSource:
+    """Limits per client address on each node, so one client cannot take all of ``maxconn``; 0 turns a limit off.
+
+    A slowloris client holds connections open with a trickle of bytes, each within every inactivity timeout.
+    ``connections``: connections one address may hold open at once; ``rate``: new connections it may open within
+    ``period`` seconds. Connections over a limit are refused at once (clients retry, or see a connection error);
+    the connections already open, however long their transfers, are never cut.
+    """
+
+    connections: int
+    rate: int
+    period: float
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any limit is on."""
+        return bool(self.connections or self.rate)
+
+
+@dataclass(frozen=True)
 class HAProxy:
     """HAProxy process settings, and the version the config targets (newer directives only when supported)."""
 
@@ -234,6 +283,7 @@ class HAProxy:
     maxconn: int
     hard_stop_after: float
     timeouts: Timeouts
+    per_source: PerSource
 
     @property
     def version_tuple(self) -> tuple[int, int]:
@@ -348,7 +398,20 @@ def _parse_bgp(fields: Fields) -> Bgp:
     return bgp
 
 
-def _parse_server(entry: str, port: int, where: str) -> Server:
+def server_order(server: Server) -> tuple[Any, ...]:
+    """A sort key: addresses numerically, then names naturally (rgw2 before rgw10), then the port.
+
+    A backend group changed at runtime keeps its servers in this order on the node and in the inventory alike, so
+    both render the same file whatever order the changes came in.
+    """
+    if is_ipv4(server.host):
+        return (0, tuple(int(part) for part in server.host.split(".")), server.port)
+    parts = re.split(r"(\d+)", server.host)
+    return (1, tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts), server.port)
+
+
+def parse_server(entry: str, port: int, where: str) -> Server:
+    """``host`` or ``host:port`` (``port`` when none is given) as a :class:`Server`; ``where`` names it in errors."""
     host, colon, port_text = entry.partition(":")
     check_host(host, where)
     if colon:
@@ -365,7 +428,7 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
         raise ConfigError(f"{fields.at('servers')}: expected a hostlist or a list, got {type_name(raw)}")
     # Expand with the ports still attached (rgw[1-2]:7480), then split host from port and check each.
     entries = expand(raw, fields.at("servers"), check=False)
-    servers = tuple(_parse_server(entry, port, fields.at("servers")) for entry in entries)
+    servers = tuple(parse_server(entry, port, fields.at("servers")) for entry in entries)
     if not servers:
         raise ConfigError(f"{fields.at('servers')}: no servers", "list the RGW servers, e.g. rgw[1-2]:7480")
     check_fields = fields.section("check")
@@ -386,8 +449,27 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
         ca_file=_path(tls_fields, "ca_file"),
     )
     tls_fields.done()
+    slots = fields.integer("slots", DEFAULT_SLOTS, low=0, high=MAX_SLOTS)
+    drained = _parse_drained(fields, port, servers)
     fields.done()
-    return BackendGroup(name=name, servers=servers, check=check, tls=tls)
+    return BackendGroup(name=name, servers=servers, check=check, tls=tls, port=port, slots=slots, drained=drained)
+
+
+def _parse_drained(fields: Fields, port: int, servers: tuple[Server, ...]) -> tuple[Server, ...]:
+    raw = fields.raw("drained", [])
+    if not isinstance(raw, (str, list)):
+        raise ConfigError(f"{fields.at('drained')}: expected a hostlist or a list, got {type_name(raw)}")
+    drained = tuple(
+        parse_server(entry, port, fields.at("drained")) for entry in expand(raw, fields.at("drained"), check=False)
+    )
+    for server in drained:
+        if server not in servers:
+            raise ConfigError(
+                f"{fields.at('drained')}: {server.host}:{server.port} is not one of the group's servers",
+                "drain only listed servers (or remove it from 'drained')",
+            )
+    # In the servers' order: the same set gives the same ober.yaml, however it was reached (fleet or node).
+    return tuple(server for server in servers if server in drained)
 
 
 def _parse_vips(fields: Fields, groups: tuple[BackendGroup, ...]) -> tuple[Vip, ...]:
@@ -672,11 +754,22 @@ def _parse_haproxy(fields: Fields) -> HAProxy:
         queue=t.duration("queue", 60.0, low=1.0, high=3600.0),
     )
     t.done()
+    maxconn = fields.integer("maxconn", 100000, low=100, high=10000000)
+    limits = fields.section("per_source")
+    per_source = PerSource(
+        # Far above what a legitimate client opens to one node (s5cmd's 256 workers, a NAT gateway's users), far
+        # below what one client would need to exhaust maxconn.
+        connections=limits.integer("connections", min(PER_SOURCE_CONNECTIONS, maxconn), low=0, high=maxconn),
+        rate=limits.integer("rate", 0, low=0, high=10000000),
+        period=limits.duration("period", 10.0, low=1.0, high=3600.0),
+    )
+    limits.done()
     haproxy = HAProxy(
         version=f"{major}.{minor}",
-        maxconn=fields.integer("maxconn", 100000, low=100, high=10000000),
+        maxconn=maxconn,
         hard_stop_after=fields.duration("hard_stop_after", 3600.0, low=1.0, high=7 * 86400.0),
         timeouts=timeouts,
+        per_source=per_source,
     )
     fields.done()
     return haproxy
@@ -714,7 +807,11 @@ def config_to_dict(config: NodeConfig) -> dict[str, Any]:
     """The YAML form of a config; :func:`parse_node_config` reads it back to an equal config."""
     data: dict[str, Any] = _plain(dataclasses.asdict(config))
     data["backends"] = {
-        group.pop("name"): {**group, "servers": [f"{s['host']}:{s['port']}" for s in group["servers"]]}
+        group.pop("name"): {
+            **group,
+            "servers": [f"{s['host']}:{s['port']}" for s in group["servers"]],
+            "drained": [f"{s['host']}:{s['port']}" for s in group["drained"]],
+        }
         for group in data["backends"]
     }
     return data

@@ -24,6 +24,7 @@ from ober.render import paths
 from ober.schema import load_yaml
 from ober.secrets import load_secrets
 from ober.services import reload_for, run_actions
+from ober.validate import missing_users
 
 _KEY = re.compile(r"^[a-z_][a-z0-9_-]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_-]*(?:\[\d+\])?)*\Z")
 
@@ -142,6 +143,12 @@ def configure(
     if not changes:
         # Unchanged, yet maybe serving less than it says (a server that never resolved): a push must hear it.
         return Outcome(changes, actions, None, False, live, _degraded_now(config) if live else [])
+    if live and (missing := missing_users(root)):
+        # The units would not start (systemd: no such user; HAProxy: unknown user), the node out of service.
+        raise ConfigError(
+            f"this node has no {', '.join(missing)}: ober's services run as them",
+            "run ober bootstrap (again): it creates them, and changes nothing else that is in place",
+        )
 
     done: list[str] = []
     before: list[int | None] = [None]

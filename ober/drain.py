@@ -170,14 +170,18 @@ def quiesce(
 def wake_health(config: NodeConfig) -> bool:
     """Ask the running ``ober health`` to look now (SIGUSR1) instead of at its next interval; True if it was asked.
 
-    The pid comes from the health state file; it is only signalled if that process is still ``ober health``.
+    The pid comes from the health state file; it is only signalled if that process is still ``ober health`` and
+    runs as the user who wrote the file (ExaBGP's): whoever can write that file can have only their own process
+    signalled, however root runs this.
     """
+    target = state_file(config)
     try:
-        pid = int(json.loads(state_file(config).read_text())["pid"])
+        pid = int(json.loads(target.read_text())["pid"])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        same_user = Path(f"/proc/{pid}").stat().st_uid == target.stat().st_uid
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if b"health" not in cmdline:
+    if b"health" not in cmdline or not same_user:
         return False
     try:
         os.kill(pid, signal.SIGUSR1)

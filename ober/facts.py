@@ -18,6 +18,22 @@ def parse_haproxy_version(output: str) -> str | None:
     return match.group(1) if match else None
 
 
+def account_names(root: Path = Path("/")) -> tuple[frozenset[str], frozenset[str]]:
+    """The user and group names in ``root``'s /etc/passwd and /etc/group.
+
+    The files, not NSS: ober's users are local system users, and a directory service must not stand in for them.
+    """
+
+    def names(table: str) -> frozenset[str]:
+        try:
+            text = (root / "etc" / table).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return frozenset()
+        return frozenset(line.split(":", 1)[0] for line in text.splitlines() if ":" in line)
+
+    return names("passwd"), names("group")
+
+
 def find_program(name: str) -> str | None:
     """A program next to this Python first (our venv), else on PATH, else in the sbin directories."""
     beside = Path(sys.executable).parent / name

@@ -7,6 +7,7 @@ import io
 import socket
 from dataclasses import dataclass
 
+from ober.config import is_slot
 from ober.errors import OberError
 
 
@@ -36,9 +37,14 @@ class Snapshot:
         return state.up if state else 0
 
 
-def _server_up(status: str) -> bool:
-    # "UP", "UP 1/3" (up, failing checks), "no check" (never checked, so in use); DOWN, MAINT, DRAIN, NOLB are not.
-    return status.startswith("UP") or status == "no check"
+def server_up(status: str, weight: str = "") -> bool:
+    """Whether a ``show stat`` server row takes new requests.
+
+    "UP", "UP 1/3" (up, failing checks), "no check" (never checked, so in use) do; DOWN, MAINT (a free spare slot
+    too), DRAIN, NOLB do not, nor a server of weight 0 (drained by ``ober backends drain``: HAProxy still shows it
+    UP).
+    """
+    return (status.startswith("UP") or status == "no check") and weight.strip() != "0"
 
 
 def _count(row: dict[str, str]) -> int:
@@ -67,8 +73,9 @@ def parse_show_stat(text: str) -> Snapshot:
         elif name == "BACKEND":
             servers.setdefault(proxy, [])
             in_flight[proxy] = _count(row)
-        elif proxy:
-            servers.setdefault(proxy, []).append(_server_up(row.get("status") or ""))
+        elif proxy and not (is_slot(name) and (row.get("status") or "").startswith("MAINT")):
+            # A free spare slot is not a server (a slot holding one added at runtime is).
+            servers.setdefault(proxy, []).append(server_up(row.get("status") or "", row.get("weight") or ""))
     backends = {
         proxy: BackendState(servers=len(states), up=sum(states), in_flight=in_flight.get(proxy, 0))
         for proxy, states in servers.items()

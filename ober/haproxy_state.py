@@ -12,6 +12,7 @@ socket answering. This module reads HAProxy's own state through its runtime sock
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import shutil
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 
 from ober.config import NodeConfig
 from ober.errors import OberError
-from ober.haproxy_runtime import query
+from ober.haproxy_runtime import query, server_up
 from ober.render import paths
+from ober.slots import SlotRecord, backend_name, is_slot, read_record
 
 SRV_ADMF_RMAINT = 0x20
 """``srv_admin_state`` bit of ``show servers state``: in maintenance because its address did not resolve."""
@@ -50,6 +52,20 @@ class Server:
     """The name HAProxy resolves for it, when it was given one."""
     unresolved: bool = False
     """In maintenance because its address did not resolve (``srv_admin_state`` bit 0x20)."""
+    weight: int | None = None
+    """Its weight now (0: drained by ``ober backends drain``); None when ``show stat`` did not say."""
+    sessions: int = 0
+    """Its current sessions (``scur``): requests it serves now."""
+    served: int = 0
+    """Sessions it has had (``stot``) since HAProxy's worker started."""
+    address: str | None = None
+    """The address HAProxy connects to (``show servers state``)."""
+    port: int | None = None
+
+    @property
+    def up(self) -> bool:
+        """It takes new requests (up and not of weight 0)."""
+        return server_up(self.status, "" if self.weight is None else str(self.weight))
 
     @property
     def pending(self) -> bool:
@@ -71,7 +87,7 @@ def parse_servers(show_stat: str, servers_state: str = "") -> list[Server]:
         backend, name = row.get("pxname") or "", row.get("svname") or ""
         if not backend or name in ("FRONTEND", "BACKEND", ""):
             continue
-        fqdn, admin = extra.get((backend, name), (None, 0))
+        state = extra.get((backend, name), _StateRow())
         status = row.get("status") or ""
         servers.append(
             Server(
@@ -80,31 +96,50 @@ def parse_servers(show_stat: str, servers_state: str = "") -> list[Server]:
                 status=status,
                 check_status=row.get("check_status") or "",
                 check_detail=row.get("last_chk") or "",
-                fqdn=fqdn,
-                unresolved=bool(admin & SRV_ADMF_RMAINT) or status == "MAINT (resolution)",
+                fqdn=state.fqdn,
+                unresolved=bool(state.admin & SRV_ADMF_RMAINT) or status == "MAINT (resolution)",
+                weight=_number(row.get("weight")),
+                sessions=_number(row.get("scur")) or 0,
+                served=_number(row.get("stot")) or 0,
+                address=state.address,
+                port=state.port,
             )
         )
     return servers
 
 
-def _servers_state(text: str) -> dict[tuple[str, str], tuple[str | None, int]]:
-    """``show servers state``: (backend, server) → (fqdn, srv_admin_state); {} for anything unexpected."""
+def _number(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+@dataclass(frozen=True)
+class _StateRow:
+    fqdn: str | None = None
+    admin: int = 0
+    address: str | None = None
+    port: int | None = None
+
+
+def _servers_state(text: str) -> dict[tuple[str, str], _StateRow]:
+    """``show servers state``: (backend, server) → its name, admin state and address; {} for anything unexpected."""
     lines = [line for line in text.splitlines() if line.strip()]
     header = next((line[2:].split() for line in lines if line.startswith("# ")), None)
     if not header or not {"be_name", "srv_name", "srv_admin_state"} <= set(header):
         return {}
-    found: dict[tuple[str, str], tuple[str | None, int]] = {}
+    found: dict[tuple[str, str], _StateRow] = {}
     for line in lines:
         fields = line.split()
         if line.startswith("#") or len(fields) != len(header):
             continue  # the format version line, the header, or a row of another shape
         row = dict(zip(header, fields, strict=True))
         fqdn = row.get("srv_fqdn")
-        try:
-            admin = int(row["srv_admin_state"])
-        except ValueError:
-            admin = 0
-        found[(row["be_name"], row["srv_name"])] = (fqdn if fqdn and fqdn != "-" else None, admin)
+        address = row.get("srv_addr")
+        found[(row["be_name"], row["srv_name"])] = _StateRow(
+            fqdn=fqdn if fqdn and fqdn != "-" else None,
+            admin=_number(row["srv_admin_state"]) or 0,
+            address=address if address and address != "-" else None,
+            port=_number(row.get("srv_port")),
+        )
     return found
 
 
@@ -179,9 +214,38 @@ class State:
         """Servers still waiting for their first check."""
         return [server for server in self.servers if server.pending]
 
-    def degraded(self) -> list[str]:
-        """:func:`degraded` of this state."""
-        return degraded(self.servers, self.startup)
+    def degraded(self, config: NodeConfig | None = None) -> list[str]:
+        """:func:`degraded` of this state; with ``config``, servers out of service on purpose are not problems.
+
+        On purpose: a free spare slot, a drained server, a removed one (in maintenance until the next reload).
+        A slot holding a server added at runtime is named after that server.
+        """
+        servers = self.servers if config is None else intended(config, self.servers, read_record(config, self.pid))
+        return degraded(servers, self.startup)
+
+
+def intended(config: NodeConfig, servers: Sequence[Server], record: SlotRecord) -> list[Server]:
+    """``servers`` without those ober keeps out of service on purpose, slots named after the server they hold."""
+    kept: list[Server] = []
+    groups = {backend_name(group.name): group for group in config.backends}
+    for server in servers:
+        group = groups.get(server.backend)
+        if group is None:
+            kept.append(server)
+            continue
+        name = server.name
+        if is_slot(name):
+            holder = record.holder(server.backend, name)
+            if holder is None and server.status.startswith("MAINT"):
+                continue  # a free slot
+            name = holder or name
+        listed = {s.name: s for s in group.servers}
+        if name not in listed and not is_slot(name) and server.status.startswith("MAINT"):
+            continue  # removed by ober backends remove: gone at the next reload
+        if name in listed and group.is_drained(listed[name]):
+            continue
+        kept.append(dataclasses.replace(server, name=name))
+    return kept
 
 
 def worker_pid(socket_path: str, timeout: float) -> int | None:
@@ -218,7 +282,7 @@ def read_state(socket_path: str, timeout: float) -> State:
 def node_degraded(config: NodeConfig) -> list[str] | None:
     """``degraded`` for this node's running HAProxy now; None when HAProxy does not answer."""
     try:
-        return read_state(paths(config)["admin_socket"], config.health.timeout).degraded()
+        return read_state(paths(config)["admin_socket"], config.health.timeout).degraded(config)
     except OberError:
         return None
 
@@ -281,7 +345,7 @@ def after_reload(
             state = read_state(socket_path, config.health.timeout)
         except OberError:
             break  # answered a moment ago; what was read then is what can be told
-    return state.degraded()
+    return state.degraded(config)
 
 
 def journal_alerts(since: float, unit: str = "ober-http") -> list[str]:

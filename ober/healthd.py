@@ -146,13 +146,22 @@ def observe_haproxy(current: Callable[[], NodeConfig]) -> Callable[[], Seen]:
         if running(Path(where["pid_file"])) is False:
             return Seen(None, gone=True)
         try:
-            return Seen(snapshot(where["admin_socket"], config.health.timeout))
+            return Seen(snapshot(health_socket(where), config.health.timeout))
         except HAProxyGone:
             return Seen(None, gone=True)
         except OberError:
             return Seen(None)  # running but no usable answer in time: a doubtful check
 
     return read
+
+
+def health_socket(where: dict[str, str]) -> str:
+    """The socket to read HAProxy's state from: the read-only health socket, or the admin socket without one.
+
+    Only a HAProxy still running a config from before the health socket has none (an ``ober upgrade`` restarts this
+    helper before the next ``ober config`` renders it); its units still run this helper as root then.
+    """
+    return where["health_socket"] if Path(where["health_socket"]).exists() else where["admin_socket"]
 
 
 def running(pid_file: Path) -> bool | None:
@@ -442,8 +451,8 @@ def write_state(path: Path, data: dict[str, object]) -> None:
 
 
 def state_file(config: NodeConfig) -> Path:
-    """Where ``ober health`` publishes its state."""
-    return Path(paths(config)["run_dir"]) / "health.json"
+    """Where ``ober health`` publishes its state (a directory of its own: it may not write HAProxy's)."""
+    return Path(paths(config)["health_dir"]) / "health.json"
 
 
 def run(
@@ -486,7 +495,7 @@ def run(
     from ober.metrics_server import Gatherer, serve
 
     loop.publish(haproxy_up=False)  # a scrape before the first round shows every VIP (in "init"), not none
-    metrics = serve(Gatherer(loop, pipe, watched), Path(paths(config)["metrics_socket"]))
+    metrics = serve(Gatherer(loop, pipe, watched), paths(config)["metrics_socket"])
     threading.Thread(
         target=watch_pid,
         args=(lambda: Path(paths(loop.config)["pid_file"]), wake, stop),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ober.backend_changes import Delta, apply_changes, changes_path, parse_changes
 from ober.config import NodeConfig, parse_node_config, read_yaml
 from ober.errors import ConfigError
 from ober.hostlists import collect, expand
@@ -152,8 +153,10 @@ def inventory_path(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get("OBER_INVENTORY") or DEFAULT_INVENTORY)
 
 
-def load_inventory(path: str | Path | None = None) -> Inventory:
+def load_inventory(path: str | Path | None = None, *, backends: Mapping[str, Delta] | None = None) -> Inventory:
     """Load and resolve an inventory; every node's config is fully validated.
+
+    ``backends``, when given, stands in for the inventory's runtime backend changes (to try a change first).
 
     Raises:
         ConfigError: naming the file, the node and the exact field.
@@ -164,6 +167,17 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
             f"{source}: no such inventory", "pass -i FILE, set $OBER_INVENTORY, or write one: ober fleet init"
         )
     data, where = _read_source(source)
+    changes = changes_path(source)
+    if source.is_file() and changes.is_file():
+        # The runtime backend changes of a one-file inventory live next to it (a directory reads them anyway).
+        extra = _mapping(read_yaml(changes), str(changes))
+        if set(extra) - {"backends"} or "backends" in data:
+            raise ConfigError(
+                f"{changes}: only 'backends:' may be set there, and not also in {source}", "keep it in one file"
+            )
+        data = {**data, **extra}
+    if backends is not None:
+        data = {**data, "backends": {group: delta.to_dict() for group, delta in backends.items()}}
     return resolve_inventory(data, where)
 
 
@@ -176,7 +190,8 @@ def resolve_inventory(data: object, where: str = "inventory") -> Inventory:
         fleet = _fleet(top.section("fleet"))
         cluster = top.raw("config", {})
         Fields(cluster, "config")  # a mapping, or a clear error
-        nodes = _nodes(top, cluster)
+        changes = parse_changes(top.raw("backends", {}))
+        nodes = _nodes(top, cluster, changes)
         files = _files(top, where)
         top.done()
         _refuse_file_dests(files, nodes)
@@ -327,7 +342,7 @@ def _zip(group: Fields, key: str, count: int) -> list[str] | None:
     return values
 
 
-def _nodes(top: Fields, cluster: Mapping[str, Any]) -> list[InventoryNode]:
+def _nodes(top: Fields, cluster: Mapping[str, Any], changes: Mapping[str, Delta]) -> list[InventoryNode]:
     hosts = dict(top.named_sections("hosts", hostnames=True))
     resolved: list[InventoryNode] = []
     seen: dict[str, str] = {}
@@ -362,7 +377,10 @@ def _nodes(top: Fields, cluster: Mapping[str, Any]) -> list[InventoryNode]:
                 identity["bgp"]["local_address"] = local_address
             # Zipped per-node values beat cluster and group config; explicit per-host config beats everything.
             data = merge(merge(merge(cluster, group_config), identity), host_config)
-            config = parse_node_config(data, f"node {name} (group {group_name})")
+            where = f"node {name} (group {group_name})"
+            config = parse_node_config(data, where)
+            if changes:
+                config = parse_node_config(apply_changes(data, config, changes), f"{where} with backends changes")
             resolved.append(InventoryNode(name=name, group=group_name, address=address, config=config))
     unused = sorted(set(hosts) - set(seen))
     if unused:

@@ -1,10 +1,13 @@
 """ober's metrics, served from inside ``ober health`` on a Unix socket that HAProxy's stats frontend routes to.
 
 ``ober health`` already holds most of what is worth watching (each VIP's state and why, the checks), and it can ask
-ExaBGP about its sessions through its own pipe. So a thread in it answers ``GET /ober/metrics`` on
-``run/metrics.sock`` (mode 600; HAProxy runs as root). The socket is reachable only on the node: clients reach it
-through HAProxy's stats frontend, which passes ``/ober/metrics`` on, so whatever rules guard HAProxy's own
-``/metrics`` (bind address, allow-list, login) guard these too.
+ExaBGP about its sessions through its own pipe. So a thread in it answers ``GET /ober/metrics`` on an abstract Unix
+socket (:func:`ober.render.metrics_socket_name`). Abstract because HAProxy's workers run unprivileged in an empty
+chroot and ``ober health`` as the BGP user: a socket file would be out of the workers' sight and mode. An abstract
+socket has no path and no mode, so any local process on the node may read these metrics (nothing secret: what
+``ober status`` shows); from outside the node it is reachable only through HAProxy's stats frontend, which passes
+``/ober/metrics`` on, so whatever rules guard HAProxy's own ``/metrics`` (bind address, allow-list, login) guard
+these too.
 
 A scrape never waits for the check loop nor the loop for a scrape: the loop publishes an immutable summary after
 every round (:attr:`ober.healthd.HealthLoop.facts`); the rest (ExaBGP's sessions, the drain and roll records,
@@ -14,7 +17,7 @@ then sees the target down (``up == 0``), which the shipped alert rules cover.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 import socketserver
@@ -31,7 +34,7 @@ from ober.drain import read_drain
 from ober.errors import OberError
 from ober.exabgp_cli import parse_graceful_restart, parse_neighbors, parse_uptimes
 from ober.haproxy_runtime import query
-from ober.healthd import ConfigSource, HealthLoop, Pipe, log
+from ober.healthd import ConfigSource, HealthLoop, Pipe, health_socket, log
 from ober.metrics import (
     CONTENT_TYPE,
     ConfigFacts,
@@ -148,7 +151,8 @@ class Gatherer:
             node=config.name,
             versions={
                 "ober": __version__,
-                "haproxy": haproxy_version(paths(config)["admin_socket"], config.health.timeout),
+                # The read-only health socket: ober health (the BGP user) may not open the admin socket.
+                "haproxy": haproxy_version(health_socket(paths(config)), config.health.timeout),
                 "exabgp": self.exabgp,
             },
             health=health,
@@ -204,32 +208,50 @@ class _Handler(BaseHTTPRequestHandler):
         """Nothing per request (a scrape every few seconds would flood the journal)."""
 
 
-class MetricsServer(socketserver.UnixStreamServer):
-    """HTTP on a Unix socket, one request at a time, in a daemon thread."""
+SUN_PATH = 108
+"""Bytes in a Unix socket address's path (Linux)."""
+BIND_WAIT = 3.0
+"""Seconds a new helper waits for the name while the helper before it (ExaBGP restarted it) still holds it."""
 
-    def __init__(self, path: Path, body: Callable[[], str]) -> None:
-        self.path = path
+
+def abstract_address(name: str) -> bytes:
+    """The address HAProxy's ``abns@name`` connects to: a NUL, the name, then NULs to the end of ``sun_path``.
+
+    HAProxy's ``abns@`` (before 3.1's ``abnsz@``) always uses the whole ``sun_path``, NUL padded, so the server binds
+    exactly that address.
+
+    Raises:
+        ValueError: the name does not fit.
+    """
+    raw = b"\0" + name.encode()
+    if len(raw) > SUN_PATH:
+        raise ValueError(f"abstract socket name too long ({len(raw) - 1} bytes, at most {SUN_PATH - 1})")
+    return raw.ljust(SUN_PATH, b"\0")
+
+
+class MetricsServer(socketserver.UnixStreamServer):
+    """HTTP on an abstract Unix socket, one request at a time, in a daemon thread."""
+
+    def __init__(self, name: str, body: Callable[[], str]) -> None:
+        self.name = name
         self.body = body
-        self._inode: int | None = None
         self._serving = False
-        super().__init__(str(path), _Handler, bind_and_activate=False)
+        super().__init__(abstract_address(name), _Handler, bind_and_activate=False)
 
     def server_bind(self) -> None:
-        """Bind beside the final name, make it private, then rename over it.
+        """Bind the name, waiting up to :data:`BIND_WAIT` while a previous helper still holds it.
 
-        The rename replaces a socket a previous helper left (ExaBGP restarts a killed one) in one step: HAProxy
-        always finds a socket there, and it is never reachable with a looser mode than 600.
+        The kernel frees an abstract name when its last socket closes: a helper that died leaves nothing behind.
         """
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        temp.unlink(missing_ok=True)
-        self.socket.bind(str(temp))
-        try:
-            temp.chmod(0o600)
-            temp.replace(self.path)
-        except OSError:
-            temp.unlink(missing_ok=True)
-            raise
-        self._inode = self.path.stat().st_ino
+        deadline = time.monotonic() + BIND_WAIT
+        while True:
+            try:
+                self.socket.bind(self.server_address)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.1)
 
     def start(self) -> threading.Thread:
         """Bind, listen and serve in a daemon thread.
@@ -249,26 +271,23 @@ class MetricsServer(socketserver.UnixStreamServer):
         return thread
 
     def stop(self) -> None:
-        """Stop serving and remove the socket, unless another helper has replaced it meanwhile."""
+        """Stop serving and close the socket (which frees the name)."""
         if self._serving:
             self.shutdown()  # waits for serve_forever to return: only once it runs
             self._serving = False
         self.server_close()
-        with contextlib.suppress(OSError):
-            if self.path.stat().st_ino == self._inode:
-                self.path.unlink()
 
 
-def serve(gatherer: Gatherer, path: Path) -> MetricsServer | None:
-    """Start serving ``gatherer``'s metrics on ``path``; None (and a log line) when that is not possible.
+def serve(gatherer: Gatherer, name: str) -> MetricsServer | None:
+    """Start serving ``gatherer``'s metrics on the abstract socket ``name``; None (and a log line) when not possible.
 
     Without the socket ober health goes on deciding: the metrics are for people, the announcements are not.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        server = MetricsServer(path, gatherer.text)
+        server = MetricsServer(name, gatherer.text)
         server.start()
-    except OSError as exc:
-        log(f"metrics: cannot serve on {path}: {exc.strerror or exc}; ober health goes on without them")
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log(f"metrics: cannot serve on @{name}: {why}; ober health goes on without them")
         return None
     return server

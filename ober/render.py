@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from ober.config import NodeConfig, Whitelists, dump_config
+from ober.config import SLOT_PREFIX, NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
 from ober.secrets import pick
@@ -114,6 +114,65 @@ FLEET_STATE_DIR = "/var/lib/ober/fleet"
 whole fleet, ``last-roll.json`` after; ``ober health``'s metrics show them), uploads."""
 
 
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged users and groups the node's daemons run as (made by ``ober bootstrap``).
+
+    HAProxy's workers (the processes facing the internet) run as ``haproxy``; ExaBGP and ``ober health`` as ``bgp``,
+    whose group may read HAProxy's state through the read-only health socket and nothing else of HAProxy's.
+    """
+
+    haproxy_user: str = "ober-haproxy"
+    haproxy_group: str = "ober-haproxy"
+    bgp_user: str = "ober-bgp"
+    bgp_group: str = "ober-bgp"
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The user names, each with a group of the same name on a node."""
+        return (self.haproxy_user, self.bgp_user)
+
+
+NODE_USERS = RunAs()
+
+
+# What systemd's ProtectHome= hides and PrivateTmp= replaces with an empty directory.
+HOME_DIRS = ("/home", "/root", "/run/user")
+TMP_DIRS = ("/tmp", "/var/tmp")  # noqa: S108 - names of directories, not files made there
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How much of the file system the units may hide: never a directory the node's own files are in.
+
+    ``protect_home`` is systemd's ProtectHome= value: ``yes`` (hidden), ``read-only`` (a certificate or CA file is
+    there) or ``no`` (the install path itself is, and ``ober health`` writes under it).
+    """
+
+    protect_home: str
+    private_tmp: bool
+
+
+def _under(path: str, dirs: tuple[str, ...]) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in dirs)
+
+
+def sandbox(config: NodeConfig) -> Sandbox:
+    """The sandbox the node's paths allow (an install path or certificate under /home or /tmp is unusual, not wrong)."""
+    read = [
+        config.certificates.crt_path(config.install_path),
+        config.health.maintenance_file,
+        *(group.tls.ca_file for group in config.backends if group.tls.ca_file),
+    ]
+    if _under(config.install_path, HOME_DIRS):
+        home = "no"
+    elif any(_under(path, HOME_DIRS) for path in read):
+        home = "read-only"
+    else:
+        home = "yes"
+    return Sandbox(home, not any(_under(path, TMP_DIRS) for path in [config.install_path, *read]))
+
+
 def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
     """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
     etc = f"{config.install_path}/etc"
@@ -127,14 +186,31 @@ def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
         "crt": config.certificates.crt_path(config.install_path),
         "run_dir": run,
         "admin_socket": f"{run}/haproxy.sock",
-        # As long as haproxy.sock (HAProxy caps socket paths): ober health serves its metrics here, HAProxy's stats
-        # frontend passes /ober/metrics on to it.
-        "metrics_socket": f"{run}/metrics.sock",
+        # Read-only (`show stat`), for `ober health`, which runs as the BGP user: see RunAs.
+        "health_socket": f"{run}/health.sock",
         "pid_file": f"{run}/haproxy.pid",
+        # HAProxy's workers are chrooted here: an empty directory they cannot write.
+        "chroot": f"{run}/empty",
+        # `ober health` writes its state file here, the only place under the install path it may write.
+        "health_dir": f"{run}/health",
         "venv": f"{config.install_path}/venv",
         "maintenance_file": config.health.maintenance_file,
     }
-    return {key: root + value for key, value in base.items()}
+    # A name, not a path (never under ``root``): see metrics_socket_name.
+    return {**{key: root + value for key, value in base.items()}, "metrics_socket": metrics_socket_name(config)}
+
+
+def metrics_socket_name(config: NodeConfig) -> str:
+    """The abstract Unix socket ``ober health`` serves its metrics on; HAProxy passes /ober/metrics to ``abns@`` it.
+
+    Abstract, not a file: HAProxy's workers run as the HAProxy user in an empty chroot, where no file of ``ober
+    health`` (the BGP user) is in sight nor open to them, and an abstract name has neither a path nor a mode. So any
+    local process on the node can read the metrics there (the same facts ``ober status`` shows); from outside the node
+    they are reached only through the stats frontend and its rules. Abstract names belong to a network namespace
+    (each lab node has its own); the install path's digest keeps two installs in one namespace apart.
+    """
+    digest = hashlib.sha256(config.install_path.encode()).hexdigest()[:16]
+    return f"ober-metrics-{digest}"
 
 
 def _whitelist(entries: tuple[str, ...], field: str) -> list[str]:
@@ -147,7 +223,9 @@ def _whitelist(entries: tuple[str, ...], field: str) -> list[str]:
     return list(entries)
 
 
-def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: Whitelists) -> dict[str, Any]:
+def _context(
+    config: NodeConfig, secrets: Mapping[str, str], root: str, lists: Whitelists, run_as: RunAs
+) -> dict[str, Any]:
     version = config.haproxy.version_tuple
     whitelists = {
         "routers": _whitelist(lists.routers, "routers"),
@@ -171,8 +249,11 @@ def _context(config: NodeConfig, secrets: Mapping[str, str], root: str, lists: W
         # HAProxy 2.8 added ssl-default-bind-curves; older versions take the OpenSSL default groups.
         "haproxy_has_curves": version >= (2, 8),
         "groups_in_use": sorted({vip.backend for vip in config.vips}),
+        "slot_prefix": SLOT_PREFIX,
         "ephemeral": EPHEMERAL,
         "reserved_ports": listening_ports(config, EPHEMERAL),
+        "run_as": run_as,
+        "sandbox": sandbox(config),
     }
 
 
@@ -222,6 +303,7 @@ def render_node(
     *,
     root: str = "",
     resolved: Whitelists | None = None,
+    run_as: RunAs = NODE_USERS,
 ) -> Rendered:
     """Render every file of one node.
 
@@ -232,6 +314,8 @@ def render_node(
             files' own ``path`` stay the real node paths.
         resolved: the whitelists with names resolved to addresses (see :mod:`ober.resolve`); ``ober.yaml`` keeps
             the names, so they are resolved again next time.
+        run_as: the users the daemons run as; other names only where the node's users do not exist (checking the
+            files on a workstation, a lab without systemd).
 
     Returns:
         The node's files, sorted by path; ``ober.yaml`` itself included.
@@ -241,7 +325,7 @@ def render_node(
         SecretsError: a referenced secret is missing.
     """
     used = pick(secrets or {}, config.secret_refs())
-    context = _context(config, used, root, resolved or config.whitelists)
+    context = _context(config, used, root, resolved or config.whitelists, run_as)
     files = [RenderedFile(paths(config)["config"], dump_config(config), 0o644)]
     for template, path, mode in _plan(config, paths(config)):
         name, _, variant = template.partition("#")

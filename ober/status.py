@@ -88,7 +88,7 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
 def _degraded(config: NodeConfig) -> list[str]:
     """How the running HAProxy serves less than its config says (:mod:`ober.haproxy_state`), one line each."""
     try:
-        return read_state(paths(config)["admin_socket"], config.health.timeout).degraded()
+        return read_state(paths(config)["admin_socket"], config.health.timeout).degraded(config)
     except OberError as exc:
         # It answered `show stat` a moment ago: say that this part could not be read rather than "all well".
         return [f"HAProxy's state could not be read: {exc.message}"]

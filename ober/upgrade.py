@@ -7,6 +7,8 @@ Facts → plan → :func:`ober.bootstrap.run_steps`, like bootstrap:
   *reloaded*, not restarted: HAProxy's master (master-worker mode) re-executes the new binary and hands its
   listeners to the new workers, so no connection is refused (and the reload validates the config with the new
   binary first; a refusal leaves the old one serving).
+- ober's users (see :func:`ober.bootstrap.plan.plan_users`) are created when a node bootstrapped before them lacks
+  them, recorded in bootstrap's ledger like everything bootstrap made.
 - ober comes from a wheelhouse directory (offline, ``pip --no-index``) or the package index; ExaBGP is pinned by
   ober (``exabgp==5.0.15``), so it changes with ober and is shown, not chosen. After either changed,
   ``ober-bgp`` is restarted (ExaBGP runs ``ober health``; both are Python loaded at start).
@@ -29,8 +31,10 @@ from ober.bootstrap.facts import (
     read_unit,
     venv_packages,
 )
+from ober.bootstrap.plan import plan_users
 from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.errors import OberError
+from ober.facts import account_names
 from ober.runner import Runner
 from ober.wheelpins import REQUIREMENTS, pinned_install
 
@@ -72,6 +76,8 @@ class UpgradeFacts:
     wheelhouse: str | None = None
     pinned: bool = False
     """The wheelhouse pins every wheel by hash (``requirements.txt``): install exactly those, checked."""
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
 
 
 def version_key(version: str) -> tuple[tuple[int, str], ...]:
@@ -148,6 +154,7 @@ def gather_upgrade_facts(
             found = parse_pip_index(done.stdout) if done.ok else None
             ober, exabgp = (found, exabgp) if name == "ober" else (ober, found)
     systemd = (root / "run/systemd/system").is_dir()
+    users, groups = account_names(root)
     return UpgradeFacts(
         install_path,
         manager,
@@ -157,6 +164,8 @@ def gather_upgrade_facts(
         {unit: read_unit(runner, unit) for unit in ("ober-http", "ober-bgp")} if systemd else {},
         str(wheelhouse) if wheelhouse else None,
         wheelhouse is not None and (wheelhouse / REQUIREMENTS).is_file(),
+        users,
+        groups,
     )
 
 
@@ -203,4 +212,9 @@ def plan_upgrade(facts: UpgradeFacts) -> list[Step]:
             actions.append(Run(("systemctl", "restart", "ober-bgp")))
             why += "; then restart ober-bgp (ExaBGP and ober health load the new code)"
         steps.append(Step("ober", title, why, tuple(actions)))
+    users = plan_users(facts.users, facts.groups)
+    if users.changes:
+        # A node bootstrapped by an ober from before its daemons ran unprivileged: the next `ober config` renders
+        # units that run as these users, and refuses while they are missing.
+        steps.append(users)
     return steps

@@ -20,8 +20,8 @@ from pathlib import Path
 from ober.certs import self_signed_pem
 from ober.config import NodeConfig
 from ober.errors import RenderError
-from ober.facts import find_program, parse_haproxy_version
-from ober.render import paths, render_node
+from ober.facts import account_names, find_program, parse_haproxy_version
+from ober.render import NODE_USERS, RunAs, paths, render_node
 
 CHECK_TIMEOUT = 60.0
 
@@ -61,6 +61,26 @@ def local_tool(name: str) -> Tool:
 
 
 _PLACEHOLDER: list[str] = []
+
+
+def missing_users(root: Path = Path("/")) -> list[str]:
+    """The node's users and groups (:data:`ober.render.NODE_USERS`) that do not exist under ``root``."""
+    users, groups = account_names(root)
+    wanted = NODE_USERS
+    missing = [f"user {name}" for name in (wanted.haproxy_user, wanted.bgp_user) if name not in users]
+    return missing + [f"group {name}" for name in (wanted.haproxy_group, wanted.bgp_group) if name not in groups]
+
+
+def local_run_as(root: Path = Path("/")) -> RunAs:
+    """The node's users where they exist under ``root`` (a node), else stand-ins every Debian and RHEL has.
+
+    HAProxy resolves ``user``, ``group`` and a socket's ``group`` when it reads its config, so checking the files on
+    a machine without the node's users (a workstation, a lab, a check image) uses these; the node runs with its own.
+    """
+    if not missing_users(root):
+        return NODE_USERS
+    nobody = "nogroup" if "nogroup" in account_names(root)[1] else "nobody"
+    return RunAs("nobody", nobody, "nobody", nobody)
 
 
 def _placeholder_pem(target: Path) -> None:
@@ -111,13 +131,17 @@ class _Scratch:
     """A scratch tree holding one node's files, seen by the tool at ``root``."""
 
     def __init__(self, tool: Tool) -> None:
+        self.chroot = tool.chroot
         base = (tool.chroot / "tmp") if tool.chroot else None
         self.host_dir = Path(tempfile.mkdtemp(prefix="oc-", dir=base))
         # Inside the chroot the same directory is seen under /tmp.
         self.root = "/tmp/" + self.host_dir.name if tool.chroot else str(self.host_dir)  # noqa: S108
 
-    def write(self, config: NodeConfig, secrets: Mapping[str, str]) -> None:
-        for item in render_node(config, secrets, root=self.root).files:
+    def write(self, config: NodeConfig, secrets: Mapping[str, str], result: CheckResult) -> None:
+        run_as = local_run_as(self.chroot or Path("/"))
+        if run_as != NODE_USERS and result.tool == "haproxy":
+            result.placeholders.append(f"users {', '.join(NODE_USERS.users)} (checked as {run_as.haproxy_user})")
+        for item in render_node(config, secrets, root=self.root, run_as=run_as).files:
             target = self.host_dir / item.path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(item.content)
@@ -167,7 +191,7 @@ def check_haproxy(
     result = CheckResult(tool="haproxy")
     scratch = _Scratch(tool)
     try:
-        scratch.write(config, secrets)
+        scratch.write(config, secrets, result)
         for real, make in haproxy_stand_ins(config):
             _stage_file(real, scratch.host_dir, result, make)
         env = dict(os.environ)
@@ -199,7 +223,7 @@ def check_exabgp(config: NodeConfig, secrets: Mapping[str, str] | None = None, t
     result = CheckResult(tool="exabgp")
     scratch = _Scratch(tool)
     try:
-        scratch.write(config, secrets or {})
+        scratch.write(config, secrets or {}, result)
         _stage_file(f"{paths(config)['venv']}/bin/ober", scratch.host_dir, result, "program")
         conf = paths(config, scratch.root)["exabgp_conf"]
         done = _run(tool.argv("validate", "-n", conf), "exabgp")

@@ -253,15 +253,115 @@ def test_distribution_unit_and_networkd() -> None:
     assert not netplan.actions and "network.manager: netplan" in netplan.why
 
 
+USERS = frozenset({"root", "ober-haproxy", "ober-bgp"})
+
+
 def test_a_bootstrapped_machine_gets_nothing_to_do_with_a_reason_for_each_step() -> None:
-    node = host(haproxy_version="3.0.11", haproxy_ssl="OpenSSL 3.5.9", haproxy_unit=OFF, networkd=ON)
+    node = host(
+        haproxy_version="3.0.11",
+        haproxy_ssl="OpenSSL 3.5.9",
+        haproxy_unit=OFF,
+        networkd=ON,
+        users=USERS,
+        groups=USERS,
+    )
     steps = plan_bootstrap(Facts(node, done_install()), BootstrapOptions(INSTALL, "/root/wh"))
-    assert [step.name for step in steps] == ["host", "dirs", "packages", "haproxy.service", "venv", "path", "network"]
+    assert [step.name for step in steps] == [
+        "host",
+        "dirs",
+        "users",
+        "packages",
+        "haproxy.service",
+        "venv",
+        "path",
+        "network",
+    ]
     for step in steps:
         assert not step.changes and step.why, step
     assert {step.name: step.why for step in steps}[
         "venv"
     ] == "/opt/ober/venv has ExaBGP 5.0.15 and ober 0.1.0 (it is there)"
+
+
+def test_users_for_the_daemons_are_created_each_with_its_group_and_recorded() -> None:
+    step = plan(host(users=frozenset({"root"}), groups=frozenset({"root"})))["users"]
+    assert commands(step) == [
+        "groupadd --system ober-haproxy",
+        "useradd --system --gid ober-haproxy --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
+        "--comment 'ober HAProxy workers' ober-haproxy",
+        "groupadd --system ober-bgp",
+        "useradd --system --gid ober-bgp --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "
+        "--comment 'ober ExaBGP and ober health' ober-bgp",
+    ]
+    records = [action.record for action in step.actions if isinstance(action, Run)]
+    assert records == [
+        Entry("group", "ober-haproxy"),
+        Entry("user", "ober-haproxy"),
+        Entry("group", "ober-bgp"),
+        Entry("user", "ober-bgp"),
+    ]
+    # A group left from before (say an earlier uninstall that could not remove the user) is used, not made again.
+    partial = plan(host(users=frozenset({"ober-haproxy"}), groups=frozenset({"ober-haproxy", "ober-bgp"})))["users"]
+    assert [action.argv[:2] for action in partial.actions if isinstance(action, Run)] == [("useradd", "--system")]
+    assert isinstance(partial.actions[0], Run) and partial.actions[0].argv[-1] == "ober-bgp"
+
+
+def test_uninstall_removes_the_users_bootstrap_created_and_only_while_they_exist() -> None:
+    ledger = (
+        Entry("group", "ober-haproxy"),
+        Entry("user", "ober-haproxy"),
+        Entry("group", "ober-bgp"),
+        Entry("user", "ober-bgp"),
+    )
+    facts = UninstallFacts(
+        INSTALL,
+        ledger,
+        (),
+        frozenset(),
+        {},
+        {"ober-http": ON, "ober-bgp": ON},
+        # ober-bgp was removed by hand already; its group is still there.
+        users=frozenset({"root", "ober-haproxy"}),
+        groups=frozenset({"root", "ober-haproxy", "ober-bgp"}),
+    )
+    steps = plan_uninstall(facts)
+    assert steps[0].name == "units"  # stopped first: userdel refuses a user with running processes
+    undo = [
+        (
+            step.name,
+            commands(step),
+            step.forget or tuple(a.forget for a in step.actions if isinstance(a, Run) and a.forget),
+        )
+        for step in steps
+        if step.name in ("user", "group")
+    ]
+    script = 'sh -c \'getent group "$1" >/dev/null || exit 0; groupdel "$1"\' groupdel'
+    assert undo == [
+        ("user", [], (Entry("user", "ober-bgp"),)),
+        ("group", [f"{script} ober-bgp"], (Entry("group", "ober-bgp"),)),
+        ("user", ["userdel ober-haproxy"], (Entry("user", "ober-haproxy"),)),
+        ("group", [f"{script} ober-haproxy"], (Entry("group", "ober-haproxy"),)),
+    ]
+
+
+def test_the_group_undo_removes_a_group_only_while_it_exists(tmp_path: Path) -> None:
+    """The shell line of the group's undo, run for real against a fake groupdel and getent."""
+    facts = UninstallFacts(INSTALL, (Entry("group", "g1"),), (), frozenset(), {}, {}, groups=frozenset({"g1"}))
+    group = next(step for step in plan_uninstall(facts) if step.name == "group")
+    action = group.actions[0]
+    assert isinstance(action, Run)
+    argv = action.argv
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "log"
+    (bin_dir / "groupdel").write_text(f"#!/bin/sh\necho groupdel $1 >> {log}\n")
+    for present in (True, False):
+        (bin_dir / "getent").write_text(f"#!/bin/sh\nexit {0 if present else 2}\n")
+        for tool in bin_dir.iterdir():
+            tool.chmod(0o755)
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+        assert subprocess.run(argv, env=env, check=False).returncode == 0
+    assert log.read_text() == "groupdel g1\n"  # once: not when userdel had taken it already
 
 
 @pytest.mark.parametrize(

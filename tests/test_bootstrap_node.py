@@ -50,10 +50,11 @@ BOOT_OBER = f"{BOOT}/bin/ober"
 WHEELS = "/root/wheelhouse"
 OBER = "/opt/ober/venv/bin/ober"
 MIRROR = "/srv/mirror"
-# What "the node as before" means: ober's and systemd's directories, and the installed packages.
+# What "the node as before" means: ober's and systemd's directories, the installed packages, ober's users.
 SNAPSHOT = (
     "find /opt /etc/systemd /etc/sysctl.d /etc/netplan /etc/NetworkManager -printf '%p %m %u %l\\n' 2>/dev/null"
-    " | sort; dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | sort; systemctl is-enabled haproxy; true"
+    " | sort; dpkg-query -W -f='${Package} ${Version} ${Status}\\n' | sort; systemctl is-enabled haproxy;"
+    " getent passwd ober-haproxy ober-bgp; getent group ober-haproxy ober-bgp; true"
 )
 
 
@@ -188,6 +189,13 @@ def test_bootstrap_makes_a_node_and_a_second_run_changes_nothing(node_lab: NodeL
     assert node.run("systemctl is-active haproxy", check=False).stdout.strip() == "inactive"
     ledger = json.loads(node.run("cat /opt/ober/etc/.bootstrap.json").stdout)
     assert {"kind": "venv", "target": "/opt/ober/venv"} in ledger["entries"]
+    # The daemons' users: system users without a login or a home, each with its group; in the ledger.
+    for user in ("ober-haproxy", "ober-bgp"):
+        entry = node.run(f"getent passwd {user}").stdout.strip().split(":")
+        assert entry[5:] == ["/nonexistent", "/usr/sbin/nologin"] and int(entry[2]) < 1000, entry
+        assert node.run(f"id -gn {user}").stdout.strip() == user
+        assert {"kind": "user", "target": user} in ledger["entries"]
+        assert {"kind": "group", "target": user} in ledger["entries"]
     print(f"bootstrap from nothing (offline, haproxy from the mirror): {took:.1f}s")
 
     started = time.monotonic()
@@ -231,6 +239,15 @@ def test_config_and_start_announce_the_vip(node_lab: NodeLab) -> None:
     started = node.run(f"{OBER} start", timeout=120, check=False)
     assert started.returncode == 0, started.stderr
     node_lab.wait_hops([NODE])
+    # Who runs what: HAProxy's master root, its workers and ExaBGP (with ober health) as bootstrap's users.
+    ps = node.run("ps -e -o user:32=,ppid=,pid=,args=").stdout.splitlines()
+    master = node.run("systemctl show -p MainPID --value ober-http").stdout.strip()
+    rows = [line.split(None, 3) for line in ps]
+    assert any(pid == master and user == "root" for user, _, pid, _ in rows)
+    workers = [user for user, ppid, _, args in rows if ppid == master and "haproxy" in args]
+    assert workers and set(workers) == {"ober-haproxy"}, ps
+    bgp = {user for user, _, _, args in rows if "bin/exabgp" in args or "bin/ober health" in args}
+    assert bgp == {"ober-bgp"}, ps
 
 
 def bumped_wheel(lab: Lab, version: str) -> Path:

@@ -202,7 +202,7 @@ def test_a_config_change_is_in_effect_in_the_running_health_without_touching_oth
             done = _apply(fleet_lab, node, changed)
             # `ober config` returned only once the running helper had the new file.
             assert "reread ober-health" in done["actions"], done
-            state = json.loads(fleet_lab.run_on(node, "cat /opt/ober/run/health.json"))
+            state = json.loads(fleet_lab.run_on(node, "cat /opt/ober/run/health/health.json"))
             assert state["rules"]["rise"] == 3 and new_vip in state["vips"], state
             announced = new_route.wait(started, new_vip, with_(address), 30.0)
             assert announced is not None, f"the new VIP never reached the router\n{fleet_lab.diagnose()}"

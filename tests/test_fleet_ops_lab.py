@@ -218,7 +218,7 @@ def test_diff_and_push_change_a_node_without_leaving_ecmp(
         assert "reload ober-http" in result["actions"]
         # In effect in the running ober health, not only in the file (it used to read its config only at start).
         assert "reread ober-health" in result["actions"]
-        health = json.loads(fleet.run_on("node01", "cat /opt/ober/run/health.json").stdout)
+        health = json.loads(fleet.run_on("node01", "cat /opt/ober/run/health/health.json").stdout)
         assert health["rules"]["rise"] == 3, health
         # A config change is a hitless reload: node01 never left the router's ECMP set.
         assert watch.missing == set() and watch.fewest == 4

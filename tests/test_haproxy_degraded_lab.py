@@ -28,7 +28,8 @@ from ober.certs import self_signed_pem
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import OberError
 from ober.haproxy_state import after_reload, worker_pid
-from ober.render import paths, render_node
+from ober.lab.procnode import write_install
+from ober.render import paths
 from tests.conftest import require
 from tests.test_haproxy_serving import (
     BACKEND_SCRIPT,
@@ -85,12 +86,7 @@ class Node:
 
 
 def write(config: NodeConfig) -> None:
-    for item in render_node(config, {}).files:
-        if item.path.startswith(f"{config.install_path}/"):
-            target = Path(item.path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(item.content)
-            target.chmod(item.mode)
+    write_install(config, {})
 
 
 def wait(what: str, probe: Any, node: Node) -> None:

@@ -11,11 +11,13 @@ Needs root, ``ip``, ``haproxy``, ``curl`` and ``openssl``: skipped without them,
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import ipaddress
 import itertools
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -33,7 +35,11 @@ import pytest
 
 from ober.certs import self_signed_pem
 from ober.config import NodeConfig, parse_node_config
-from ober.render import paths, render_node
+from ober.haproxy_runtime import query, snapshot
+from ober.lab.procnode import write_install
+from ober.lab.rgw import in_netns
+from ober.render import paths
+from ober.validate import local_run_as
 from tests.conftest import require
 
 pytestmark = pytest.mark.lab
@@ -283,16 +289,10 @@ class Lab:
             data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
         self.config = parse_node_config(data)
         # Only a config with stats.auth refers to (and so renders) this secret.
-        for item in render_node(self.config, {"stats_password": STATS_PASSWORD}).files:
-            if item.path.startswith(f"{install}/"):
-                target = Path(item.path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(item.content)
-                target.chmod(item.mode)
+        write_install(self.config, {"stats_password": STATS_PASSWORD})
         pem.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.cert.with_suffix(".pem"), pem)
         pem.chmod(0o600)
-        Path(paths(self.config)["run_dir"]).mkdir(parents=True, exist_ok=True)
 
         for group in self.config.backends:
             for server in group.servers:
@@ -605,8 +605,10 @@ def test_obers_metrics_pass_through_the_stats_listener_under_the_same_rules(
 
     def serve(lab: Lab, text: str) -> None:
         assert lab.config is not None
-        server = MetricsServer(Path(paths(lab.config)["metrics_socket"]), lambda: text)
-        server.start()
+        name = paths(lab.config)["metrics_socket"]
+        # An abstract socket lives in a network namespace: made and bound in the lab's, where HAProxy connects.
+        server = in_netns(lab.ns.name, lambda: MetricsServer(name, lambda: text))
+        in_netns(lab.ns.name, server.start)
         servers.append(server)
 
     # HAProxy reads the stats password from its environment (secrets.env under systemd).
@@ -674,3 +676,45 @@ def test_health_follows_the_backends(labs: Labs) -> None:
     assert lab.stats("/health/s3-b").status == 200, "the other VIP's group is still up"
     assert lab.curl(f"https://{HOST}{key_path()}").status == 503
     assert lab.curl(f"https://{HOST}{key_path()}", vip=VIP_B).status == 200
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_workers_drop_root_into_an_empty_chroot_and_ober_health_gets_a_read_only_socket(lab: Lab) -> None:
+    """The processes facing clients run unprivileged (here as nobody: this host has no ober users), the master
+    stays root; ober health's socket shows the servers' state and refuses any change."""
+    assert lab.haproxy is not None and lab.config is not None
+    p = paths(lab.config)
+    run_as = local_run_as()
+    nobody, group = pwd.getpwnam(run_as.haproxy_user).pw_uid, grp.getgrnam(run_as.bgp_group).gr_gid
+    master = lab.haproxy.pid
+    assert _proc_status(master)["Uid"].split() == ["0"] * 4
+    workers = _children(master)
+    assert workers, "HAProxy's master has no worker"
+    for pid in workers:
+        status = _proc_status(pid)
+        assert status["Uid"].split() == [str(nobody)] * 4, status["Uid"]
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+        assert str(Path(f"/proc/{pid}/root").readlink()) == p["chroot"]
+    assert not any(Path(p["chroot"]).iterdir())
+
+    admin, health = Path(p["admin_socket"]).stat(), Path(p["health_socket"]).stat()
+    assert (admin.st_uid, admin.st_mode & 0o777) == (0, 0o600)
+    assert (health.st_gid, health.st_mode & 0o777) == (group, 0o660)
+    assert snapshot(p["health_socket"], 2.0).live_servers("be_ceph-a") == 1
+    server = f"be_ceph-a/{lab.config.backends[0].servers[0].name}"
+    refused = query(p["health_socket"], f"disable server {server}", 2.0)
+    assert "Permission denied" in refused, refused
+    assert snapshot(p["admin_socket"], 2.0).live_servers("be_ceph-a") == 1  # the refused command changed nothing

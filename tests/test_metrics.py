@@ -27,6 +27,7 @@ from typing import IO, Any
 import pytest
 import yaml
 
+from ober import metrics_server
 from ober.config import NodeConfig
 from ober.drain import set_drain
 from ober.healthd import ConfigSource, HealthLoop, Pipe
@@ -47,7 +48,7 @@ from ober.metrics import (
     render,
     service_digest,
 )
-from ober.metrics_server import EXABGP_TIMEOUT, Gatherer, MetricsServer, read_roll, serve
+from ober.metrics_server import EXABGP_TIMEOUT, Gatherer, MetricsServer, abstract_address, read_roll, serve
 from ober.render import paths
 from tests.conftest import DATA, REPO, require
 from tests.test_health import FakeHAProxy
@@ -380,11 +381,11 @@ def test_the_exposition_passes_promtool() -> None:
 # --- the server -------------------------------------------------------------------------------------------------
 
 
-def get(path: Path, url: str = "/ober/metrics") -> tuple[int, dict[str, str], str]:
-    """One HTTP/1.0 GET over the Unix socket at ``path``, as HAProxy makes it."""
+def get(name: str, url: str = "/ober/metrics") -> tuple[int, dict[str, str], str]:
+    """One HTTP/1.0 GET over the abstract Unix socket ``name``, as HAProxy (``abns@name``) makes it."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(10)
-        conn.connect(str(path))
+        conn.connect(abstract_address(name))
         conn.sendall(f"GET {url} HTTP/1.0\r\nHost: node\r\n\r\n".encode())
         chunks = []
         while chunk := conn.recv(65536):
@@ -395,18 +396,32 @@ def get(path: Path, url: str = "/ober/metrics") -> tuple[int, dict[str, str], st
     return int(status.split()[1]), headers, body
 
 
-def test_the_server_answers_on_a_private_socket_and_survives_a_failing_scrape(tmp_path: Path) -> None:
-    path = tmp_path / "run" / "metrics.sock"
+def listening(name: str) -> bool:
+    """Whether something listens on the abstract socket ``name``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        try:
+            conn.connect(abstract_address(name))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def name(tmp_path: Path) -> str:
+    """An abstract socket name of this test's own (tests may run side by side in one network namespace)."""
+    return f"ober-test-{os.getpid()}-{tmp_path.name}"
+
+
+def test_the_server_answers_on_an_abstract_socket_and_survives_a_failing_scrape(name: str) -> None:
+    path = name
     bodies: list[Callable[[], str]] = [lambda: "ober_drained 0\n"]
 
     def body() -> str:
         return bodies[0]()
 
     server = MetricsServer(path, body)
-    path.parent.mkdir()
     server.start()
     try:
-        assert path.stat().st_mode & 0o777 == 0o600
         status, headers, text = get(path)
         assert (status, headers["content-type"], text) == (200, CONTENT_TYPE, "ober_drained 0\n")
         assert get(path, "/stats")[0] == 404
@@ -420,31 +435,46 @@ def test_the_server_answers_on_a_private_socket_and_survives_a_failing_scrape(tm
         assert get(path)[2] == "ober_drained 1\n", "still serving after a failed scrape"
     finally:
         server.stop()
-    assert not path.exists()
+    assert not listening(path), "the name is free once the server stopped"
 
 
-def test_a_new_helper_takes_the_socket_over_and_the_old_one_leaves_it_alone(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.sock"
-    old = MetricsServer(path, lambda: "old\n")
+def test_a_new_helper_waits_for_the_name_while_the_old_one_still_holds_it(name: str) -> None:
+    old = MetricsServer(name, lambda: "old\n")
     old.start()
-    new = MetricsServer(path, lambda: "new\n")
+    new = MetricsServer(name, lambda: "new\n")
+    # The old helper exits shortly after ExaBGP started the new one.
+    threading.Timer(0.3, old.stop).start()
     new.start()
     try:
-        assert get(path)[2] == "new\n"
-        old.stop()  # the old helper exits after the new one started (ExaBGP restarted it)
-        assert get(path)[2] == "new\n"
+        assert get(name)[2] == "new\n"
     finally:
         new.stop()
-    assert not path.exists()
+    assert not listening(name)
 
 
 def test_serve_logs_and_goes_on_when_the_socket_cannot_be_made(
-    tmp_path: Path, node: Node, capsys: pytest.CaptureFixture[str]
+    name: str, node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    blocked = tmp_path / "file"
-    blocked.write_text("")
-    assert serve(node.gatherer, blocked / "metrics.sock") is None
-    assert "metrics: cannot serve on" in capsys.readouterr().err
+    monkeypatch.setattr(metrics_server, "BIND_WAIT", 0.2)
+    holder = MetricsServer(name, lambda: "someone else\n")
+    holder.start()
+    try:
+        assert serve(node.gatherer, name) is None
+        assert "metrics: cannot serve on @" in capsys.readouterr().err
+        assert serve(node.gatherer, "x" * 200) is None
+        assert "too long" in capsys.readouterr().err
+    finally:
+        holder.stop()
+
+
+def test_the_metrics_socket_name_is_the_install_paths_and_fits_haproxy(node_data: dict[str, Any]) -> None:
+    from ober.config import parse_node_config
+
+    one = paths(parse_node_config({**node_data, "install_path": "/opt/ober"}))["metrics_socket"]
+    other = paths(parse_node_config({**node_data, "install_path": "/srv/ober"}))["metrics_socket"]
+    assert one.startswith("ober-metrics-") and one != other
+    assert paths(parse_node_config({**node_data, "install_path": "/opt/ober"}), "/scratch")["metrics_socket"] == one
+    assert len(abstract_address(one)) == 108
 
 
 # --- the real process -------------------------------------------------------------------------------------------
@@ -479,10 +509,10 @@ def test_ober_health_serves_its_metrics_until_it_stops(node_data: dict[str, Any]
 
     feeder = threading.Thread(target=exabgp, daemon=True)
     feeder.start()
-    sock = Path(paths_of(source)["metrics_socket"])
+    sock = paths_of(source)["metrics_socket"]
     try:
         deadline = time.monotonic() + 20
-        while not sock.exists():
+        while not listening(sock):
             assert helper.poll() is None and time.monotonic() < deadline, "ober health did not open its socket"
             time.sleep(0.05)
         status, _, text = get(sock)
@@ -500,7 +530,7 @@ def test_ober_health_serves_its_metrics_until_it_stops(node_data: dict[str, Any]
         assert value(samples, "process_resident_memory_bytes") > 1_000_000
         helper.send_signal(signal.SIGTERM)
         assert helper.wait(10) == 0
-        assert not sock.exists(), "the socket is removed when ober health stops"
+        assert not listening(sock), "the socket is gone when ober health stops"
     finally:
         if helper.poll() is None:
             helper.kill()

@@ -14,13 +14,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ober.cli import main
 from ober.errors import OberError
 from ober.facts import haproxy_version
+from ober.haproxy_runtime import query
 from ober.lab.procnode import ProcessNode
 from ober.lab.rgw import in_netns
 from ober.lab.site import VIP_A, VIP_B, Site, node_address
@@ -202,15 +202,19 @@ def test_a_drained_node_says_who_and_why_and_the_other_node_is_untouched(
 
 
 def test_without_ober_health_haproxy_answers_503(site: Site) -> None:
-    """The endpoint exists only while ober health runs; HAProxy says so instead of hanging."""
+    """The endpoint exists only while ober health runs; HAProxy says so instead of hanging.
+
+    ober health's socket is abstract (no file to move away) and ExaBGP restarts a stopped ober health at once, so
+    HAProxy is told its ober health server is gone (maintenance), as it finds when nothing listens on the name.
+    test_haproxy_serving checks the 503 with nothing listening at all.
+    """
     node = site.nodes["n2"]
-    socket_path = Path(paths(node.config)["metrics_socket"])
-    away = socket_path.with_name("away.sock")
-    socket_path.rename(away)
+    admin = paths(node.config)["admin_socket"]
+    query(admin, "disable server ober_metrics/health", 5.0)
     try:
         with pytest.raises(urllib.error.HTTPError) as failed:
             scrape_text(node)
         assert failed.value.code == 503
     finally:
-        away.rename(socket_path)
+        query(admin, "enable server ober_metrics/health", 5.0)
     assert value(scrape(node), "ober_exabgp_up") == 1

@@ -170,8 +170,8 @@ def systemd_lab() -> Iterator[SystemdLab]:
         lab.cleanups.append(rgw.stop)
         node = boot_node(lab, router, "n1", NODE, image=image)
         install_ober(node, wheelhouse)
-        # What `ober bootstrap` will do: the VIP interface's manager, a certificate.
-        node.run("systemctl enable --now systemd-networkd && install -d -m 700 /opt/ober/etc/certs")
+        # ober's users and directories, the VIP interface's manager (the venv is there: nothing to install).
+        node.run(f"{OBER} bootstrap /opt/ober --yes", timeout=300)
         certs = lab.path("certs")
         write_pem(certs / "s3.pem", "s3.lab.test", [f"IP:{VIP}"])
         node.put(certs / "s3.pem", "/opt/ober/etc/certs/s3.pem", 0o600)
@@ -203,6 +203,104 @@ def test_units_start_and_the_node_announces(systemd_lab: SystemdLab) -> None:
     assert status["bgp"]["announced"] == {"100.64.0.1": [f"{VIP}/32"]}
     assert status["units"] == {"ober-http": "active", "ober-bgp": "active"}
     print(f"announced {took:.2f}s after the units started")
+
+
+# The capabilities ober-http's bounding set keeps (linux/capability.h numbers): the master's, never the workers'.
+HTTP_CAPS = {"CAP_CHOWN": 0, "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10}
+HTTP_CAPS["CAP_SYS_CHROOT"] = 18
+
+
+def processes(node: NspawnNode, unit: str) -> dict[int, dict[str, str]]:
+    """Every process of ``unit`` (its cgroup), with the fields of /proc/PID/status and its root directory."""
+    script = (
+        f"for pid in $(grep -l '/{unit}.service$' /proc/[0-9]*/cgroup 2>/dev/null | cut -d/ -f3); do "
+        'echo "== $pid $(readlink /proc/$pid/root)"; cat /proc/$pid/status; done'
+    )
+    found: dict[int, dict[str, str]] = {}
+    fields: dict[str, str] = {}
+    for line in node.run(script).stdout.splitlines():
+        if line.startswith("== "):
+            _, pid, root = line.split(" ", 2)
+            fields = {"root": root}
+            found[int(pid)] = fields
+        else:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return found
+
+
+def uid_of(node: NspawnNode, user: str) -> str:
+    return node.run(f"id -u {user}").stdout.strip()
+
+
+def test_daemons_run_unprivileged_in_their_sandboxes(systemd_lab: SystemdLab) -> None:
+    node = systemd_lab.node
+    master = int(systemd_lab.main_pid("ober-http"))
+    http = processes(node, "ober-http")
+    assert master in http and len(http) >= 2, http
+    # The master stays root (a reload re-executes it), with only the capabilities it needs, and no new privileges.
+    assert http[master]["Uid"].split() == ["0"] * 4
+    assert int(http[master]["CapBnd"], 16) == sum(1 << bit for bit in HTTP_CAPS.values())
+    haproxy = uid_of(node, "ober-haproxy")
+    for pid, status in http.items():
+        assert status["NoNewPrivs"] == "1"
+        if pid != master:  # the workers: unprivileged, no capability at all, in the empty chroot
+            assert status["Uid"].split() == [haproxy] * 4, status
+            assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0
+            assert status["root"] == "/opt/ober/run/empty"
+    bgp = processes(node, "ober-bgp")
+    commands = node.run(f"cat {' '.join(f'/proc/{pid}/cmdline' for pid in bgp)} | tr '\\0' ' '").stdout
+    assert "bin/exabgp" in commands and "bin/ober health" in commands  # ExaBGP and the helper it runs
+    ober_bgp = uid_of(node, "ober-bgp")
+    for status in bgp.values():
+        assert status["Uid"].split() == [ober_bgp] * 4 and int(status["CapBnd"], 16) == 0
+        assert status["NoNewPrivs"] == "1"
+    # What each may touch: the MD5 secret's file stays root's; ober health writes only its own directory and reads
+    # HAProxy's state through the read-only socket of its group.
+    listing = node.run(
+        "stat -c '%n %a %U %G' /opt/ober/etc/exabgp.conf /opt/ober/run/haproxy.sock /opt/ober/run/health.sock "
+        "/opt/ober/run/health /opt/ober/run/health/health.json"
+    ).stdout.splitlines()
+    assert listing == [
+        "/opt/ober/etc/exabgp.conf 600 root root",
+        "/opt/ober/run/haproxy.sock 600 root root",
+        "/opt/ober/run/health.sock 660 root ober-bgp",
+        "/opt/ober/run/health 755 ober-bgp ober-bgp",
+        "/opt/ober/run/health/health.json 640 ober-bgp ober-bgp",  # ExaBGP's umask (daemon.umask)
+    ]
+    # As ober-bgp: HAProxy's state yes, a change no, the admin socket not at all.
+    as_bgp = "runuser -u ober-bgp -- /opt/ober/venv/bin/python -c"
+    probe = (
+        "import sys; from ober.haproxy_runtime import query; "
+        "print(query(sys.argv[1], sys.argv[2], 2.0).splitlines()[0][:40])"
+    )
+    seen = node.run(f"{as_bgp} '{probe}' /opt/ober/run/health.sock 'show stat'").stdout
+    assert seen.startswith("# pxname,svname"), seen
+    refused = node.run(f"{as_bgp} '{probe}' /opt/ober/run/health.sock 'disable frontend fe_s3-a'").stdout
+    assert "Permission denied" in refused, refused
+    admin = node.run(f"{as_bgp} '{probe}' /opt/ober/run/haproxy.sock 'show info'", check=False)
+    assert admin.returncode != 0 and "Permission denied" in admin.stderr, admin.stderr
+    # ober's own metrics with these privileges: the chrooted workers reach ober health's abstract socket (no file of
+    # ober-bgp's in their sight), and ober health reads HAProxy's version through the read-only socket.
+    scrape = (
+        "import urllib.request; from ober.config import load_config; "
+        "c = load_config('/opt/ober/etc/ober.yaml'); "
+        "r = urllib.request.urlopen(f'http://{c.stats.bind}:{c.stats.port}/ober/metrics', timeout=10); "
+        "print(r.read().decode(), r.status, sep='')"
+    )
+    scraped = node.run(f'/opt/ober/venv/bin/python -c "{scrape}"').stdout.strip()
+    body, _, code = scraped.rpartition("\n")
+    assert code == "200", scraped[-500:]
+    assert "ober_exabgp_up 1" in body.splitlines(), body[:2000]
+    info = next(line for line in body.splitlines() if line.startswith("ober_info{"))
+    assert 'haproxy_version="3.' in info, info
+    # systemd's own rating of each unit's exposure (0 = fully sandboxed, 10 = none), for the README.
+    scores = {}
+    for unit in ("ober-http", "ober-bgp", "ober-certs"):
+        rating = node.run(f"systemd-analyze security --no-pager {unit}.service | tail -n 1").stdout
+        scores[unit] = float(rating.split(":")[1].split()[0])
+    print(f"systemd-analyze security exposure: {scores}")
+    assert scores["ober-http"] <= 3.5 and scores["ober-bgp"] <= 2.5 and scores["ober-certs"] <= 2.5, scores
 
 
 def test_vip_is_on_the_node_and_serves_s3(systemd_lab: SystemdLab) -> None:
@@ -280,7 +378,10 @@ def test_bgp_reload_with_a_broken_config_is_refused(systemd_lab: SystemdLab) -> 
         failed = node.run(f"{OBER} reload", timeout=60, check=False)
     finally:
         node.run(f"cp -a /root/exabgp.conf.good {EXABGP_CONF}")
-    assert failed.returncode == 1 and "ober-bgp" in failed.stderr  # the check refused it before signalling ExaBGP
+    # Refused before ExaBGP is signalled: it would re-read the copy systemd gave it at start, not this file.
+    assert failed.returncode == 1 and "ober-bgp" in failed.stderr
+    journal = node.run("journalctl -u ober-bgp -n 20 --no-pager -o cat").stdout
+    assert f"{EXABGP_CONF} changed since ExaBGP started: restart ober-bgp to take it" in journal
     assert systemd_lab.active("ober-bgp") == "active"
     assert systemd_lab.bird_session() == session and systemd_lab.hops() == [NODE]
 

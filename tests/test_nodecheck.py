@@ -42,7 +42,11 @@ def test_a_node_checks_the_files_rendered_here_and_leaves_nothing_behind() -> No
     before = scratch_dirs()
     result = check_haproxy_on(LocalNode(), "node01", node.config, SECRETS)
     assert result.host == "node01" and result.version is not None and result.version.startswith("2.6")
-    assert result.placeholders == ["/opt/ober/etc/certs/s3.pem"]  # this "node" has no certificate of its own
+    # This "node" has no certificate of its own, nor ober's users (HAProxy looks them up): nobody stands in.
+    assert result.placeholders == [
+        "/opt/ober/etc/certs/s3.pem",
+        "users ober-haproxy, ober-bgp (checked as nobody)",
+    ]
     assert scratch_dirs() == before
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,8 @@ import pytest
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import ConfigError, RenderError, SecretsError
 from ober.lab.netns import Lab, run_in, set_sysctl
-from ober.render import render_node, seconds
-from ober.validate import Tool, check_exabgp, check_haproxy
+from ober.render import NODE_USERS, paths, render_node, seconds
+from ober.validate import Tool, check_exabgp, check_haproxy, local_run_as
 from tests.conftest import SECRETS, require
 
 HAPROXY_CFG = "/opt/ober/etc/haproxy.cfg"
@@ -36,6 +38,7 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
         data["certificates"] = {"pem": "/opt/ober/etc/certs/s3.pem", "http": "off"}
         data["network"] = {"manager": "networkd"}
         data["kernel_profile"] = "none"
+        data["haproxy"] = {"per_source": {"connections": 0}}  # the off switch
     elif name == "multi-vip-tls-whitelists":
         pass  # the example: 2 VIPs, 2 groups, 2 neighbors, backend TLS, whitelists, stats auth, md5, drain
     elif name == "three-groups-sni-dir":
@@ -54,6 +57,7 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
         data["whitelists"] = {"frontend_http": "198.18.0.[1-3]"}
         data["network"] = {"manager": "networkmanager"}
         data["stats"] = {"bind": "127.0.0.1", "port": 9404}
+        data["haproxy"] = {"per_source": {"connections": 200, "rate": 500, "period": "30s"}}
     else:  # pragma: no cover - a typo in the parameter list
         raise AssertionError(name)
     return data
@@ -271,3 +275,193 @@ def test_no_unit_orders_itself_into_a_cycle_at_boot(make_config: Callable[..., N
             continue
         after = [unit for line in lines if line.startswith("After=") for unit in line.removeprefix("After=").split()]
         assert [unit for unit in after if unit.endswith(".service")] == [], name
+
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+def unit(config: NodeConfig, name: str) -> list[str]:
+    return render_node(config, SECRETS).file(f"{UNIT_DIR}/{name}").content.splitlines()
+
+
+def test_haproxy_workers_drop_root_and_ober_health_gets_a_read_only_socket(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    lines = [line.strip() for line in render_node(make_config(), SECRETS).file(HAPROXY_CFG).content.splitlines()]
+    for line in (
+        "user ober-haproxy",
+        "group ober-haproxy",
+        "chroot /opt/ober/run/empty",
+        "stats socket /opt/ober/run/haproxy.sock mode 600 level admin expose-fd listeners",
+        "stats socket /opt/ober/run/health.sock mode 660 group ober-bgp level user",
+    ):
+        assert line in lines, line
+    # The master is told nothing about users: it stays root to reload (master-worker), the workers switch.
+    assert lines.index("master-worker") < lines.index("user ober-haproxy")
+
+
+def test_haproxy_check_stands_in_for_users_this_machine_lacks(make_config: Callable[..., NodeConfig]) -> None:
+    require(shutil.which("haproxy") is not None, "haproxy is not installed")
+    result = check_haproxy(make_config(), SECRETS)
+    if local_run_as() == NODE_USERS:  # pragma: no cover - a machine with ober's users checks with them
+        assert not any("users" in item for item in result.placeholders)
+    else:
+        assert "users ober-haproxy, ober-bgp (checked as nobody)" in result.placeholders
+
+
+def test_http_unit_keeps_the_master_root_with_only_the_capabilities_it_needs(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    lines = unit(make_config(), "ober-http.service")
+    assert not any(line.startswith(("User=", "Group=", "DynamicUser=")) for line in lines)
+    caps = next(line for line in lines if line.startswith("CapabilityBoundingSet="))
+    assert set(caps.split("=", 1)[1].split()) == {
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_SYS_CHROOT",
+        "CAP_CHOWN",
+        "CAP_KILL",
+    }
+    for line in (
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/opt/ober/run",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "SystemCallFilter=@system-service chroot",
+        "ExecStartPre=+/usr/bin/mkdir -p -m 755 /opt/ober/run /opt/ober/run/empty",
+        "ExecStop=-/bin/kill -USR1 $MAINPID",  # the soft stop, to the master only
+        "KillSignal=SIGCONT",
+        "ExecReload=/bin/kill -USR2 $MAINPID",
+    ):
+        assert line in lines, line
+    # ober health (another user) reads HAProxy's pid file: files HAProxy writes stay readable.
+    assert not any(line.startswith("UMask=") for line in lines)
+
+
+def test_haproxy_cfg_has_no_regex_the_http_units_sandbox_would_refuse(variant: NodeConfig) -> None:
+    """PCRE2 compiles a regex to machine code (JIT): under MemoryDenyWriteExecute=yes HAProxy refuses the config."""
+    assert "MemoryDenyWriteExecute=yes" in unit(variant, "ober-http.service")
+    text = render_node(variant, SECRETS).file(paths(variant)["haproxy_cfg"]).content
+    assert not re.search(r"\s-m\s+reg\b|_reg\b|\breg(irep|rep|sub)\b", text)
+    for spelling in ("X-Forwarded-Proto", "X_Forwarded-Proto", "X-Forwarded_Host", "X_Forwarded_For", "Forwarded"):
+        assert f"http-request del-header {spelling}\n" in text, spelling
+
+
+def test_bgp_unit_runs_exabgp_unprivileged_with_its_secret_as_a_credential(
+    make_config: Callable[..., NodeConfig],
+) -> None:
+    lines = unit(make_config(), "ober-bgp.service")
+    for line in (
+        "User=ober-bgp",
+        "Group=ober-bgp",
+        "LoadCredential=exabgp.conf:/opt/ober/etc/exabgp.conf",
+        "ExecStart=/opt/ober/venv/bin/exabgp %d/exabgp.conf",
+        "CapabilityBoundingSet=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=-/opt/ober/run/health",
+        "ExecStartPre=+/usr/bin/install -d -m 755 -o ober-bgp -g ober-bgp /opt/ober/run/health",
+    ):
+        assert line in lines, line
+    assert "Environment=exabgp_daemon_user=root" not in lines
+    # ober health watches HAProxy's master, another user's process: /proc must show it.
+    assert not any(line.startswith("ProtectProc=") for line in lines)
+    # A reload refuses an exabgp.conf that changed since the start (ExaBGP would re-read the old copy).
+    reload = [line for line in lines if line.startswith("ExecReload=")]
+    assert reload[0].startswith(
+        "ExecReload=+/bin/sh -c 'cmp -s /opt/ober/etc/exabgp.conf /proc/$MAINPID/root%d/exabgp.conf ||"
+    )
+    assert reload[1:] == ["ExecReload=/bin/kill -USR1 $MAINPID"]
+    # The secret stays in the root-only file, never in the unit.
+    assert render_node(make_config(), SECRETS).file(EXABGP_CONF).mode == 0o600
+    assert SECRETS["bgp_md5"] not in "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("changes", "home", "private_tmp"),
+    [
+        ({}, "yes", True),
+        ({"certificates": {"pem": "/root/certs/s3.pem"}}, "read-only", True),
+        ({"install_path": "/home/ober"}, "no", True),
+        ({"certificates": {"pem": "/var/tmp/s3.pem"}}, "yes", False),
+    ],
+)
+def test_the_sandbox_never_hides_the_nodes_own_files(
+    make_config: Callable[..., NodeConfig], changes: dict[str, Any], home: str, private_tmp: bool
+) -> None:
+    config = make_config(**changes)
+    for name in ("ober-http.service", "ober-bgp.service", "ober-certs.service"):
+        lines = unit(config, name)
+        assert f"ProtectHome={home}" in lines, name
+        assert ("PrivateTmp=yes" in lines) is private_tmp, name
+
+
+def test_systemd_rates_every_service_unit_well_sandboxed(
+    make_config: Callable[..., NodeConfig], tmp_path: Path
+) -> None:
+    """systemd's own exposure rating (0 fully sandboxed .. 10 not at all), offline from the rendered files; it was
+    9.6 for each before the units were hardened. The lab test in an nspawn node rates the installed units."""
+    analyze = shutil.which("systemd-analyze")
+    require(analyze is not None, "systemd-analyze is not installed")
+    rendered = render_node(make_config(), SECRETS)
+    scores = {}
+    for name in ("ober-http.service", "ober-bgp.service", "ober-certs.service"):
+        target = tmp_path / name
+        target.write_text(rendered.file(f"{UNIT_DIR}/{name}").content)
+        done = subprocess.run(
+            [str(analyze), "security", "--offline=true", "--no-pager", str(target)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        last = (done.stdout.strip().splitlines() or [""])[-1]
+        require("Overall exposure level" in last, f"systemd-analyze cannot rate units offline: {done.stderr}")
+        scores[name] = float(last.split(":")[1].split()[0])
+    assert scores["ober-http.service"] <= 3.5, scores
+    assert scores["ober-bgp.service"] <= 2.5 and scores["ober-certs.service"] <= 2.5, scores
+
+
+def test_per_source_limits_by_default_and_the_off_switch(make_config: Callable[..., NodeConfig]) -> None:
+    def cfg(**haproxy: Any) -> list[str]:
+        text = render_node(make_config(haproxy=haproxy), SECRETS).file(HAPROXY_CFG).content
+        return [line.strip() for line in text.splitlines()]
+
+    default = cfg(maxconn=50000)
+    assert default.count("tcp-request connection track-sc0 src table per_source") == 2  # both VIPs' frontends
+    assert default.count("tcp-request connection reject if { sc0_conn_cur gt 1000 }") == 2
+    assert not any("sc0_conn_rate" in line for line in default)  # no rate limit unless asked
+    assert "stick-table type ip size 50000 expire 20s store conn_cur,conn_rate(10s)" in default
+    # After the whitelist (which rejects untracked), before anything HTTP.
+    whitelist = default.index(
+        "tcp-request connection reject unless { src -f /opt/ober/etc/whitelist/frontend-http.lst }"
+    )
+    assert whitelist < default.index("tcp-request connection track-sc0 src table per_source")
+
+    rated = cfg(per_source={"connections": 300, "rate": 100, "period": "1m"})
+    assert "tcp-request connection reject if { sc0_conn_cur gt 300 }" in rated
+    assert "tcp-request connection reject if { sc0_conn_rate gt 100 }" in rated
+    assert "stick-table type ip size 100000 expire 120s store conn_cur,conn_rate(60s)" in rated
+
+    off = cfg(per_source={"connections": 0})
+    assert not any("per_source" in line or "sc0_" in line for line in off)
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"connections": -1}, "haproxy.per_source.connections"),
+        ({"connections": 200000}, "haproxy.per_source.connections"),
+        ({"rate": "many"}, "haproxy.per_source.rate"),
+        ({"period": "0s"}, "haproxy.per_source.period"),
+        ({"burst": 5}, "haproxy.per_source"),
+    ],
+)
+def test_bad_per_source_limits_are_one_clear_error(
+    make_config: Callable[..., NodeConfig], limits: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_config(haproxy={"per_source": limits})
+    assert message in error.value.message

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from ober.bootstrap import HostFacts, UnitState
+from ober.bootstrap import HostFacts, Run, UnitState
 from ober.bootstrap.facts import parse_dnf_list
-from ober.bootstrap.steps import Run
 from ober.cli import main
 from ober.errors import OberError
 from ober.runner import Result
@@ -37,6 +36,7 @@ DNF = (
 )
 
 HAPROXY_CURRENT = Versions("3.0.11", "3.0.11", "apt")
+USERS = frozenset({"root", "ober-haproxy", "ober-bgp"})
 OBER_CURRENT = Versions("0.1.0", "0.1.0", "/w")
 
 
@@ -46,9 +46,18 @@ def facts(
     units: dict[str, UnitState] | None = None,
     manager: str = "apt",
     wheelhouse: str | None = "/w",
+    users: frozenset[str] | None = None,
 ) -> UpgradeFacts:
     return UpgradeFacts(
-        "/opt/ober", manager, haproxy, ober, Versions("5.0.15", "5.0.15", "/w"), units or RUNNING, wheelhouse
+        "/opt/ober",
+        manager,
+        haproxy,
+        ober,
+        Versions("5.0.15", "5.0.15", "/w"),
+        units or RUNNING,
+        wheelhouse,
+        users=users or USERS,
+        groups=users or USERS,
     )
 
 
@@ -293,3 +302,15 @@ def test_cli_a_failed_upgrade_is_one_json_document(
     assert "ERROR: no ober==0.1.1" in doc["error"] and doc["fix"] == "fix that and run ober upgrade again"
     assert [step["name"] for step in doc["steps"] if step["error"]] == ["ober"]
     assert not any("systemctl restart" in line for line in seams["runner"].ran)
+
+
+def test_a_node_bootstrapped_before_ober_had_users_gets_them_with_the_upgrade() -> None:
+    steps = {step.name: step for step in plan_upgrade(facts(users=frozenset({"root"})))}
+    assert [command.split()[0] for command in steps["users"].commands] == ["groupadd", "useradd"] * 2
+    records = [action.record for action in steps["users"].actions if isinstance(action, Run)]
+    assert [(entry.kind, entry.target) for entry in records if entry] == [
+        ("group", "ober-haproxy"),
+        ("user", "ober-haproxy"),
+        ("group", "ober-bgp"),
+        ("user", "ober-bgp"),
+    ]

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from ober import __version__
 from ober.checks import parse_os_release, read_os_release
 from ober.errors import OberError
-from ober.facts import parse_haproxy_version
+from ober.facts import account_names, parse_haproxy_version
 from ober.runner import Result, Runner
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -91,6 +91,8 @@ class HostFacts:
     selinux_boolean: bool | None = None
     ober_version: str = __version__
     ober_source: str | None = None
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
 
     @property
     def os_name(self) -> str:
@@ -217,7 +219,8 @@ def gather_host_facts(runner: Runner, root: Path = Path("/")) -> HostFacts:
     ``/usr/sbin/haproxy -vv`` (version, SSL library); apt's candidate haproxy; an AWS-LC repository
     (:func:`find_aws_lc_repo`); this Python, whether it runs in a venv and has ``ensurepip``; the network stack
     (``netplan`` present → netplan, NetworkManager active → networkmanager, else networkd, and networkd's unit);
-    SELinux (``getenforce``, ``getsebool haproxy_connect_any``); the distribution's ``haproxy.service``.
+    SELinux (``getenforce``, ``getsebool haproxy_connect_any``); the distribution's ``haproxy.service``; the users
+    and groups in ``/etc/passwd`` and ``/etc/group``.
     """
     os_release = (root / "etc/os-release").read_text() if (root / "etc/os-release").is_file() else None
     if os_release is None and root == Path("/"):
@@ -246,6 +249,7 @@ def gather_host_facts(runner: Runner, root: Path = Path("/")) -> HostFacts:
         if _program(root, "getsebool"):
             boolean = parse_getsebool(runner.run(["getsebool", SELINUX_BOOLEAN], FACT_TIMEOUT).stdout)
     in_venv = sys.prefix != sys.base_prefix
+    accounts = account_names(root)
     return HostFacts(
         os_release=os_release,
         euid=os.geteuid(),
@@ -268,6 +272,8 @@ def gather_host_facts(runner: Runner, root: Path = Path("/")) -> HostFacts:
         selinux_boolean=boolean,
         ober_version=__version__,
         ober_source=ober_source(),
+        users=accounts[0],
+        groups=accounts[1],
     )
 
 

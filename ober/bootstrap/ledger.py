@@ -26,7 +26,8 @@ class Entry:
     ``packages`` (``names`` installed by ``target``, apt or dnf), ``venv`` (created), ``pip`` (``names`` installed
     into the existing venv ``target``), ``service-disabled`` / ``service-enabled`` (unit ``target``;
     ``enabled``/``active``: its state before), ``selinux-boolean`` (``target`` set; ``was`` on/off before),
-    ``symlink`` (``target`` made, pointing to ``names[0]``).
+    ``symlink`` (``target`` made, pointing to ``names[0]``), ``user`` / ``group`` (a system user or group ``target``
+    created).
     """
 
     kind: str

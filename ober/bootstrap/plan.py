@@ -29,6 +29,7 @@ from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPac
 from ober.checks import check_os, check_python
 from ober.config import CONFIG_RELATIVE
 from ober.errors import OberError
+from ober.render import NODE_USERS
 from ober.wheelpins import pinned_install
 
 EXABGP_VERSION = "5.0.15"
@@ -112,6 +113,7 @@ def plan_bootstrap(facts: Facts, options: BootstrapOptions) -> list[Step]:
     summary = f"{host.os_name}, root, Python {python}, {host.package_manager}, systemd"
     steps = [Step("host", "Check the machine", summary, warnings=tuple(warnings))]
     steps.append(_plan_dirs(install, options.install_path))
+    steps.append(plan_users(host.users, host.groups))
     need_venv = not install.venv_python
     steps.append(_plan_packages(host, need_venv))
     steps.append(_plan_distro_unit(host))
@@ -140,6 +142,42 @@ def _plan_dirs(install: InstallFacts, path: str) -> Step:
         return Step("dirs", "Create ober's directories", why)
     made = ", ".join(a.argv[-1] for a in actions if isinstance(a, Run))
     return Step("dirs", "Create ober's directories", f"create or fix {made}", tuple(actions))
+
+
+# Who each user is for (useradd's comment in /etc/passwd: no colon, it separates the fields).
+USER_ROLES = {
+    NODE_USERS.haproxy_user: "ober HAProxy workers",
+    NODE_USERS.bgp_user: "ober ExaBGP and ober health",
+}
+
+
+def plan_users(users: frozenset[str], groups: frozenset[str]) -> Step:
+    """Create the system users (each with its own group) the node's daemons run as; pure.
+
+    Recorded before each command runs; uninstall removes only those still there.
+    """
+    title = "Create the users ober's daemons run as"
+    actions: list[Action] = []
+    for user, group in (
+        (NODE_USERS.haproxy_user, NODE_USERS.haproxy_group),
+        (NODE_USERS.bgp_user, NODE_USERS.bgp_group),
+    ):
+        if group not in groups:
+            actions.append(Run(("groupadd", "--system", group), record=Entry("group", group)))
+        if user not in users:
+            useradd = (
+                "useradd", "--system", "--gid", group, "--no-create-home", "--home-dir", "/nonexistent",
+                "--shell", "/usr/sbin/nologin", "--comment", USER_ROLES[user], user,
+            )  # fmt: skip
+            actions.append(Run(useradd, record=Entry("user", user)))
+    if not actions:
+        return Step("users", title, f"{' and '.join(NODE_USERS.users)} exist")
+    made = ", ".join(f"{a.record.kind} {a.record.target}" for a in actions if isinstance(a, Run) and a.record)
+    why = (
+        f"create {made}: HAProxy's workers (facing the internet) and ExaBGP run as these, not as root; "
+        "no login, no home"
+    )
+    return Step("users", title, why, tuple(actions))
 
 
 def _plan_packages(host: HostFacts, need_venv: bool) -> Step:

@@ -25,6 +25,7 @@ from ober.bootstrap.steps import (
 )
 from ober.config import CONFIG_RELATIVE, NodeConfig, load_config
 from ober.errors import OberError
+from ober.facts import account_names
 from ober.runner import Runner
 from ober.services import NETWORK_APPLY, NETWORK_DIRS
 
@@ -47,6 +48,9 @@ class UninstallFacts:
     systemd: bool = True
     links: Mapping[str, str | None] = field(default_factory=dict)
     """For each link the ledger lists: where it points now (None: not a link any more)."""
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    """The users and groups that exist (bootstrap's are removed only while they do)."""
 
 
 def _state_paths(install_path: str) -> dict[str, str]:
@@ -93,8 +97,20 @@ def gather_uninstall_facts(install_path: str, runner: Runner, root: Path = Path(
         except OberError:
             config = None  # a broken config still lets uninstall stop the units, just not gracefully
     links = {entry.target: read_link(on(entry.target)) for entry in ledger if entry.kind == "symlink"}
+    users, groups = account_names(root)
     return UninstallFacts(
-        install_path, tuple(ledger), manifest, existing, children, units, frozenset(installed), config, systemd, links
+        install_path,
+        tuple(ledger),
+        manifest,
+        existing,
+        children,
+        units,
+        frozenset(installed),
+        config,
+        systemd,
+        links,
+        users,
+        groups,
     )
 
 
@@ -179,6 +195,16 @@ def _undo(entry: Entry, facts: UninstallFacts, *, venv_removed: bool) -> Step:
         return Step(
             "symlink", title, f"made by bootstrap, to {wanted}", (Run(("rm", "-f", entry.target), forget=entry),)
         )
+    if entry.kind in ("user", "group"):
+        title = f"Remove the {entry.kind} {entry.target} bootstrap created"
+        if entry.target not in (facts.users if entry.kind == "user" else facts.groups):
+            return Step(entry.kind, title, f"there is no {entry.kind} {entry.target} any more", forget=(entry,))
+        if entry.kind == "user":
+            return Step("user", title, "its units are stopped", (Run(("userdel", entry.target), forget=entry),))
+        # userdel may have removed the user's group of the same name with it (USERGROUPS_ENAB in login.defs).
+        script = 'getent group "$1" >/dev/null || exit 0; groupdel "$1"'
+        run = Run(("sh", "-c", script, "groupdel", entry.target), forget=entry)
+        return Step("group", title, "unless userdel removed it with its user", (run,))
     if entry.kind == "selinux-boolean":
         value = "1" if entry.was == "on" else "0"
         title = f"Restore SELinux {entry.target}"

@@ -28,6 +28,7 @@ class ExitStatus(IntEnum):
 
 
 COMMANDS = {
+    "backends": "ober.cli.backends:backends",
     "bootstrap": "ober.cli.bootstrap:bootstrap",
     "certs": "ober.cli.certs:certs",
     "config": "ober.cli.config:config_cmd",

@@ -4,7 +4,8 @@ Steps, each the real CLI as a user runs it: ``ober lab up`` (4 systemd-nspawn no
 Ceph RGW groups), ``ober fleet bootstrap`` on every node, ``ober fleet status``, then ``ober fleet restart`` while
 the S3 load client (boto3 over TLS through the VIP) uploads and downloads; at the end, what the client saw and the
 fewest next-hops the router had during the roll, and ober's own metrics on one node (``GET /ober/metrics`` on its
-stats listener, what Prometheus scrapes). The lab stays up for you to try more.
+stats listener, what Prometheus scrapes). Last, a third radosgw joins ceph-a and ``ober fleet backends add`` puts it
+in every node's HAProxy without a reload. The lab stays up for you to try more.
 
 :func:`roll_under_load` is shared with ``bench/rolling.py``.
 """
@@ -25,6 +26,7 @@ from typing import Any
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.inventory import load_inventory
+from ober.lab import faults
 from ober.lab import fleet as lab_fleet
 from ober.lab.fleet import LabFleet
 from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
@@ -146,6 +148,19 @@ def metrics_lines(text: str) -> list[str]:
     return lines
 
 
+DEMO_RGW = "100.64.1.13"
+
+
+def _backend_change(fleet: LabFleet) -> None:
+    """A third radosgw joins ceph-a (as cephadm places one); every node's HAProxy gets it, no reload."""
+    inventory = ["-i", str(fleet.inventory_path)]
+    _step(f"a third radosgw in ceph-a ({DEMO_RGW}), then ober fleet backends add: no reload, node by node")
+    if f"http://{DEMO_RGW}:7480" not in fleet.rgw_endpoints("ceph-a"):
+        faults.start_rgw(fleet, "ceph-a", DEMO_RGW)
+    _show(["fleet", "backends", "add", "ceph-a", f"{DEMO_RGW}:7480", *inventory])
+    _show(["fleet", "backends", "list", "node01", *inventory])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m ober.lab.demo", description=__doc__.splitlines()[0])
@@ -189,6 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("  (all of it: monitoring/ has Prometheus alert rules and a Grafana dashboard for these)")
+    try:
+        _backend_change(fleet)
+    except OberError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"\nThe lab stays up: try `ober fleet status -i {fleet.inventory_path}`")
     print(f"Stop it with: ober lab down --dir {args.dir}")
     return rolled.code

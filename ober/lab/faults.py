@@ -11,6 +11,7 @@ BIRD) is written back to the lab's state file, so ``ober lab down`` still stops 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import signal
 import subprocess
 import threading
@@ -24,12 +25,13 @@ from ober.errors import OberError
 from ober.lab import labstate
 from ober.lab.fleet import LabFleet
 from ober.lab.labstate import Proc
-from ober.lab.netns import spawn_in
+from ober.lab.netns import add_address, check_off_host, run, spawn_in
+from ober.lab.rgw import RGW_PORT, http_get
 
 NODE_TIMEOUT = 30.0
 STOP_WAIT = 10.0
 HAPROXY = "/usr/sbin/haproxy"
-HEALTH_STATE = "/opt/ober/run/health.json"
+HEALTH_STATE = "/opt/ober/run/health/health.json"
 # The node's clock right before the act: `date` prints the wall time the router's route is measured against.
 NOW = "date +%s.%N"
 
@@ -276,3 +278,72 @@ def without(address: str) -> Callable[[tuple[str, ...]], bool]:
 def with_(address: str) -> Callable[[tuple[str, ...]], bool]:
     """A route predicate: ``address`` is a next-hop."""
     return lambda hops: address in hops
+
+
+def start_rgw(fleet: LabFleet, group: str, address: str, *, timeout: float = 60.0) -> str:
+    """Start one more radosgw in a backend group's Ceph cluster, on ``address`` (port 7480); its endpoint.
+
+    As cephadm does when it places another RGW daemon: the new radosgw joins the running cluster under a name of
+    its own (``client.rgw.N``) and is recorded in the lab's state, so ``ober lab down`` stops it by PID.
+
+    Raises:
+        OberError: the address is not a lab address, no radosgw of the group runs to copy, or it did not answer.
+    """
+    cluster = fleet.state.data["clusters"][group]
+    ns = cluster["ns"]
+    rgws = [Proc.load(r) for r in cluster["daemons"] if str(r["what"]).startswith("client.rgw")]
+    model = next((proc for proc in rgws if proc.alive()), None)
+    if model is None:
+        raise OberError(f"no radosgw of {group} runs to start another like it")
+    check_off_host([ipaddress.IPv4Network(f"{address}/32")])
+    endpoint = f"http://{address}:{RGW_PORT}"
+    argv, env = _program(model)
+    # A name of its own each time: a radosgw started under the name of one stopped moments ago can hang at start
+    # (seen in the lab: no answer after minutes), while Ceph still holds the old one's watches.
+    name = f"client.rgw.x{int(time.time()) % 100000}"
+    argv = [*argv[: argv.index("-n")], "-n", name]
+    # Its ceph.conf has no section for this name: what the others' sections set is given on the command line.
+    argv += ["--rgw_frontends", f"beast endpoint={address}:{RGW_PORT} tcp_nodelay=1", "--ms_mon_client_mode", "crc"]
+    # Ceph's default admin socket path (with PID and a pointer in it) can pass the 107 bytes a socket path may have.
+    argv += ["--admin_socket", "$run_dir/$cluster-$name.asok"]
+    add_address(ns, "lo", f"{address}/32")
+    process = spawn_in(ns, argv, log=fleet.dir / f"{name}.log", env=env)
+    with labstate.locked(fleet.dir):
+        record = fleet.state.data["clusters"][group]
+        record["daemons"].append(Proc.of(process.pid, name).record())
+        record["endpoints"].append(endpoint)
+        record.setdefault("added", {})[endpoint] = name
+        fleet.state.save()
+    deadline = time.monotonic() + timeout
+    while not _answers(ns, endpoint):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise OberError(f"{name} on {endpoint} did not answer in {timeout:g}s", f"see {fleet.dir}/{name}.log")
+        time.sleep(0.5)
+    return endpoint
+
+
+def _answers(ns: str, endpoint: str) -> bool:
+    try:
+        return http_get(ns, endpoint)[0] == 200
+    except OSError:
+        return False
+
+
+def stop_rgw(fleet: LabFleet, group: str, endpoint: str) -> None:
+    """Stop a radosgw `start_rgw` started (SIGTERM, then SIGKILL, by its PID) and forget it in the lab's state."""
+    with labstate.locked(fleet.dir):
+        cluster = fleet.state.data["clusters"][group]
+        name = cluster.get("added", {}).pop(endpoint, None)
+        if name is None:
+            raise OberError(f"{endpoint} is not a radosgw start_rgw started in {group}")
+        [record] = [r for r in cluster["daemons"] if r["what"] == name]
+        proc = Proc.load(record)
+        proc.signal(signal.SIGTERM)
+        if labstate.wait_gone([proc], STOP_WAIT):
+            proc.signal(signal.SIGKILL)
+            labstate.wait_gone([proc], STOP_WAIT)
+        cluster["daemons"].remove(record)
+        cluster["endpoints"].remove(endpoint)
+        fleet.state.save()
+    address = endpoint.removeprefix("http://").rsplit(":", 1)[0]
+    run(["ip", "-n", cluster["ns"], "addr", "del", f"{address}/32", "dev", "lo"], check=False)

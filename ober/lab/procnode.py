@@ -21,9 +21,11 @@ from typing import Any
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import OberError
 from ober.facts import find_program
+from ober.healthd import state_file
 from ober.lab.netns import Lab, add_address
 from ober.lab.router import Router
 from ober.render import paths, render_node
+from ober.validate import local_run_as
 
 READY_TIMEOUT = 20.0
 PIPENAME = "ober"
@@ -45,7 +47,7 @@ class ProcessNode:
     def state(self) -> dict[str, Any]:
         """What ``ober health`` last published (empty before its first round)."""
         try:
-            data: dict[str, Any] = json.loads((Path(paths(self.config)["run_dir"]) / "health.json").read_text())
+            data: dict[str, Any] = json.loads(state_file(self.config).read_text())
         except (OSError, ValueError):
             return {}
         return data
@@ -94,19 +96,21 @@ def lab_config(data: Mapping[str, Any], install_path: Path) -> NodeConfig:
 
 
 def write_install(config: NodeConfig, secrets: Mapping[str, str]) -> dict[str, str]:
-    """Write the node's rendered files that live under its install path, and make its run dir; its paths.
+    """Write the node's rendered files under its install path, with the runtime directories HAProxy needs; its paths.
 
     Files outside the install path (units, sysctl, the network) are left out: a lab node never changes the host.
+    This host has no ober users: HAProxy's workers drop to ``nobody`` in their chroot instead (see
+    :func:`ober.validate.local_run_as`); whatever runs ``ober health`` here stays root.
     """
-    install = str(config.install_path)
-    for item in render_node(config, secrets).files:
-        if item.path.startswith(f"{install}/"):
+    for item in render_node(config, secrets, run_as=local_run_as()).files:
+        if item.path.startswith(f"{config.install_path}/"):
             target = Path(item.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(item.content)
             target.chmod(item.mode)
     p = paths(config)
-    Path(p["run_dir"]).mkdir(parents=True, exist_ok=True)
+    for directory in (p["run_dir"], p["chroot"]):
+        Path(directory).mkdir(parents=True, exist_ok=True)
     return p
 
 

@@ -21,15 +21,20 @@ from ober.config import NodeConfig
 from ober.errors import OberError, RenderError
 from ober.facts import parse_haproxy_version
 from ober.remote.bootstrap_steps import Remote
-from ober.render import paths, render_node
+from ober.render import NODE_USERS, RunAs, paths, render_node
 from ober.validate import CheckResult, haproxy_stand_ins, make_placeholder, tool_lines
 
 CHECK_TIMEOUT = 120.0
+STAND_IN_GROUP = "ober-stand-in-group"
+"""In the stand-in haproxy.cfg: replaced on the node by the group ``nobody`` has there (nogroup or nobody)."""
+STAND_IN = RunAs("nobody", STAND_IN_GROUP, "nobody", STAND_IN_GROUP)
 # Run as root on the node. $1: the scratch directory (a fresh random name: mkdir refuses one that exists),
-# $2: the haproxy.cfg in it; then the node paths whose real files replace the placeholders when the node has them.
+# $2: the haproxy.cfg in it; $3, $4, $5: the HAProxy user, its group and the BGP group (HAProxy looks them up: a node
+# without them, not bootstrapped yet, checks $2.stand-in, which runs as nobody); then the node paths whose real
+# files replace the placeholders when the node has them.
 _SCRIPT = r"""
 set -u
-root=$1; cfg=$2; shift 2
+root=$1; cfg=$2; user=$3; group=$4; bgp_group=$5; shift 5
 umask 077
 mkdir -m 700 -- "$root" || exit 90
 trap 'rm -rf -- "$root"' EXIT
@@ -42,6 +47,12 @@ done
 haproxy=$(command -v haproxy || echo /usr/sbin/haproxy)
 [ -x "$haproxy" ] || { echo "ober-missing: haproxy"; exit 92; }
 echo "ober-version: $("$haproxy" -v 2>&1 | head -n 1)"
+if ! { getent passwd "$user" && getent group "$group" && getent group "$bgp_group"; } >/dev/null 2>&1; then
+  nobody=nobody
+  getent group nogroup >/dev/null 2>&1 && nobody=nogroup
+  sed "s/ober-stand-in-group/$nobody/g" "$cfg.stand-in" >"$cfg" || exit 91
+  echo "ober-stand-in: nobody"
+fi
 OBER_STATS_PASSWORD=placeholder "$haproxy" -c -f "$cfg" 2>&1
 """
 
@@ -59,7 +70,8 @@ def check_haproxy_on(
     stand_ins = haproxy_stand_ins(config)
     archive = _archive(config, secrets or {}, root, stand_ins)
     cfg = paths(config, root)["haproxy_cfg"]
-    argv = ["sh", "-c", _SCRIPT, "ober-check", root, cfg, *(real for real, _ in stand_ins)]
+    users = (NODE_USERS.haproxy_user, NODE_USERS.haproxy_group, NODE_USERS.bgp_group)
+    argv = ["sh", "-c", _SCRIPT, "ober-check", root, cfg, *users, *(real for real, _ in stand_ins)]
     done = conn.run(argv, CHECK_TIMEOUT, stdin=archive)
     output = done.stdout.replace(root, "")
     if done.returncode == 92:
@@ -75,6 +87,8 @@ def check_haproxy_on(
         version=parse_haproxy_version(version_line),
         placeholders=[path for path, _ in stand_ins if path not in real],
     )
+    if "ober-stand-in: nobody" in output.splitlines():
+        result.placeholders.append(f"users {', '.join(NODE_USERS.users)} (checked as nobody)")
     if done.returncode != 0:
         alerts = tool_lines(output, "[ALERT]") or output.strip().splitlines()[-1:]
         raise RenderError(
@@ -95,6 +109,10 @@ def _archive(config: NodeConfig, secrets: Mapping[str, str], root: str, stand_in
             if item.mode & 0o077 == 0:
                 continue  # secret files (exabgp.conf's MD5 password, secrets.env): haproxy -c needs none of them
             _add(tar, item.path, item.content.encode(), item.mode, now)
+        cfg = paths(config)["haproxy_cfg"]
+        stand_ins_cfg = render_node(config, secrets, root=root, run_as=STAND_IN).files
+        [stand_in] = [item for item in stand_ins_cfg if item.path == cfg]
+        _add(tar, f"{cfg}.stand-in", stand_in.content.encode(), stand_in.mode, now)
         with tempfile.TemporaryDirectory() as scratch:
             for real, make in stand_ins:
                 make_placeholder(Path(scratch) / real.lstrip("/"), make)

@@ -211,6 +211,21 @@ class UndrainAnswer:
     was_drained: bool
 
 
+BACKENDS_TIMEOUT = 60.0
+"""Seconds an ``ober backends`` change may take on a node beyond its own wait (haproxy -c, the runtime API)."""
+BACKENDS_ACTIONS = ("add", "undrain", "drain", "remove", "none")
+
+
+@dataclass(frozen=True)
+class BackendsAnswer:
+    """What ``ober backends add|drain|remove --json`` said a node did."""
+
+    action: str
+    """``add``, ``undrain``, ``drain``, ``remove``, or ``none`` (it was so already)."""
+    message: str
+    requests_left: int | None = None
+
+
 def ober_program(node: InventoryNode) -> str:
     """The ``ober`` inside the node's venv."""
     return f"{node.config.install_path}/venv/bin/ober"
@@ -323,6 +338,40 @@ class NodeClient:
         if not result.ok or data is None or "error" in data or not isinstance(data.get("was_drained"), bool):
             raise self._command_failed("undrain", result, data)
         return UndrainAnswer(was_drained=bool(data["was_drained"]))
+
+    def backends(self, verb: str, group: str, server: str, *, wait: float = 30.0) -> BackendsAnswer:
+        """``ober backends VERB GROUP SERVER``: one runtime change of an RGW server on the node (never forced).
+
+        Raises:
+            NodeCommandFailed: the node refused or failed (its own one-line reason); OberError: the SSH connection.
+        """
+        argv = [self.program, "--json", "backends", verb, "--config", self.config, group, server]
+        if verb == "remove":
+            argv += ["--wait", f"{wait:g}"]
+        result = self.conn.run(argv, timeout=wait + BACKENDS_TIMEOUT)
+        data = _document(result)
+        if not result.ok or data is None or "error" in data or data.get("action") not in BACKENDS_ACTIONS:
+            raise self._command_failed(f"backends {verb}", result, data)
+        left = data.get("requests_left")
+        return BackendsAnswer(
+            action=str(data["action"]),
+            message=str(data.get("message", ""))[:300],
+            requests_left=left if _count(left) else None,
+        )
+
+    def backends_list(self, timeout: float = STATUS_TIMEOUT) -> list[dict[str, Any]]:
+        """``ober backends list --json``: the node's groups (each a mapping, as the node wrote it, bounded).
+
+        Raises:
+            NodeCommandFailed: the node could not list them; OberError: the SSH connection.
+        """
+        argv = [self.program, "--json", "backends", "list", "--config", self.config]
+        result = self.conn.run(argv, timeout=timeout)
+        data = _document(result)
+        groups = data.get("groups") if data else None
+        if not result.ok or not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise self._command_failed("backends list", result, data)
+        return groups[:MAX_PROBLEMS]
 
     def _command_failed(self, what: str, result: Result, data: dict[str, Any] | None) -> NodeCommandFailed:
         why = str((data or {}).get("error") or result.last_line())[:300]

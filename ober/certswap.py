@@ -10,7 +10,7 @@ Design, and why:
   new certificate. HAProxy has had these commands since 2.2; ober targets 2.6+. A certificate added to (or removed
   from) a ``crt`` directory is handled the same way: ``new ssl cert`` + ``add ssl crt-list DIR FILE``.
 * **Refusing a bad file first.** Before anything is sent, each changed file is judged by the same checks as
-  ``ober test`` (:mod:`ober.checks`): no certificate in it, a private key missing or not matching, expired or not
+  ``ober test`` (:mod:`ober.certs`): no certificate in it, a private key missing or not matching, expired or not
   yet valid → refused, the old certificate keeps serving, and the reason goes to the journal. A chain that does not
   verify against *this* node's trust store is only a warning: a private CA that the S3 clients trust is normal and
   this node need not trust it. HAProxy itself also refuses what it cannot load (``Can't commit``): then the
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ober.checks import Check, _check_pem, _pem_files
+from ober.certs import check_pem, pem_files
+from ober.checks.base import Check
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.haproxy_runtime import query
@@ -96,10 +97,10 @@ def served_fingerprint(ask: Query, path: str) -> str | None:
 def judge(path: Path, now: datetime | None = None) -> tuple[list[str], list[str]]:
     """Why ``path`` must not be served (empty: it may), and warnings worth logging.
 
-    Uses :mod:`ober.checks`' certificate checks, so ``ober test`` and this agree on what a bad certificate is.
+    Uses :mod:`ober.certs`' certificate checks, so ``ober test`` and this agree on what a bad certificate is.
     """
     try:
-        checks: list[Check] = _check_pem(path, now or datetime.now(UTC), None)
+        checks: list[Check] = check_pem(path, now or datetime.now(UTC), None)
     except OSError as exc:
         return [f"cannot read it: {exc.strerror}"], []
     # A chain this node cannot verify is not refused: clients may trust a private CA that this node does not.
@@ -165,7 +166,7 @@ def swap_certificates(config: NodeConfig, *, now: datetime | None = None, ask: Q
     runtime: Query = ask or (lambda command: query(socket_path, command, RUNTIME_TIMEOUT))
     crt = Path(config.certificates.crt_path(config.install_path))
     loaded = loaded_files(runtime)
-    on_disk = _pem_files(crt) if crt.exists() else []
+    on_disk = pem_files(crt) if crt.exists() else []
     outcomes: list[Outcome] = []
     for path in on_disk:
         outcomes.append(_one(runtime, path, str(path) in loaded, now))

@@ -25,7 +25,10 @@ from typing import Any, Protocol
 import yaml
 
 from ober.apply import diff
-from ober.checks import Check, check_bgp_tcp, check_certificates, check_rgw, scrub
+from ober.certs import check_certificates
+from ober.checks.base import Check, scrub
+from ober.checks.bgp import check_bgp_tcp
+from ober.checks.rgw import check_rgw
 from ober.config import DEFAULT_INSTALL_PATH, HTTP_MODES, NodeConfig, parse_node_config
 from ober.configure import Outcome, configure
 from ober.errors import ConfigError, OberError

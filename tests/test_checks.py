@@ -21,26 +21,21 @@ from typing import Any
 import pytest
 import yaml
 
-from ober.checks import (
-    Check,
-    check_bgp_state,
-    check_bgp_tcp,
-    check_certificates,
-    check_config,
+from ober.certs import check_certificates
+from ober.checks.base import Check, scrub
+from ober.checks.bgp import check_bgp_state, check_bgp_tcp, tcp_md5sig
+from ober.checks.config import check_config, check_rendered
+from ober.checks.doctor import run_doctor, run_test
+from ober.checks.host import (
     check_haproxy_state,
     check_os,
     check_own_name,
     check_python,
-    check_rendered,
-    check_rgw,
     check_root,
     check_units,
     read_os_release,
-    run_doctor,
-    run_test,
-    scrub,
-    tcp_md5sig,
 )
+from ober.checks.rgw import check_rgw
 from ober.cli import main
 from ober.config import NodeConfig, dump_config
 from ober.facts import find_program

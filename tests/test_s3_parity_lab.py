@@ -35,7 +35,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ober.certs import self_signed_pem
-from ober.checks import TRUST_FORWARDED_FIX, check_sse_c
+from ober.checks.rgw import TRUST_FORWARDED_FIX, check_sse_c
 from ober.config import NodeConfig
 from ober.facts import find_program
 from ober.lab.netns import Lab, add_address, run

@@ -23,7 +23,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from ober.checks import S3_PROBE_SECRETS, TRUST_FORWARDED_FIX, check_sse_c
+from ober.checks.rgw import S3_PROBE_SECRETS, TRUST_FORWARDED_FIX, check_sse_c
 from ober.config import NodeConfig
 from ober.s3probe import BUCKET_PREFIX, Credentials, sign_v4
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ober.checks import check_stats_exposure
+from ober.checks.config import check_stats_exposure
 from ober.cli import main
 from ober.config import MAX_GRACEFUL_RESTART, load_config, parse_node_config
 from ober.errors import ConfigError, OberError, SecretsError

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from ober.certs import write_pem
-from ober.checks import Check
+from ober.checks.base import Check
 from ober.cli import main
 from ober.config import NodeConfig, load_config, parse_node_config
 from ober.configure import configure, current_data

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ober import __version__
-from ober.checks import parse_os_release, read_os_release
+from ober.checks.host import parse_os_release, read_os_release
 from ober.errors import OberError
 from ober.facts import account_names, parse_haproxy_version
 from ober.runner import Result, Runner

@@ -26,7 +26,7 @@ from ober.bootstrap.facts import (
 )
 from ober.bootstrap.ledger import Entry
 from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
-from ober.checks import check_os, check_python
+from ober.checks.host import check_os, check_python
 from ober.config import CONFIG_RELATIVE
 from ober.errors import OberError
 from ober.render import NODE_USERS

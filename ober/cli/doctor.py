@@ -8,7 +8,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from ober.checks import PROBE_TIMEOUT, Check, run_doctor, run_test
+from ober.checks.base import PROBE_TIMEOUT, Check
+from ober.checks.doctor import run_doctor, run_test
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
 from ober.errors import OberError

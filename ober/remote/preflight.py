@@ -4,8 +4,8 @@ One shell script (``sh -c``, POSIX only) prints a section per fact: ``/etc/os-re
 passwordless sudo works, what ``python3`` reports about itself (version, machine, glibc, the free space on the
 install path's filesystem, venv support), the clock's synchronisation (``timedatectl``, else ``chronyc``) and the
 ober already installed there. :func:`parse_probe` turns its output into :class:`NodeFacts`; :func:`evaluate`
-turns those into :class:`ober.checks.Check` findings, the same ones ``ober doctor`` prints on a node (the OS and
-Python rules are ``ober.checks``'s). Nothing here changes the node.
+turns those into :class:`ober.checks.base.Check` findings, the same ones ``ober doctor`` prints on a node (the OS and
+Python rules are ``ober.checks.host``'s). Nothing here changes the node.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ober.checks import Check, check_os, check_python, parse_os_release
+from ober.checks.base import Check
+from ober.checks.host import check_os, check_python, parse_os_release
 from ober.remote.wheelhouse import ARCHITECTURES
 from ober.runner import Runner
 

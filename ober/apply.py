@@ -14,11 +14,13 @@ import difflib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ober.atomic import write_atomic
 from ober.errors import OberError
 from ober.render import Rendered, RenderedFile
 
@@ -123,19 +125,6 @@ class Applied:
     backup: Path | None
 
 
-def _write_atomically(target: Path, content: str, mode: int) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.ober-new")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(temp, mode)  # noqa: PTH101 - the umask may have narrowed os.open's mode
-    temp.replace(target)
-
-
 def apply(
     changes: list[Change],
     root: Path,
@@ -189,7 +178,8 @@ def apply(
             if change.new is None:
                 target.unlink(missing_ok=True)
             else:
-                _write_atomically(target, change.new.content, change.new.mode)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(target, change.new.content, change.new.mode)
         reload()
         verify()
     except (OberError, OSError) as exc:
@@ -240,8 +230,7 @@ def _restore(saved: list[tuple[Path, Path | None]]) -> None:
                 target.unlink(missing_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.with_name(f".{target.name}.ober-restore")
-                shutil.copy2(copy, temp)
-                temp.replace(target)
+                # The copy's mode from the start: a copy-then-chmod would show a secret to others for a moment.
+                write_atomic(target, copy.read_bytes(), stat.S_IMODE(copy.stat().st_mode))
         except OSError:
             continue  # restore as much as possible; the error that started this is what gets reported

@@ -18,7 +18,6 @@ as they are. Fold them into ``config.backends`` whenever convenient, then delete
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from ober.atomic import write_atomic
 from ober.config import NodeConfig, Server, parse_server, server_order
 from ober.errors import ConfigError
 from ober.schema import Fields, type_name
@@ -127,6 +127,4 @@ def write_changes(path: Path, changes: Mapping[str, Delta]) -> None:
     """Write the changes file atomically (temp file, then rename)."""
     body = {"backends": {group: delta.to_dict() for group, delta in changes.items() if delta.to_dict()}}
     text = HEADER + yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)
+    write_atomic(path, text, 0o644)

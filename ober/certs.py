@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ober.atomic import write_atomic
 from ober.checks.base import Check
 from ober.config import NodeConfig
 from ober.errors import OberError
@@ -76,8 +77,7 @@ def write_pem(path: Path, common_name: str, alt_names: Sequence[str] = ()) -> Pa
     """Write certificate + key in one PEM (what HAProxy's ``crt`` reads), mode 600; returns ``path``."""
     certificate, key = self_signed_pem(common_name, alt_names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(certificate + key)
-    path.chmod(0o600)
+    write_atomic(path, certificate + key, 0o600)
     return path
 
 

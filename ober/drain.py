@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ober.atomic import write_atomic
 from ober.config import NodeConfig
 from ober.errors import OberError
 from ober.haproxy_runtime import Snapshot, snapshot
@@ -57,9 +58,8 @@ def set_drain(config: NodeConfig, reason: str = "", by: str | None = None) -> Dr
     path = drain_file(config)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps({"by": info.by, "since": info.since, "reason": info.reason}) + "\n")
-        temp.replace(path)
+        # Readable by ober health, which runs as the BGP user.
+        write_atomic(path, json.dumps({"by": info.by, "since": info.since, "reason": info.reason}) + "\n", 0o644)
     except OSError as exc:
         raise OberError(f"cannot write {path}: {exc.strerror}", "run as root") from None
     return info

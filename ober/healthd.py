@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from ober.atomic import write_atomic
 from ober.config import NodeConfig, Vip, load_config
 from ober.errors import OberError
 from ober.haproxy_runtime import HAProxyGone, Snapshot, snapshot
@@ -443,9 +444,9 @@ def write_state(path: Path, data: dict[str, object]) -> None:
     """Write the state file atomically (a reader never sees half of it)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps(data, indent=1))
-        temp.replace(path)
+        # Rewritten every interval: no fsync, which could stall the health loop on a busy disk for a file the next
+        # tick replaces anyway. Readable by ober status and the admins.
+        write_atomic(path, json.dumps(data, indent=1), 0o644, sync=False)
     except OSError as exc:
         log(f"cannot write {path}: {exc.strerror}")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from ober.atomic import write_atomic
 from ober.errors import ConfigError, SecretsError
 from ober.schema import NAME, load_yaml, type_name
 
@@ -113,10 +114,6 @@ def missing_secret(field: str, secrets: Mapping[str, str], source: str = "the se
 def write_secrets(path: Path, secrets: Mapping[str, str]) -> None:
     """Write a secrets file atomically with mode 600 (never readable by others, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.tmp")
-    # A temp file left by a crash keeps its old mode under O_CREAT: start afresh, and exclusively.
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(dict(secrets), handle)
-    temp.replace(path)
+    write_atomic(path, yaml.safe_dump(dict(secrets)), 0o600)
+    # Older versions wrote through this fixed name: one a crash left behind may hold a secret, perhaps readable.
+    path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)

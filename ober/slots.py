@@ -12,10 +12,10 @@ the record names the worker's PID, and a record of another worker is void.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ober.atomic import write_atomic
 from ober.config import SLOT_PREFIX, NodeConfig, is_slot
 from ober.render import paths
 
@@ -85,6 +85,4 @@ def write_record(config: NodeConfig, record: SlotRecord) -> None:
     """Write the record atomically (temp file, then rename)."""
     target = record_path(config)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.new")
-    temp.write_text(json.dumps({"worker": record.worker, "slots": record.slots}, indent=1) + "\n", encoding="utf-8")
-    temp.replace(target)
+    write_atomic(target, json.dumps({"worker": record.worker, "slots": record.slots}, indent=1) + "\n", 0o644)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ober.apply import _write_atomically as write_atomically
+from ober.atomic import write_atomic
 from ober.errors import OberError
 from ober.render import TEMPLATES_HINT, templates_dir
 
@@ -48,5 +48,6 @@ def write_starter(directory: Path, *, example: bool = False) -> Path:
             "edit it, or name a new directory: ober fleet init DIR",
         )
     target = directory / SITE_FILE
-    write_atomically(target, starter_path(example).read_text(encoding="utf-8"), 0o644)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, starter_path(example).read_text(encoding="utf-8"), 0o644)
     return target

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ober.apply import _write_atomically as write_atomically  # one atomic writer for ober's files
+from ober.atomic import write_atomic
 from ober.errors import OberError
 
 LEDGER_RELATIVE = "etc/.bootstrap.json"
@@ -126,7 +126,7 @@ class Ledger:
             return
         text = json.dumps({"format": 1, "entries": [entry.as_dict() for entry in self.entries]}, indent=1) + "\n"
         # The ledger holds nothing secret: readable, like the install path's other state.
-        write_atomically(self.path, text, 0o644)
+        write_atomic(self.path, text, 0o644)
 
 
 def ledger_path(install_path: str) -> Path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ober.atomic import write_atomic
 from ober.errors import OberError
 from ober.lab.netns import run
 
@@ -162,11 +163,7 @@ def read(directory: Path) -> State | None:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file mode 600, atomically."""
-    staged = path.with_name(f".{path.name}.new")
-    staged.unlink(missing_ok=True)
-    with os.fdopen(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-        out.write(text)
-    staged.replace(path)
+    write_atomic(path, text, 0o600)
 
 
 @contextlib.contextmanager

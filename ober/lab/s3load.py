@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ober.atomic import write_atomic
 from ober.errors import OberError
 
 SMALL = 64 * 1024
@@ -372,9 +373,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     counts.result.unfinished = sum(thread.is_alive() for thread in threads)
     counts.result.seconds = round(time.monotonic() - started, 2)
     result = Path(config.result)
-    temp = result.with_name(result.name + ".tmp")
-    temp.write_text(json.dumps(asdict(counts.result)))
-    temp.replace(result)
+    write_atomic(result, json.dumps(asdict(counts.result)), 0o644)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import paramiko
 from paramiko.hostkeys import HostKeyEntry, HostKeys, InvalidHostKey
 from paramiko.ssh_exception import SSHException
 
+from ober.atomic import write_atomic
 from ober.errors import OberError
 
 # One writer at a time inside this process; `fcntl.flock` on the directory covers other processes.
@@ -136,18 +136,7 @@ def append(path: Path, hostname: str, key: paramiko.PKey) -> None:
                 return
             mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
             text = old + ("\n" if old and not old.endswith("\n") else "") + line
-            handle, temp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.")
-            try:
-                with os.fdopen(handle, "w") as out:
-                    out.write(text)
-                    out.flush()
-                    os.fsync(out.fileno())
-                Path(temp).chmod(mode)
-                Path(temp).replace(path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    Path(temp).unlink()
-                raise
+            write_atomic(path, text, mode)
     except OSError as exc:
         raise OberError(f"cannot record {hostname}'s host key in {path}: {exc.strerror or exc}") from None
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ober.atomic import write_atomic
 from ober.errors import OberError
-from ober.render import Rendered, RenderedFile
+from ober.render import Rendered, RenderedFile, install_paths
 
 KEEP_BACKUPS = 5
 """Backups (one per apply that changed something) kept under ``<install>/backup``; older ones are removed."""
@@ -46,7 +46,7 @@ class Change:
 
 def manifest_path(install_path: str) -> str:
     """Where the list of files ober owns on a node lives."""
-    return f"{install_path}/etc/.ober-manifest.json"
+    return install_paths(install_path)["manifest"]
 
 
 def _on(root: Path, path: str) -> Path:
@@ -152,7 +152,7 @@ def apply(
     """
     if not changes:
         return Applied([], None)
-    backups = _on(root, f"{install_path}/backup")
+    backups = _on(root, install_paths(install_path)["backup"])
     # Time first, to the nanosecond: sorted by name is sorted by age, and two applies never share one.
     now = time.time_ns()
     backup = backups / f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now / 1e9))}.{now % 10**9:09d}-{os.getpid()}"

@@ -453,7 +453,7 @@ def write_state(path: Path, data: dict[str, object]) -> None:
 
 def state_file(config: NodeConfig) -> Path:
     """Where ``ober health`` publishes its state (a directory of its own: it may not write HAProxy's)."""
-    return Path(paths(config)["health_dir"]) / "health.json"
+    return Path(paths(config)["health_state"])
 
 
 def run(

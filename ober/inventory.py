@@ -307,14 +307,14 @@ def _refuse_file_dests(files: tuple[FileSpec, ...], nodes: list[InventoryNode]) 
     owned: set[str] = set()
     for node in nodes:
         config = node.config
-        allowed_dirs.add(f"{config.install_path}/etc/")
+        p = paths(config)
+        allowed_dirs.add(f"{p['etc']}/")
         if config.certificates.pem:
             named.add(config.certificates.pem)
             allowed_dirs.add(config.certificates.pem.rstrip("/") + "/")  # a directory of PEMs (SNI)
         named.update(group.tls.ca_file for group in config.backends if group.tls.ca_file)
-        p = paths(config)
         owned.update([*planned_paths(config), p["config"], p["venv"], p["run_dir"], p["whitelist_dir"]])
-        owned.update(f"{config.install_path}/etc/{name}" for name in ("login", ".bootstrap.json"))
+        owned.update([p["login"], p["ledger"]])
         owned.add(config.health.maintenance_file)
     for index, spec in enumerate(files):
         where = f"files[{index}].dest"

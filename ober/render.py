@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from ober.config import SLOT_PREFIX, NodeConfig, Whitelists, dump_config
+from ober.config import CONFIG_RELATIVE, SLOT_PREFIX, NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
 from ober.secrets import pick
@@ -173,17 +173,32 @@ def sandbox(config: NodeConfig) -> Sandbox:
     return Sandbox(home, not any(_under(path, TMP_DIRS) for path in [config.install_path, *read]))
 
 
-def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
-    """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
-    etc = f"{config.install_path}/etc"
-    run = f"{config.install_path}/run"
+def install_paths(install_path: str, root: str = "") -> dict[str, str]:
+    """The node paths that follow from the install path alone: what bootstrap and uninstall know before a config.
+
+    Prefixed with ``root`` (set when validating in a scratch tree). :func:`paths` adds what the config decides.
+    """
+    etc = f"{install_path}/etc"
+    run = f"{install_path}/run"
+    venv = f"{install_path}/venv"
     base = {
-        "config": f"{etc}/ober.yaml",
+        "install_path": install_path,
+        "etc": etc,
+        "config": f"{install_path}/{CONFIG_RELATIVE}",
         "haproxy_cfg": f"{etc}/haproxy.cfg",
         "exabgp_conf": f"{etc}/exabgp.conf",
         "secrets_env": f"{etc}/secrets.env",
         "whitelist_dir": f"{etc}/whitelist",
-        "crt": config.certificates.crt_path(config.install_path),
+        # Private keys live here (certificates.pem, SNI directories, ACME): the directory is 700.
+        "certs_dir": f"{etc}/certs",
+        # The fleet's secrets for this node (mode 600).
+        "login": f"{etc}/login",
+        # The files ober config wrote (the next apply removes those no longer rendered).
+        "manifest": f"{etc}/.ober-manifest.json",
+        # What bootstrap changed, so uninstall can undo it.
+        "ledger": f"{etc}/.bootstrap.json",
+        "maintenance_file": f"{etc}/maintenance",
+        "backup": f"{install_path}/backup",
         "run_dir": run,
         "admin_socket": f"{run}/haproxy.sock",
         # Read-only (`show stat`), for `ober health`, which runs as the BGP user: see RunAs.
@@ -193,11 +208,27 @@ def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
         "chroot": f"{run}/empty",
         # `ober health` writes its state file here, the only place under the install path it may write.
         "health_dir": f"{run}/health",
-        "venv": f"{config.install_path}/venv",
-        "maintenance_file": config.health.maintenance_file,
+        "health_state": f"{run}/health/health.json",
+        # ExaBGP's CLI pipes, where a node keeps them under the install path (lab nodes) rather than /run/exabgp.
+        "exabgp_run": f"{run}/exabgp",
+        "venv": venv,
+        # The wheels the fleet ships for bootstrap and upgrade (the node needs no package index).
+        "wheelhouse": f"{install_path}/wheelhouse",
+        "python": f"{venv}/bin/python",
+        "ober": f"{venv}/bin/ober",
     }
-    # A name, not a path (never under ``root``): see metrics_socket_name.
-    return {**{key: root + value for key, value in base.items()}, "metrics_socket": metrics_socket_name(config)}
+    return {key: root + value for key, value in base.items()}
+
+
+def paths(config: NodeConfig, root: str = "") -> dict[str, str]:
+    """Every node path ober writes or reads, prefixed with ``root`` (set when validating in a scratch tree)."""
+    return {
+        **install_paths(config.install_path, root),
+        "crt": root + config.certificates.crt_path(config.install_path),
+        "maintenance_file": root + config.health.maintenance_file,
+        # A name, not a path (never under ``root``): see metrics_socket_name.
+        "metrics_socket": metrics_socket_name(config),
+    }
 
 
 def metrics_socket_name(config: NodeConfig) -> str:

@@ -104,5 +104,5 @@ def announced_vips(status: dict[str, Any]) -> list[str]:
 
 def exabgp_root(config: NodeConfig) -> str | None:
     """Where this node's ExaBGP keeps its CLI pipes, when not in /run/exabgp (lab nodes)."""
-    own = Path(config.install_path) / "run" / "exabgp"
+    own = Path(paths(config)["exabgp_run"])
     return config.install_path if own.exists() else None

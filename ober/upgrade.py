@@ -35,6 +35,7 @@ from ober.bootstrap.plan import plan_users
 from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.errors import OberError
 from ober.facts import account_names
+from ober.render import install_paths
 from ober.runner import Runner
 from ober.wheelpins import REQUIREMENTS, pinned_install
 
@@ -137,9 +138,10 @@ def gather_upgrade_facts(
     Raises:
         OberError: there is no ober venv at the install path (bootstrap first).
     """
-    venv = root / install_path.lstrip("/") / "venv"
-    if not (venv / "bin/python").exists():
-        raise OberError(f"no ober venv at {install_path}/venv", f"bootstrap first: ober bootstrap {install_path}")
+    layout = install_paths(install_path)
+    venv = root / layout["venv"].lstrip("/")
+    if not (root / layout["python"].lstrip("/")).exists():
+        raise OberError(f"no ober venv at {layout['venv']}", f"bootstrap first: ober bootstrap {install_path}")
     have = venv_packages(venv)
     if wheelhouse is not None:
         offered = wheel_versions(wheelhouse)
@@ -147,7 +149,7 @@ def gather_upgrade_facts(
         ober, exabgp = offered.get("ober"), offered.get("exabgp")
     else:
         source = "the package index"
-        python = f"{install_path}/venv/bin/python"
+        python = layout["python"]
         ober = exabgp = None
         for name in ("ober", "exabgp"):
             done = runner.run([python, "-m", "pip", "index", "versions", name, "-q"], INDEX_TIMEOUT)
@@ -198,7 +200,7 @@ def plan_upgrade(facts: UpgradeFacts) -> list[Step]:
     elif ober.installed is not None and version_key(ober.available) <= version_key(ober.installed):
         steps.append(Step("ober", title, f"ober {ober.installed} is the newest in {ober.source}"))
     else:
-        venv = f"{facts.install_path}/venv"
+        venv = install_paths(facts.install_path)["venv"]
         source: tuple[str, ...] = ("--no-index", "--find-links", facts.wheelhouse) if facts.wheelhouse else ()
         wanted: tuple[str, ...] = (f"ober=={ober.available}",)
         if facts.wheelhouse and facts.pinned:

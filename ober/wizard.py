@@ -32,6 +32,7 @@ from ober.checks.rgw import check_rgw
 from ober.config import DEFAULT_INSTALL_PATH, HTTP_MODES, NodeConfig, parse_node_config
 from ober.configure import Outcome, configure
 from ober.errors import ConfigError, OberError
+from ober.render import install_paths
 from ober.secrets import load_secrets
 
 Validator = Callable[[str], str | None]
@@ -55,7 +56,7 @@ _STAND_IN = {
     "vip": "100.127.255.252",
     "backend": "placeholder",
     "servers": "127.0.0.1:7480",
-    "pem": f"{DEFAULT_INSTALL_PATH}/etc/certs/s3.pem",
+    "pem": f"{install_paths(DEFAULT_INSTALL_PATH)['certs_dir']}/s3.pem",
     "email": "ober@example.invalid",
     "secret": "placeholder",
     "domain": "s3.example.invalid",
@@ -354,7 +355,8 @@ class Wizard:
         if kind == "pem":
             certs.pop("acme", None)
             install = self.data.get("install_path") or DEFAULT_INSTALL_PATH
-            self.field(["certificates", "pem"], "PEM file or directory", f"{install}/etc/certs/s3.pem", required=True)
+            pem = f"{install_paths(install)['certs_dir']}/s3.pem"
+            self.field(["certificates", "pem"], "PEM file or directory", pem, required=True)
         else:
             certs.pop("pem", None)
             self.field(["certificates", "acme", "email"], "ACME account e-mail", required=True)

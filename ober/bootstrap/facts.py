@@ -19,6 +19,7 @@ from ober import __version__
 from ober.checks.host import parse_os_release, read_os_release
 from ober.errors import OberError
 from ober.facts import account_names, parse_haproxy_version
+from ober.render import install_paths
 from ober.runner import Result, Runner
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -284,13 +285,14 @@ def wanted_dirs(install_path: str) -> dict[str, int]:
     here, they are in the ledger, so uninstall removes them again once ober's files in them are gone (``ober
     config`` would create them too, but nothing would remember that they were not there before).
     """
+    layout = install_paths(install_path)
     return {
         install_path: 0o755,
-        f"{install_path}/etc": 0o755,
+        layout["etc"]: 0o755,
         # Private keys live here (certificates.pem, SNI directories, ACME).
-        f"{install_path}/etc/certs": 0o700,
-        f"{install_path}/etc/whitelist": 0o755,
-        f"{install_path}/run": 0o755,
+        layout["certs_dir"]: 0o700,
+        layout["whitelist_dir"]: 0o755,
+        layout["run_dir"]: 0o755,
         JOURNALD_DROP_INS: 0o755,
     }
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from ober.atomic import write_atomic
 from ober.errors import OberError
-
-LEDGER_RELATIVE = "etc/.bootstrap.json"
+from ober.render import install_paths
 
 
 @dataclass(frozen=True)
@@ -131,4 +130,4 @@ class Ledger:
 
 def ledger_path(install_path: str) -> Path:
     """Where bootstrap's ledger lives for an install path."""
-    return Path(install_path) / LEDGER_RELATIVE
+    return Path(install_paths(install_path)["ledger"])

@@ -27,9 +27,9 @@ from ober.bootstrap.facts import (
 from ober.bootstrap.ledger import Entry
 from ober.bootstrap.steps import NONINTERACTIVE, PIP_TIMEOUT, Action, InstallPackages, Run, Step
 from ober.checks.host import check_os, check_python
-from ober.config import CONFIG_RELATIVE
+from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
-from ober.render import NODE_USERS
+from ober.render import NODE_USERS, install_paths
 from ober.wheelpins import pinned_install
 
 EXABGP_VERSION = "5.0.15"
@@ -134,7 +134,7 @@ def _plan_dirs(install: InstallFacts, path: str) -> Step:
         if have is None:
             entry = Entry("directory", directory)
             actions.append(Run(("mkdir", "-m", f"{mode:o}", directory), record=entry))
-        elif directory == f"{path}/etc/certs" and have & 0o077:
+        elif directory == install_paths(path)["certs_dir"] and have & 0o077:
             entry = Entry("mode", directory, was=f"{have:o}")
             actions.append(Run(("chmod", f"{mode:o}", directory), record=entry))
     if not actions:
@@ -230,7 +230,7 @@ def _plan_distro_unit(host: HostFacts) -> Step:
 
 
 def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions) -> Step:
-    venv = f"{options.install_path}/venv"
+    venv = install_paths(options.install_path)["venv"]
     title = f"Create the venv with ExaBGP {EXABGP_VERSION}"
     have = install.venv_packages
     wanted = {"exabgp": EXABGP_VERSION, "ober": host.ober_version}
@@ -268,7 +268,7 @@ def _plan_venv(host: HostFacts, install: InstallFacts, options: BootstrapOptions
 
 def _plan_path(install: InstallFacts, path: str) -> Step:
     title = "Put ober on PATH"
-    program = f"{path}/venv/bin/ober"
+    program = install_paths(path)["ober"]
     if install.path_link == program:
         return Step("path", title, f"{PATH_LINK} links to {program}")
     if install.path_link is not None or install.path_taken:
@@ -321,9 +321,10 @@ def _plan_selinux(host: HostFacts) -> Step:
 
 def next_hint(install_path: str, network: str) -> str:
     """What to run after bootstrap: ``ober config`` writes the rest."""
-    ober = f"{install_path}/venv/bin/ober"
-    config = "" if install_path == "/opt/ober" else f" -c {install_path}/{CONFIG_RELATIVE}"
-    extra = "" if install_path == "/opt/ober" else f", install_path: {install_path}"
+    layout = install_paths(install_path)
+    ober = layout["ober"]
+    config = "" if install_path == DEFAULT_INSTALL_PATH else f" -c {layout['config']}"
+    extra = "" if install_path == DEFAULT_INSTALL_PATH else f", install_path: {install_path}"
     return (
         f"next: {ober} config{config} --from node.yaml (with network.manager: {network}{extra}); it renders the "
         f"units, kernel tuning, HAProxy's and ExaBGP's configs and the VIP interface; then: {ober} start"

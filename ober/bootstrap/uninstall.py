@@ -23,9 +23,10 @@ from ober.bootstrap.steps import (
     Step,
     StopUnits,
 )
-from ober.config import CONFIG_RELATIVE, NodeConfig, load_config
+from ober.config import NodeConfig, load_config
 from ober.errors import OberError
 from ober.facts import account_names
+from ober.render import install_paths
 from ober.runner import Runner
 from ober.services import NETWORK_APPLY, NETWORK_DIRS
 
@@ -54,12 +55,8 @@ class UninstallFacts:
 
 
 def _state_paths(install_path: str) -> dict[str, str]:
-    return {
-        "manifest": manifest_path(install_path),
-        "maintenance": f"{install_path}/etc/maintenance",
-        "backup": f"{install_path}/backup",
-        "config": f"{install_path}/{CONFIG_RELATIVE}",
-    }
+    layout = install_paths(install_path)
+    return {key: layout[key] for key in ("manifest", "maintenance_file", "backup", "config")}
 
 
 def gather_uninstall_facts(install_path: str, runner: Runner, root: Path = Path("/")) -> UninstallFacts:
@@ -135,7 +132,7 @@ def plan_uninstall(facts: UninstallFacts, *, keep_config: bool = False) -> list[
     )
 
     keep = {state["config"]} if keep_config else set()
-    files = [path for path in (*facts.manifest, state["manifest"], state["maintenance"]) if path in facts.existing]
+    files = [path for path in (*facts.manifest, state["manifest"], state["maintenance_file"]) if path in facts.existing]
     files = sorted(set(files) - keep)
     removed = set(files)
     actions: list[Action] = [Run(("rm", "-f", *files))] if files else []
@@ -245,7 +242,7 @@ def _plan_remove_dirs(facts: UninstallFacts, removed: set[str], venv_entries: li
         path = entry.target
         if path not in facts.children:
             forget.append(entry)  # gone already: only its ledger entry is left
-        elif path == f"{install}/run":
+        elif path == install_paths(install)["run_dir"]:
             # Runtime state only (sockets, pid and health files), remade by the units.
             actions.append(Run(("rm", "-rf", path), forget=entry))
             removed.add(path)

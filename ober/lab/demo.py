@@ -31,6 +31,7 @@ from ober.lab import fleet as lab_fleet
 from ober.lab.fleet import LabFleet
 from ober.lab.s3load import HopWatch, LoadConfig, LoadResult, S3Load
 from ober.metrics import parse_exposition
+from ober.render import paths
 
 ROLL_TIMEOUT = 3600.0
 WARMUP = 3.0
@@ -126,7 +127,7 @@ def scrape_script(config: NodeConfig) -> str:
     url = f"{scheme}://{config.stats.bind}:{config.stats.port}/ober/metrics"
     if config.stats.auth is None:
         return _SCRAPE_OPEN.format(url=url)
-    return _SCRAPE.format(secrets=f"{config.install_path}/etc/secrets.env", user=config.stats.auth.user, url=url)
+    return _SCRAPE.format(secrets=paths(config)["secrets_env"], user=config.stats.auth.user, url=url)
 
 
 def node_metrics(fleet: LabFleet, node: str) -> str:

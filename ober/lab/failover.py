@@ -138,7 +138,7 @@ def health_killed_drained(fleet: LabFleet, log: RouteLog, node: str) -> Measured
         result.seconds["withdrawn"] = log.wait(at, vip, without(fleet.nodes[node].address), GONE_WITHIN)
     finally:
         undrained = time.time()
-        faults.on_node(fleet, node, "rm -f /opt/ober/etc/maintenance")
+        faults.on_node(fleet, node, f"rm -f {faults.NODE['maintenance_file']}")
     result.seconds["back after undrain"] = log.wait(undrained, vip, with_(fleet.nodes[node].address), BACK_WITHIN)
     return result
 

@@ -21,17 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
 from ober.lab import labstate
 from ober.lab.fleet import LabFleet
 from ober.lab.labstate import Proc
 from ober.lab.netns import add_address, check_off_host, run, spawn_in
 from ober.lab.rgw import RGW_PORT, http_get
+from ober.render import install_paths
 
 NODE_TIMEOUT = 30.0
 STOP_WAIT = 10.0
 HAPROXY = "/usr/sbin/haproxy"
-HEALTH_STATE = "/opt/ober/run/health/health.json"
+# The lab nodes are installed at the default install path.
+NODE = install_paths(DEFAULT_INSTALL_PATH)
+HEALTH_STATE = NODE["health_state"]
 # The node's clock right before the act: `date` prints the wall time the router's route is measured against.
 NOW = "date +%s.%N"
 
@@ -91,7 +95,7 @@ def kill_health(fleet: LabFleet, node: str, *, drain_first: bool = False) -> flo
     pid = f"$(sed -n 's/.*\"pid\": \\([0-9]*\\).*/\\1/p' {HEALTH_STATE})"
     if not drain_first:
         return _stamped(fleet, node, f"kill -KILL {pid}")
-    script = f"p={pid}; kill -STOP $p; touch /opt/ober/etc/maintenance; sleep 1; {NOW}; kill -KILL $p"
+    script = f"p={pid}; kill -STOP $p; touch {NODE['maintenance_file']}; sleep 1; {NOW}; kill -KILL $p"
     return float(on_node(fleet, node, script).split()[0])
 
 

@@ -14,15 +14,17 @@ from typing import Any
 
 import yaml
 
+from ober.config import DEFAULT_INSTALL_PATH
 from ober.hostlists import collect
 from ober.inventory import load_inventory
 from ober.lab import relay as relay_module
 from ober.lab.labstate import write_private
 from ober.lab.rgw import RGW_PORT
 from ober.lab.site import RGWS, VIPS
+from ober.render import install_paths
 
 ROUTER_AS, NODE_AS = 65000, 65001
-NODE_PEM = "/opt/ober/etc/certs/s3.pem"
+NODE_PEM = install_paths(DEFAULT_INSTALL_PATH)["certs_dir"] + "/s3.pem"
 """Where the fleet puts the site certificate on each node (the inventory's ``files:``)."""
 # The secret's name, not its value.
 STATS_SECRET = "stats_password"  # noqa: S105

@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from ober.config import DEFAULT_INSTALL_PATH
 from ober.errors import OberError
 from ober.lab.image import DEFAULT_IMAGE, image_ready
 from ober.lab.netns import Lab, run
 from ober.lab.rgw import in_netns
 from ober.lab.router import Router
+from ober.render import install_paths
 
 NETNS_DIR = Path("/run/netns")
 IFNAME = "eth0"
@@ -53,8 +55,8 @@ SSH_PORT = 22
 PROBE_TIMEOUT = 1.0
 INSTALL_TIMEOUT = 600.0
 POLL = 0.05
-VENV = "/opt/ober/venv"
-WHEELHOUSE = "/opt/ober/wheelhouse"
+VENV = install_paths(DEFAULT_INSTALL_PATH)["venv"]
+WHEELHOUSE = install_paths(DEFAULT_INSTALL_PATH)["wheelhouse"]
 # The systemd states of a finished boot; "degraded" means some unit failed, which the caller may inspect.
 BOOTED = ("running", "degraded")
 CGROUP_PARENT = "ober-lab"

@@ -23,6 +23,7 @@ from ober.config import dump_config
 from ober.errors import OberError
 from ober.inventory import FileSpec, Inventory, InventoryNode
 from ober.remote.nodeclient import NodeClient, NodeView
+from ober.render import paths
 from ober.runner import Result
 from ober.secrets import pick
 
@@ -98,12 +99,12 @@ def payloads(inventory: Inventory, nodes: Sequence[InventoryNode], secrets: Mapp
     shared = {spec.dest: (_read(spec), spec.mode) for spec in inventory.files}
     result: dict[str, Payload] = {}
     for node in nodes:
-        etc = f"{node.config.install_path}/etc"
+        where = paths(node.config)
         mine = pick(secrets, node.config.secret_refs(), "the secrets file")
         login = yaml.safe_dump(mine, default_flow_style=False).encode() if mine else b""
-        staged = f"{etc}/fleet.yaml"
-        files = {f"{etc}/login": (login, 0o600), staged: (dump_config(node.config).encode(), 0o644), **shared}
-        result[node.name] = Payload(files, staged, f"{etc}/login")
+        staged = f"{where['etc']}/fleet.yaml"
+        files = {where["login"]: (login, 0o600), staged: (dump_config(node.config).encode(), 0o644), **shared}
+        result[node.name] = Payload(files, staged, where["login"])
     return result
 
 
@@ -170,11 +171,12 @@ class NodeJob:
         self.payload = payload
         self.options = options
         self.install = node.config.install_path
-        self.ober = f"{self.install}/venv/bin/ober"
+        self.layout = paths(node.config)
+        self.ober = self.layout["ober"]
 
     def wheelhouse(self, local: Path) -> tuple[str, str]:
         """Copy the wheelhouse unless the node has this build already."""
-        remote = f"{self.install}/wheelhouse"
+        remote = self.layout["wheelhouse"]
         have = self.conn.run(["cat", f"{remote}/{BUILD_FILE}"], QUICK)
         if have.ok and have.stdout.strip() == local.name:
             return "ok", f"{remote} has build {local.name}"
@@ -195,7 +197,7 @@ class NodeJob:
 
     def install_ober(self) -> tuple[str, str]:
         """Run the node's ``ober bootstrap`` from the wheelhouse (a throwaway venv when ober is not there yet)."""
-        wheels = f"{self.install}/wheelhouse"
+        wheels = self.layout["wheelhouse"]
         installed = self.conn.run(["test", "-x", self.ober], QUICK).ok
         if not installed and self.options.dry_run:
             return "planned", f"would install ober and run ober bootstrap {self.install}"
@@ -257,7 +259,7 @@ class NodeJob:
         if self.options.dry_run and (files_changed or not self.conn.run(["test", "-x", self.ober], QUICK).ok):
             return "planned", f"would apply {self.payload.staged_config} with ober config --from"
         # --replace: the inventory is the whole truth, so a key it no longer sets does not linger from a merge.
-        argv = [self.ober, "config", "-c", f"{self.install}/etc/ober.yaml", "--from", self.payload.staged_config]
+        argv = [self.ober, "config", "-c", self.layout["config"], "--from", self.payload.staged_config]
         argv.append("--replace")
         argv += ["--secrets", self.payload.secrets_file, "--json", *(["--dry-run"] if self.options.dry_run else [])]
         data = _json(self.conn.run(argv, INSTALL_TIMEOUT), "ober config")
@@ -281,7 +283,7 @@ class NodeJob:
             now = "ober not installed yet" if view.error and "not found" in view.error else problem
             return "planned", f"would start ober-http and ober-bgp and wait until verified (now: {now})"
         _need(self.conn.run(["systemctl", "enable", "ober-http", "ober-bgp"], QUICK), "systemctl enable")
-        _need(self.conn.run([self.ober, "start", "-c", f"{self.install}/etc/ober.yaml"], QUICK * 2), "ober start")
+        _need(self.conn.run([self.ober, "start", "-c", self.layout["config"]], QUICK * 2), "ober start")
         started = time.monotonic()
         deadline = started + self.options.activate_timeout
         while True:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ober.errors import OberError
 from ober.inventory import InventoryNode
+from ober.render import paths
 from ober.runner import Result, Runner
 from ober.status import announced_vips
 
@@ -228,12 +229,12 @@ class BackendsAnswer:
 
 def ober_program(node: InventoryNode) -> str:
     """The ``ober`` inside the node's venv."""
-    return f"{node.config.install_path}/venv/bin/ober"
+    return paths(node.config)["ober"]
 
 
 def config_file(node: InventoryNode) -> str:
     """The node's own ``ober.yaml``."""
-    return f"{node.config.install_path}/etc/ober.yaml"
+    return paths(node.config)["config"]
 
 
 def unreachable(node: InventoryNode, why: str) -> NodeView:

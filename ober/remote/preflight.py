@@ -18,6 +18,7 @@ from typing import Any
 from ober.checks.base import Check
 from ober.checks.host import check_os, check_python, parse_os_release
 from ober.remote.wheelhouse import ARCHITECTURES
+from ober.render import install_paths
 from ober.runner import Runner
 
 PROBE_TIMEOUT = 30.0
@@ -43,8 +44,8 @@ print(json.dumps({
 }))
 """
 
-# $1: the install path, $2: the Python probe. Every command that could wait on something (sudo, D-Bus, chronyd)
-# has its own short timeout, so one slow fact cannot eat the whole probe's.
+# $1: the install path, $2: the Python probe, $3: ober in the install path's venv. Every command that could wait
+# on something (sudo, D-Bus, chronyd) has its own short timeout, so one slow fact cannot eat the whole probe's.
 _SCRIPT = f"""\
 s='{SECTION}'
 echo "${{s}}os"; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
@@ -58,14 +59,14 @@ echo "${{s}}python"
 if command -v python3 >/dev/null 2>&1; then python3 -c "$2" "$1" 2>&1 | tail -n 1; else echo missing; fi
 echo "${{s}}timedatectl"; timeout 5 timedatectl show -p NTPSynchronized --value 2>/dev/null
 echo "${{s}}chrony"; timeout 5 chronyc -n tracking 2>/dev/null | sed -n 's/^Leap status *: *//p'
-echo "${{s}}ober"; timeout 20 "$1/venv/bin/ober" --version 2>/dev/null
+echo "${{s}}ober"; timeout 20 "$3" --version 2>/dev/null
 exit 0
 """
 
 
 def probe_argv(install_path: str) -> list[str]:
     """The command that prints every preflight fact of a node (see :func:`parse_probe`)."""
-    return ["sh", "-c", _SCRIPT, "ober-preflight", install_path, _PYTHON_PROBE]
+    return ["sh", "-c", _SCRIPT, "ober-preflight", install_path, _PYTHON_PROBE, install_paths(install_path)["ober"]]
 
 
 @dataclass(frozen=True)

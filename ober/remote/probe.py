@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from ober.config import NodeConfig
+from ober.render import paths
 from ober.runner import Runner
 
 PROBE_TIMEOUT = 10.0
@@ -68,7 +69,7 @@ def probe_vips(conn: Runner, config: NodeConfig, timeout: float = PROBE_TIMEOUT)
     vips = [vip.address for vip in config.vips]
     if not vips:
         return []
-    result = conn.run(probe_argv(f"{config.install_path}/venv/bin/python", config), timeout)
+    result = conn.run(probe_argv(paths(config)["python"], config), timeout)
     if not result.ok:
         return [f"probe through the VIPs did not run: {result.last_line()}"]
     return judge(result.stdout, vips)

@@ -29,7 +29,7 @@ from ober.config import NodeConfig, dump_config
 from ober.errors import OberError, SecretsError
 from ober.inventory import InventoryNode
 from ober.remote.nodeclient import MAX_PROBLEM, MAX_PROBLEMS, NodeClient, NotReady, config_file, ober_program
-from ober.render import Rendered
+from ober.render import Rendered, paths
 from ober.runner import Result, Runner
 from ober.secrets import pick
 
@@ -79,12 +79,12 @@ class Deployed:
 
 def python_program(node: InventoryNode) -> str:
     """The Python of the node's venv (ober's own, so it exists wherever ober does)."""
-    return f"{node.config.install_path}/venv/bin/python"
+    return paths(node.config)["python"]
 
 
 def secrets_file(node: InventoryNode) -> str:
     """Where the fleet keeps a node's secrets on the node."""
-    return f"{node.config.install_path}/etc/login"
+    return paths(node.config)["login"]
 
 
 def render(node: InventoryNode, secrets: Mapping[str, str]) -> tuple[Rendered, list[str]]:
@@ -283,7 +283,7 @@ def push_node(
         return PushResult(node.name, False, dry_run, error=exc.message, fix=exc.fix)
     client = NodeClient(conn, node, sleep=sleep)
     before = client.status() if not dry_run else None
-    etc = f"{node.config.install_path}/etc"
+    etc = paths(node.config)["etc"]
     suffix = tokens.token_hex(4)
     staged_config, staged_login = f"{etc}/.ober-push-{suffix}.yaml", f"{etc}/.login-push-{suffix}"
     try:

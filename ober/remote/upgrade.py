@@ -29,6 +29,7 @@ from ober.remote.ownwheel import pinned
 from ober.remote.roll import NodeOps, StepFailed
 from ober.remote.rolling import Step
 from ober.remote.wheelhouse import build_wheelhouse
+from ober.render import paths
 from ober.wheelpins import REQUIREMENTS, pinned_install
 
 PIP_TIMEOUT = 300.0
@@ -119,7 +120,7 @@ class Installer:
         wanted = [c for c in ("ober", "exabgp") if c in step.changes]
         if not wanted:
             return
-        venv = f"{ops.node.config.install_path}/venv"
+        venv = paths(ops.node.config)["venv"]
         found = ops.run(
             [f"{venv}/bin/python", "-c", "import platform,sys; print(f'3.{sys.version_info[1]} {platform.machine()}')"],
             "read the node's Python",

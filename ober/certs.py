@@ -41,7 +41,6 @@ def self_signed_pem(common_name: str, alt_names: Sequence[str] = (), days: int =
     with tempfile.TemporaryDirectory() as work:
         key, crt = Path(work, "key.pem"), Path(work, "crt.pem")
         argv = [
-            "openssl",
             "req",
             "-x509",
             "-newkey",
@@ -60,12 +59,7 @@ def self_signed_pem(common_name: str, alt_names: Sequence[str] = (), days: int =
         ]
         if alt_names:
             argv += ["-addext", "subjectAltName=" + ",".join(alt_names)]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=OPENSSL_TIMEOUT, check=False)
-        except FileNotFoundError:
-            raise OberError("openssl is not installed", "apt-get install openssl") from None
-        except subprocess.TimeoutExpired:
-            raise OberError(f"openssl did not finish in {OPENSSL_TIMEOUT:g}s") from None
+        done = _openssl(argv, timeout=OPENSSL_TIMEOUT)
         if done.returncode != 0:
             raise OberError(
                 f"openssl could not make a certificate: {(done.stderr.strip() or 'no output').splitlines()[-1]}"
@@ -84,15 +78,16 @@ def write_pem(path: Path, common_name: str, alt_names: Sequence[str] = ()) -> Pa
 # --- inspecting the PEMs HAProxy serves -----------------------------------------------------------------------
 
 
-def _openssl(args: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+def _openssl(args: list[str], stdin: str = "", timeout: float = INSPECT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``openssl ARGS``; its absence or a hang is an OberError (what it says about a certificate is not)."""
     try:
         return subprocess.run(
-            ["openssl", *args], input=stdin, capture_output=True, text=True, timeout=INSPECT_TIMEOUT, check=False
+            ["openssl", *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError:
         raise OberError("openssl is not installed here", "install openssl") from None
     except subprocess.TimeoutExpired:
-        raise OberError(f"openssl {args[0]} did not finish in {INSPECT_TIMEOUT:g}s") from None
+        raise OberError(f"openssl {args[0]} did not finish in {timeout:g}s") from None
 
 
 def _first_line(text: str) -> str:

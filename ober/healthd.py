@@ -445,8 +445,8 @@ def write_state(path: Path, data: dict[str, object]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Rewritten every interval: no fsync, which could stall the health loop on a busy disk for a file the next
-        # tick replaces anyway. Readable by ober status and the admins.
-        write_atomic(path, json.dumps(data, indent=1), 0o644, sync=False)
+        # tick replaces anyway. 640, as ExaBGP's umask made it before: root (ober status) reads it.
+        write_atomic(path, json.dumps(data, indent=1), 0o640, sync=False)
     except OSError as exc:
         log(f"cannot write {path}: {exc.strerror}")
 

@@ -55,6 +55,7 @@ required_targets_argument = click.argument("targets", shell_complete=complete_ta
 FLEET_COMMANDS = {
     "backends": "ober.cli.fleet_backends:backends_cmd",
     "bootstrap": "ober.cli.fleet_bootstrap:bootstrap_cmd",
+    "certs": "ober.cli.fleet_certs:certs_cmd",
     "diff": "ober.cli.fleet_ops:diff_cmd",
     "drain": "ober.cli.fleet_ops:drain_cmd",
     "lock": "ober.cli.fleet_roll:lock_cmd",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ober.build import build_node
+from ober.certs import cert_facts
 from ober.config import BackendGroup, NodeConfig, Server, load_config, stats_exposure
 from ober.errors import OberError, SecretsError
 from ober.hostlists import is_ipv4
@@ -803,10 +804,11 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
         ca_file: trusted CAs for the chain (default: the system's bundle).
     """
     certificates = config.certificates
-    if certificates.acme is not None or certificates.pem is None:
-        domains = ", ".join(certificates.acme.domains) if certificates.acme else ""
-        return [Check("certificates", "skip", f"obtained by ACME ({domains}): not checked here")]
-    pem = Path(certificates.pem)
+    pem = Path(certificates.crt_path(config.install_path))
+    if certificates.acme is not None:
+        placeholder = acme_placeholder_check(pem)
+        if placeholder is not None:
+            return [placeholder]
     if not pem.exists():
         return [
             Check(
@@ -833,6 +835,22 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
         except OberError as exc:  # openssl missing or hung: the same for every file
             return [*checks, Check("certificates", "fail", exc.message, exc.fix)]
     return checks
+
+
+def acme_placeholder_check(directory: Path) -> Check | None:
+    """A warning when an ACME node still serves ober's placeholder (no certificate issued yet); None otherwise."""
+    try:
+        found = [cert_facts(path.read_bytes()) for path in _pem_files(directory)] if directory.is_dir() else []
+    except (OSError, OberError):
+        return None  # the checks of the files say what is wrong with them
+    if any(facts.placeholder for facts in found):
+        return Check(
+            "certificates",
+            "warn",
+            f"{directory}: ober's self-signed placeholder, no ACME certificate yet",
+            "on the workstation: ober fleet certs renew",
+        )
+    return None
 
 
 # --- exposure ---------------------------------------------------------------------------------------------------

@@ -226,6 +226,8 @@ def render_cmd(
     else:
         where = f"on {checker.host}" if checker.host else "here"
         checked = f"checked by haproxy -c {where} (HAProxy {checker.version or '?'}) and exabgp validate"
+        if any(b.unchecked for _name, b in built):
+            checked += "; no ACME certificate to check yet"
     out.print(f"[green]✓[/] {len(built)} nodes rendered to {out_dir} ({checked})")
 
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ober.cli.fleet import inventory_option, targets_argument
-from ober.cli.fleet_ops import _fail_if, _load, _lock_left, _progress, _session
+from ober.cli.fleet_ops import _fail_if, _load, _lock_left, _progress, _session, days_cell
 from ober.cli.options import ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
@@ -204,14 +204,6 @@ def status_cmd(
             f"{', '.join(bad)}: not serving the fleet's current certificate (or could not tell)",
             "ober fleet certs renew (pushes it; orders one when due)",
         )
-
-
-def days_cell(cert: NodeCert) -> str:
-    """Days to expiry, coloured: red within 7 days (or gone), yellow within 30, and a placeholder says so."""
-    if cert.days_left is None:
-        return "-"
-    colour = "red" if cert.days_left < 7 else "yellow" if cert.days_left < 30 or cert.placeholder else "green"
-    return f"[{colour}]{cert.days_left:.0f}[/]"
 
 
 @certs_cmd.command("timer")

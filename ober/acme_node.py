@@ -208,6 +208,9 @@ class Installed:
     served: dict[str, str] = field(default_factory=dict)
     """VIP → the serial a new handshake with it on this node gets."""
     detail: str = ""
+    unchecked: dict[str, str] = field(default_factory=dict)
+    """VIP → why no handshake was possible from this node (its own allow-list refuses it); HAProxy's runtime API
+    said it serves the new certificate."""
 
     def as_dict(self) -> dict[str, object]:
         """The ``--json`` form (no key material)."""
@@ -215,6 +218,7 @@ class Installed:
             "action": self.action,
             "certificate": self.facts.as_dict(),
             "served": self.served,
+            "unchecked": self.unchecked,
             "detail": self.detail,
         }
 
@@ -258,17 +262,19 @@ def install(
     runtime = _runtime(config, ask)
     previous = target.read_text(encoding="utf-8") if target.is_file() else None
     if previous == text and _serves(runtime, target, text):
-        return Installed("unchanged", facts, _handshakes(config, domains[0], handshake), "already served")
+        served, unchecked = _handshakes(config, domains[0], handshake)
+        return Installed("unchanged", facts, served, "already served", unchecked)
     write_private(target, text)
     try:
         outcome = _take(config, runtime, target, text, sleep)
     except HAProxyGone:
         return Installed("staged", facts, {}, "HAProxy is not running: it serves this certificate when it starts")
     if outcome is None:
-        served = _handshakes(config, domains[0], handshake)
+        served, unchecked = _handshakes(config, domains[0], handshake)
         wrong = {vip: serial for vip, serial in served.items() if serial != facts.serial}
         if not wrong:
-            return Installed("installed", facts, served, "new handshakes get it; open connections untouched")
+            done = "new handshakes get it; open connections untouched"
+            return Installed("installed", facts, served, done, unchecked)
         outcome = f"a new handshake still gets another certificate: {wrong}"
     _put_back(config, runtime, target, previous, sleep)
     raise OberError(f"HAProxy did not take the new certificate ({outcome}); the old one keeps serving")
@@ -309,11 +315,22 @@ def _put_back(
         _take(config, ask, target, previous, sleep)
 
 
-def _handshakes(config: NodeConfig, server_name: str, handshake: Callable[[str, str], str]) -> dict[str, str]:
+def _handshakes(
+    config: NodeConfig, server_name: str, handshake: Callable[[str, str], str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Each VIP's serial to a new handshake on this node; and the VIPs this node's allow-list kept it from asking.
+
+    With ``whitelists.frontend_http`` set, HAProxy drops a connection from the node itself (its source is the VIP,
+    in no allow-list): then only the runtime API's word (checked before) is left for that VIP.
+    """
     served: dict[str, str] = {}
+    unchecked: dict[str, str] = {}
     for vip in config.vips:
         try:
             served[vip.address] = handshake(vip.address, server_name)
         except OberError as exc:
-            served[vip.address] = f"error: {exc.message}"
-    return served
+            if config.whitelists.frontend_http and ("reset" in exc.message or "EOF" in exc.message):
+                unchecked[vip.address] = "this node is not in whitelists.frontend_http"
+            else:
+                served[vip.address] = f"error: {exc.message}"
+    return served, unchecked

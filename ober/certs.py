@@ -115,15 +115,15 @@ def _name(name: x509.Name) -> str:
 
 
 def cert_facts(pem_text: str | bytes) -> CertFacts:
-    """The facts of the first certificate in ``pem_text`` (a chain or cert + key PEM, or one DER certificate).
+    """The facts of the first PEM certificate in ``pem_text`` (a chain, cert + key, tool output), or of one DER.
 
     Raises:
         OberError: there is no readable certificate in it.
     """
     data = pem_text.encode() if isinstance(pem_text, str) else pem_text
     try:
-        if data.lstrip().startswith(b"-----"):
-            start = data.index(b"-----BEGIN CERTIFICATE-----")
+        start = data.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
             certificate = x509.load_pem_x509_certificate(data[start:])
         else:
             certificate = x509.load_der_x509_certificate(data)

@@ -815,7 +815,9 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
                 "certificates",
                 "fail",
                 f"{pem}: no such file or directory",
-                "install the PEM there (certificate, intermediates, private key; mode 600)",
+                "ober config puts a placeholder there; then ober fleet certs renew on the workstation"
+                if certificates.acme
+                else "install the PEM there (certificate, intermediates, private key; mode 600)",
             )
         ]
     unreadable = "run as root, or fix certificates.pem"

@@ -224,9 +224,9 @@ def test_issue_renew_and_serve_on_every_node(
     # The chain the nodes serve verifies up to Pebble's root.
     roots = tmp_path / "pebble-roots.pem"
     roots.write_text(pebble.roots())
+    s_client = ["openssl", "s_client", "-connect", f"{VIP_A}:443", "-servername", DOMAIN, "-CAfile", str(roots)]
     verify = subprocess.run(
-        ["ip", "netns", "exec", fleet.client_ns, "openssl", "s_client", "-connect", f"{VIP_A}:443"]
-        + ["-servername", DOMAIN, "-CAfile", str(roots), "-verify_return_error"],
+        ["ip", "netns", "exec", fleet.client_ns, *s_client, "-verify_return_error"],
         input="",
         capture_output=True,
         text=True,

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import ssl
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ober.apply import _write_atomically
 from ober.certs import CertFacts, cert_facts, placeholder_pem
 from ober.certswap import RUNTIME_TIMEOUT, Outcome, fingerprint, judge, served_fingerprint, swap_settled
 from ober.config import NodeConfig
@@ -164,15 +164,7 @@ def ensure_placeholder(config: NodeConfig, root: Path = Path("/")) -> bool:
 
 def write_private(target: Path, text: str) -> None:
     """Write ``text`` to ``target`` mode 600 through a temp file and a rename: never half-written, never readable."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = target.with_name(f".{target.name}.ober-new")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temp.replace(target)
+    _write_atomically(target, text, 0o600)
 
 
 def served_serial(address: str, server_name: str, port: int = 443, timeout: float = HANDSHAKE_TIMEOUT) -> str:

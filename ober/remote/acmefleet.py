@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ober.acme import AcmeError, Client, Issued, Transport, load_key, new_key, urllib_transport
 from ober.acme import key_pem as key_to_pem
+from ober.acme_node import write_private
 from ober.certs import CertFacts, cert_facts
 from ober.config import Acme
 from ober.errors import ConfigError, OberError
@@ -110,17 +111,7 @@ class State:
 
     def _write(self, name: str, text: str) -> None:
         self._ensure_dir()
-        target = self.dir / name
-        temp = self.dir / f".{name}.{tokens.token_hex(4)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            temp.replace(target)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_private(self.dir / name, text)
 
     def _read(self, name: str) -> str | None:
         path = self.dir / name

@@ -41,7 +41,8 @@ POLL_TIMEOUT = 120.0
 POLL_INTERVAL = 1.0
 MAX_RETRY_AFTER = 30.0
 """A server's Retry-After is honoured up to this many seconds per wait (the whole wait stays bounded)."""
-NONCE_RETRIES = 5
+NONCE_RETRIES = 10
+"""badNonce answers retried per request (a server may reject any nonce, RFC 8555 6.5; Pebble rejects a share)."""
 MAX_BODY = 1 << 20
 JOSE = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"

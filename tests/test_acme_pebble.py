@@ -84,13 +84,14 @@ def test_issue_against_pebble_with_nonces_rejected(pebble: Pebble, solver: Solve
     client = Client(pebble.directory, new_key(), urllib_transport(str(pebble.ca_bundle)), log=lines.append)
     client.register("ops@example.test")
     domains = ["s3.example.test", "s3-b.example.test"]
+    client._nonce = "a-nonce-pebble-never-gave"  # at least one badNonce, whatever Pebble's dice say
     issued = client.issue(domains, solver)
     facts = cert_facts(issued.chain)
     assert facts.names == tuple(domains) and facts.issuer.startswith("Pebble Intermediate CA")
     assert issued.chain.count("BEGIN CERTIFICATE") >= 2, "the leaf and its intermediate"
     assert sorted(set(solver.fetched)) == sorted(solver.cleaned), "Pebble fetched every token; each was removed"
     assert not solver.tokens
-    assert any("badNonce" in line for line in lines), "a quarter of the nonces are rejected: some were retried"
+    assert any("badNonce" in line for line in lines), "rejected nonces were retried"
     # The same account key finds its account again.
     again = Client(pebble.directory, client.key, urllib_transport(str(pebble.ca_bundle)))
     assert again.register("ops@example.test") == client.kid

@@ -127,6 +127,8 @@ def acme_inventory(
     finally:
         back = cli(fleet, "fleet", "push", "-i", str(fleet.inventory_path), "--secrets", str(fleet.secrets_path))
         assert back.returncode == 0, back.stdout + back.stderr
+        for name in fleet.nodes:  # not the lab's any more: the next run starts on a placeholder again
+            fleet.run_on(name, "rm -rf /opt/ober/etc/certs/acme")
 
 
 def cli(fleet: LabFleet, *args: str, ns: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,9 @@ from ober.cli.fleet_ops import _fail_if, _load, _lock_left, _progress, _session,
 from ober.cli.options import ssh_options
 from ober.cli.output import Output, json_option
 from ober.errors import OberError
-from ober.inventory import inventory_path
+from ober.inventory import InventoryNode, inventory_path
 from ober.remote import acmefleet
+from ober.remote.connection import Connection
 from ober.remote.connection import targets as ssh_targets
 from ober.remote.facts import on_nodes
 from ober.remote.nodeclient import NodeCert, NodeClient
@@ -141,8 +142,8 @@ def status_cmd(
     held = state.certificate() if any(node.config.certificates.acme for node in nodes) else None
     current = held[1] if held else None
 
-    def work(conn: object, node: object) -> tuple[NodeCert, ...]:
-        return NodeClient(conn, node).certificates()  # type: ignore[arg-type]
+    def work(conn: Connection, node: InventoryNode) -> tuple[NodeCert, ...]:
+        return NodeClient(conn, node).certificates()
 
     reach = ssh_targets(inventory, nodes, accept_new_host_keys=accept_new_host_keys)
     outcomes = on_nodes(nodes, reach, work, parallel=parallel or inventory.ssh.parallel)

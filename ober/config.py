@@ -160,6 +160,8 @@ class Acme:
     email: str
     directory: str
     domains: tuple[str, ...]
+    ca_bundle: str | None = None
+    """CAs the workstation trusts for the ACME server's own TLS (a private ACME server); default: the system's."""
 
 
 @dataclass(frozen=True)
@@ -591,6 +593,7 @@ def _parse(top: Fields) -> NodeConfig:
                 hint="an https:// URL",
             ),
             domains=tuple(acme_fields.hosts("domains")),
+            ca_bundle=_path(acme_fields, "ca_bundle"),
         )
         acme_fields.done()
     else:
@@ -603,6 +606,12 @@ def _parse(top: Fields) -> NodeConfig:
         raise ConfigError(
             "certificates: give exactly one of 'pem' (a file or directory of PEMs) or 'acme'",
             "e.g. certificates: {pem: /opt/ober/etc/certs/s3.pem}",
+        )
+    if certificates.acme is not None and certificates.http == "off":
+        # HTTP-01: the ACME server fetches the token from port 80 of the VIP, on whichever node ECMP picks.
+        raise ConfigError(
+            "certificates.http: 'off' leaves no port 80 for ACME's HTTP-01 challenges",
+            "set certificates.http to 'redirect' (the challenge path is answered before the redirect) or 'serve'",
         )
 
     stats_fields = top.section("stats")

@@ -58,12 +58,24 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
         data["network"] = {"manager": "networkmanager"}
         data["stats"] = {"bind": "127.0.0.1", "port": 9404}
         data["haproxy"] = {"per_source": {"connections": 200, "rate": 500, "period": "30s"}}
+    elif name == "acme-whitelisted":
+        # HTTP-01 answered from the runtime map before the redirect; port 80 open to validators past the allow-list.
+        data["certificates"] = {"acme": {"email": "ops@example.com", "domains": "s3.example.com"}, "http": "redirect"}
+    elif name == "acme-serve-open":
+        data["certificates"] = {"acme": {"email": "ops@example.com", "domains": "s3.example.com"}, "http": "serve"}
+        data["whitelists"] = {"backend_http": "198.18.0.0/15"}  # no frontend_http: S3 clients from anywhere
     else:  # pragma: no cover - a typo in the parameter list
         raise AssertionError(name)
     return data
 
 
-VARIANTS = ["single-vip-plain", "multi-vip-tls-whitelists", "three-groups-sni-dir"]
+VARIANTS = [
+    "single-vip-plain",
+    "multi-vip-tls-whitelists",
+    "three-groups-sni-dir",
+    "acme-whitelisted",
+    "acme-serve-open",
+]
 
 
 @pytest.fixture(params=VARIANTS)

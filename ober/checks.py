@@ -966,6 +966,10 @@ def run_doctor(
     if down:
         checks += check_bgp_tcp(config, timeout, secrets=secrets, neighbors=down, port=bgp_port)
     checks += check_rgw(config, timeout)
+    # Imported here: ober.keepalive_check builds on this module's Check.
+    from ober.keepalive_check import check_keepalive
+
+    checks += check_keepalive(config, timeout)
     checks += check_sse_c(config, secrets, timeout, through="vip")
     checks += check_certificates(config, now)
     return scrub(checks, secrets)

@@ -35,13 +35,13 @@ from ober.lab.site import node_data
 from ober.render import paths
 from tests.conftest import require
 from tests.test_lab_rgw import lab_prerequisites
+from tests.test_s3_parity_lab import _wait
 
 pytestmark = pytest.mark.lab
 
 MON, RGW = "100.64.1.10", "100.64.1.11"
 VIP = "198.51.100.10"
 REQUESTS = 40
-READY_TIMEOUT = 30.0
 NODELAY = " tcp_nodelay=1"
 
 
@@ -54,14 +54,6 @@ class Env:
 
     def run(self, call: Callable[[], object], timeout: float = 120.0) -> object:
         return in_netns(self.ns, call, timeout=timeout)
-
-
-def _wait(what: str, ready: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {READY_TIMEOUT:g}s")
-        time.sleep(0.1)
 
 
 def _set_nodelay(env: Env, on: bool) -> None:

@@ -37,6 +37,9 @@ NETWORK_MANAGERS = ("netplan", "networkd", "networkmanager")
 KERNEL_PROFILES = ("default", "throughput", "none")
 HTTP_MODES = ("redirect", "serve", "off")
 CHECK_METHODS = ("GET", "HEAD", "OPTIONS")
+REUSE_MODES = ("auto", "always", "never")
+"""How HAProxy treats its connections to a group's RGWs (see :mod:`ober.keepalive`): ``auto`` keeps them alive
+unless answers stall on them, ``always`` keeps them alive, ``never`` opens a new one per request."""
 OLDEST_HAPROXY = (2, 6)
 DEFAULT_SLOTS = 4
 """Spare server slots per backend group for servers added at runtime (free again at the next reload)."""
@@ -143,6 +146,8 @@ class BackendGroup:
     """The port of a server given without one."""
     slots: int = 4
     drained: tuple[Server, ...] = ()
+    reuse: str = "auto"
+    """Connection reuse toward the servers: one of REUSE_MODES."""
 
     def server(self, host: str, port: int) -> Server | None:
         """The server at ``host:port``, if the group has it."""
@@ -453,8 +458,11 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
     tls_fields.done()
     slots = fields.integer("slots", DEFAULT_SLOTS, low=0, high=MAX_SLOTS)
     drained = _parse_drained(fields, port, servers)
+    reuse = fields.choice("reuse", REUSE_MODES, "auto")
     fields.done()
-    return BackendGroup(name=name, servers=servers, check=check, tls=tls, port=port, slots=slots, drained=drained)
+    return BackendGroup(
+        name=name, servers=servers, check=check, tls=tls, port=port, slots=slots, drained=drained, reuse=reuse
+    )
 
 
 def _parse_drained(fields: Fields, port: int, servers: tuple[Server, ...]) -> tuple[Server, ...]:

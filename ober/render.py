@@ -19,6 +19,7 @@ import jinja2
 from ober.config import CONFIG_RELATIVE, SLOT_PREFIX, NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
+from ober.keepalive import template_values
 from ober.secrets import pick
 
 TEMPLATES_HINT = "reinstall ober: its templates are missing"
@@ -293,6 +294,7 @@ def _context(
         "reserved_ports": listening_ports(config, EPHEMERAL),
         "run_as": run_as,
         "sandbox": sandbox(config),
+        "stall": template_values(),
     }
 
 

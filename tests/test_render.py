@@ -44,8 +44,13 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
     elif name == "three-groups-sni-dir":
         data["backends"] = {
             "ceph-a": {"servers": "100.64.1.[11-13]:7480", "check": {"method": "HEAD", "path": "/"}},
-            "ceph-b": {"servers": "100.64.2.[11-12]", "tls": {"enabled": True, "verify": False}},
-            "ceph-c": {"servers": ["100.64.3.11:8080"], "check": {"interval": "500ms", "rise": 1, "fall": 2}},
+            # Every connection reuse mode (ceph-a: auto, the default).
+            "ceph-b": {"servers": "100.64.2.[11-12]", "tls": {"enabled": True, "verify": False}, "reuse": "never"},
+            "ceph-c": {
+                "servers": ["100.64.3.11:8080"],
+                "check": {"interval": "500ms", "rise": 1, "fall": 2},
+                "reuse": "always",
+            },
         }
         data["vips"] = [
             {"address": "198.51.100.10", "backend": "ceph-a"},

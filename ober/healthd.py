@@ -13,6 +13,7 @@ the loop at once instead of at its next interval.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Protocol
 
 from ober.atomic import write_atomic
 from ober.config import NodeConfig, Vip, load_config
@@ -251,7 +252,43 @@ class ConfigSource:
         return config
 
 
-def watch_pid(pid_file: Callable[[], Path], wake: threading.Event, stop: threading.Event) -> None:
+class Waker:
+    """Wakes the loop early, from a signal handler or another thread: a self-pipe, no lock.
+
+    Not a ``threading.Event``: a signal handler runs in the main thread between two bytecodes, and ``Event.set()``
+    takes the lock the main thread may be holding in ``Event.wait()`` or ``clear()`` at that moment: the helper then
+    hangs for good. (Seen in the lab: a drain's SIGUSR1 froze ``ober health``, and the drained node stayed announced.)
+    A write to a non-blocking pipe takes no lock and is all a handler does.
+    """
+
+    def __init__(self) -> None:
+        # Never closed: the HAProxy watcher thread may still wake it while the process exits.
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        """Wake the loop (safe in a signal handler)."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes it
+            os.write(self._write, b"!")
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`set`; True if woken. A signal handler's set() ends the wait."""
+        return bool(select.select([self._read], [], [], max(0.0, timeout))[0])
+
+    def clear(self) -> None:
+        """Forget the wake-ups so far."""
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+
+class Settable(Protocol):
+    """What :func:`watch_pid` wakes: a :class:`Waker` (or a ``threading.Event`` in tests)."""
+
+    def set(self) -> None:
+        """Wake the loop."""
+
+
+def watch_pid(pid_file: Callable[[], Path], wake: Settable, stop: threading.Event) -> None:
     """Set ``wake`` the moment the process named in ``pid_file`` (HAProxy's master) exits; runs until ``stop``.
 
     A pidfd becomes readable when its process exits: no polling, and a crash is seen in milliseconds. Where pidfds
@@ -481,11 +518,12 @@ def run(
     vips = loop.vips
     stop = threading.Event()
     # SIGUSR1 (sent by `ober drain`): look now, not at the next interval, so a drain withdraws within milliseconds
-    # of the quiet moment it waited for.
-    wake = threading.Event()
+    # of the quiet moment it waited for. The handlers only write to the waker's pipe and set a flag: see Waker.
+    wake = Waker()
+    stopping: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+        stopping.append(signum)
         wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -519,8 +557,10 @@ def run(
             write_state(target, loop.report())
         except Exception as exc:  # a transient failure must never kill the helper
             log(f"health: check failed, will retry: {exc.__class__.__name__}: {exc}")
-        wake.wait(max(0.0, loop.config.health.interval - (time.monotonic() - started)))
+        wake.wait(loop.config.health.interval - (time.monotonic() - started))
         wake.clear()
+        if stopping:
+            stop.set()
     if pipe.gone.is_set():
         log("health: ExaBGP went away; exiting")
     else:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -407,3 +412,53 @@ def test_running_counts_an_unreaped_zombie_as_gone(tmp_path: Path) -> None:
     os.kill(child.pid, 0)  # signal 0 still "reaches" it
     assert running(pid_file) is False
     child.wait()
+
+
+def test_a_storm_of_drain_signals_never_freezes_the_running_helper(
+    node_data: dict[str, object], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """`ober drain` wakes `ober health` with SIGUSR1. A handler that took a lock the loop held (threading.Event)
+    froze the helper for good in the lab, the drained node staying announced. The real `ober health` process, as
+    ExaBGP runs it, gets thousands of SIGUSR1s: it keeps checking (its state file keeps changing) and stops on
+    SIGTERM, withdrawing."""
+    install = Path(tempfile.mkdtemp(prefix="ober-h-"))  # an install path is at most 64 characters
+    request.addfinalizer(lambda: shutil.rmtree(install))
+    data = copy.deepcopy(node_data)
+    data["install_path"] = str(install)
+    data["health"] = {"interval": "0.1s", "maintenance_file": str(tmp_path / "maint")}
+    (install / "run" / "health").mkdir(parents=True)
+    config = tmp_path / "ober.yaml"
+    _write(config, data)
+    state = install / "run" / "health" / "health.json"
+    # stdin stays open (ExaBGP's acks); stdout is read by a thread so the helper never blocks on it.
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "ober", "health", "--config", str(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    said: list[str] = []
+    assert helper.stdout is not None
+    reader = threading.Thread(target=lambda: said.extend(helper.stdout or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.exists(), f"ober health never wrote its state: {helper.poll()} {said}"
+        for round_ in range(10):
+            for _ in range(2000):
+                os.kill(helper.pid, signal.SIGUSR1)
+            before = json.loads(state.read_text())["updated"]
+            time.sleep(0.5)
+            after = json.loads(state.read_text())["updated"]
+            assert after > before, f"ober health froze after {(round_ + 1) * 2000} SIGUSR1s"
+        helper.send_signal(signal.SIGTERM)
+        assert helper.wait(10) == 0
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait()
+    reader.join(5)
+    assert any(line.startswith("withdraw route") for line in said), said

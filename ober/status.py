@@ -12,6 +12,7 @@ from typing import Any
 
 from ober import __version__
 from ober.config import NodeConfig
+from ober.discovery_run import discovery_status
 from ober.drain import read_drain, s3_sessions
 from ober.errors import OberError
 from ober.exabgp_cli import bgp_facts
@@ -61,6 +62,7 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
     }
     drain = read_drain(config)
     status["drained"] = asdict(drain) if drain else None
+    status["discovery"] = discovery_status(config, time.time())
     status["health"] = health_state(config)
     try:
         seen = snapshot(paths(config)["admin_socket"], config.health.timeout)

@@ -36,6 +36,7 @@ from ober.metrics import (
     CONTENT_TYPE,
     FAMILIES,
     ConfigFacts,
+    DiscoveryFacts,
     Drain,
     HealthFacts,
     Histogram,
@@ -353,6 +354,7 @@ def full_facts() -> NodeMetrics:
         drain=Drain("alice@ws1", 1.7e9, "disk swap"),
         roll=Roll("abc", "restart", True, 1.7e9),
         process=Process(1.25, 30_000_000, 1.7e9),
+        discovery=(DiscoveryFacts("ceph-a", 1.7e9, True, 3, 1, 0),),
     )
 
 

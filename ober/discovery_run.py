@@ -133,6 +133,9 @@ def run_group(group: BackendGroup, *, discover: Discover, make: Make, now: float
         found = discover(group)
     except OberError as exc:
         return GroupRun(group.name, source, now, "error", error=exc.message, fix=exc.fix)
+    if not found:  # the sources refuse this already; an empty answer must never drain a whole group
+        why = f"{source} lists no server for group {group.name}: refusing to drain every server it has"
+        return GroupRun(group.name, source, now, "error", error=why, fix="check the discovery source")
     decision = reconcile(group, found)
     base = GroupRun(
         group.name, source, now, "none", found=len(found), lost=decision.lost, pending=decision.pending,

@@ -224,9 +224,7 @@ def run_all(
 def recorded(config: NodeConfig, last: Mapping[str, GroupRun], runs: list[GroupRun]) -> dict[str, GroupRun]:
     """The record after ``runs``: the groups that still have discovery, each with its latest run."""
     keep = {group.name for group in config.backends if group.discovery is not None}
-    merged = {name: run for name, run in last.items() if name in keep}
-    merged.update({run.group: run for run in runs})
-    return merged
+    return {name: run for name, run in {**last, **{run.group: run for run in runs}}.items() if name in keep}
 
 
 def discovery_status(config: NodeConfig, now: float) -> dict[str, dict[str, Any]]:

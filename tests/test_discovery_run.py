@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ober.backends import Outcome, Plan
+from ober.cli import main
 from ober.config import BackendGroup, NodeConfig, Server, dump_config, parse_node_config, parse_server
 from ober.discovery_run import (
     GroupRun,
@@ -30,9 +31,10 @@ from ober.discovery_run import (
     write_runs,
 )
 from ober.errors import ConfigError, OberError
+from ober.inventory import resolve_inventory
 from ober.render import paths, render_node
 from ober.services import DISCOVERY_START, DISCOVERY_STOP, reload_for
-from tests.conftest import require
+from tests.conftest import REPO, require
 
 A1, A2, A3 = (f"100.64.1.{n}:7480" for n in (11, 12, 13))
 B1 = "100.64.2.11:7480"
@@ -332,3 +334,57 @@ def test_the_record_survives_a_read_back_and_says_what_an_operator_must_do(
 def test_a_run_record_round_trips(node_data: dict[str, Any]) -> None:
     run = GroupRun("ceph-a", "file /x", 1.5, "drain", A1, True, "drain it", None, None, 2, [A3], 1, ["a note"])
     assert GroupRun.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+
+
+# --- the CLI's refusals, the fleet -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "give a GROUP or --all (not both)"),
+        (["ceph-a", "--all"], "give a GROUP or --all (not both)"),
+        (["--all", "--from", "/x"], "--from goes with one GROUP, not --all"),
+    ],
+)
+def test_reconcile_asks_for_a_group_or_all(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], short: Path, node_data: dict[str, Any]
+) -> None:
+    config = scratch_node(node_data, short)
+    assert main(["--json", "backends", "reconcile", *argv, "--config", str(config)]) == 2
+    assert message in json.loads(capsys.readouterr().out)["error"]
+
+
+def scratch_node(node_data: dict[str, Any], short: Path) -> Path:
+    """The node's ober.yaml, installed in a scratch directory (so nothing a command writes lands on this host)."""
+    node_data["install_path"] = str(short / "ober")
+    config = short / "ober.yaml"
+    config.write_text(yaml.safe_dump(node_data))
+    return config
+
+
+def test_reconcile_of_a_group_without_discovery_says_how_to_give_one(
+    capsys: pytest.CaptureFixture[str], short: Path, node_data: dict[str, Any]
+) -> None:
+    config = scratch_node(node_data, short)
+    assert main(["--json", "backends", "reconcile", "ceph-a", "--config", str(config)]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["error"] == "backend group ceph-a has no discovery"
+    assert "backends.ceph-a.discovery" in doc["fix"] and "--from FILE" in doc["fix"]
+    assert main(["--json", "backends", "reconcile", "--all", "--config", str(config)]) == 1
+    assert "has discovery" in json.loads(capsys.readouterr().out)["error"]
+    assert not (short / "ober").exists(), "nothing recorded: nothing ran"
+
+
+def test_the_inventorys_discovery_reaches_every_node_and_renders_its_timer() -> None:
+    data = yaml.safe_load((REPO / "inventory" / "example.yaml").read_text())
+    data["config"]["backends"]["ceph-a"]["discovery"] = {"source": "dns-srv", "name": "_rgw._tcp.ceph-a.example.org"}
+    data["groups"]["rack2"]["config"]["backends"] = {"ceph-a": {"discovery": {"interval": "15s"}}}
+    inventory = resolve_inventory(data)
+    for node in inventory.nodes:
+        discovery = node.config.backend("ceph-a").discovery
+        assert discovery is not None and discovery.name == "_rgw._tcp.ceph-a.example.org"
+        assert discovery.interval == (15.0 if node.group == "rack2" else 60.0)
+        assert node.config.backend("ceph-b").discovery is None
+        timer = render_node(node.config, SECRETS).file(f"{UNITS}/ober-discovery.timer").content
+        assert f"OnUnitInactiveSec={'15s' if node.group == 'rack2' else '60s'}" in timer

@@ -210,6 +210,8 @@ def reconcile_cmd(
     make = _maker(config_path, dry_run)
     if group is not None:
         target = _group(config, group)
+        if target.discovery is None:
+            from_config(target)  # says how to give it one
         run = run_group(target, discover=from_config, make=make, now=time.time())
         if not dry_run:
             write_runs(config, recorded(config, last, [run]))

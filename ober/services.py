@@ -66,6 +66,7 @@ CERTS_WATCH = "restart ober-certs.path"
 BGP_RESTART = "restart ober-bgp"
 DISCOVERY_START = "restart ober-discovery.timer"
 DISCOVERY_STOP = "stop ober-discovery.timer"
+DISCOVERY_SERVICE = "ober-discovery.service"
 HEALTH_RELOAD = "reread ober-health"
 """Not systemctl: the running ``ober health`` reads ober.yaml again, and ``ober config`` waits until it has."""
 
@@ -91,9 +92,14 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         # new settings) now, or a renewed certificate would wait for the next HAProxy restart.
         actions.append(CERTS_WATCH)
     if changed & {f"{UNIT_DIR}/{unit}" for unit in DISCOVERY_UNITS}:
-        # Like the certificate watcher: started with ober-http (Wants=), so start it (or take its new interval) now on
-        # a node already serving; stopped when no group has discovery any more (its unit files are gone).
-        actions.append(DISCOVERY_START if discovery_groups(config) else DISCOVERY_STOP)
+        if discovery_groups(config):
+            # Like the certificate watcher: started with ober-http (Wants=), so start it (or take its new interval)
+            # now on a node already serving.
+            actions.append(DISCOVERY_START)
+        else:
+            # No group has discovery any more, and its unit files are gone: stopped first, while systemd still has
+            # them (after the daemon-reload, a timer whose service is gone is left "failed", not stopped).
+            actions.insert(0, DISCOVERY_STOP)
     if changed & {p["exabgp_conf"], "/etc/systemd/system/ober-bgp.service"}:
         # Restart, not reload: exabgp.conf holds only the neighbors, and ExaBGP 5.0's reload (SIGUSR1) gives a new
         # or renamed neighbor (router-id, ASNs, addresses) an empty RIB while `ober health`, which is not restarted,
@@ -123,7 +129,13 @@ def run_actions(actions: list[str], config: NodeConfig | None = None) -> list[st
             continue
         if action in (CERTS_WATCH, DISCOVERY_START) and unit_state("ober-http") != "active":
             continue
-        if action == DISCOVERY_STOP and unit_state(unit) != "active":
+        if action == DISCOVERY_STOP:
+            if unit_state(unit) in ("active", "activating"):
+                systemctl("stop", unit)
+            # A failed last run would stay listed as failed (systemctl --failed) with no unit file left to fix.
+            if unit_state(DISCOVERY_SERVICE) == "failed":
+                systemctl("reset-failed", DISCOVERY_SERVICE)
+            done.append(action)
             continue
         if action in NETWORK_APPLY.values():
             command(action.split())

@@ -188,7 +188,7 @@ def test_a_config_change_starts_or_stops_the_timer(node_data: dict[str, Any]) ->
     on = with_discovery(node_data, ceph_a=FILE)
     assert reload_for(on, [timer, f"{UNITS}/ober-discovery.service"]) == ["daemon-reload", DISCOVERY_START]
     off = parse_node_config(node_data)  # discovery removed: the apply removes the unit files
-    assert reload_for(off, [timer]) == ["daemon-reload", DISCOVERY_STOP]
+    assert reload_for(off, [timer]) == [DISCOVERY_STOP, "daemon-reload"], "stopped while systemd still knows it"
     assert DISCOVERY_START not in reload_for(on, [paths(on)["config"]]), "a new source path needs no restart"
 
 

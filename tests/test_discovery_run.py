@@ -23,6 +23,7 @@ from ober.cli import main
 from ober.config import BackendGroup, NodeConfig, Server, dump_config, parse_node_config, parse_server
 from ober.discovery_run import (
     GroupRun,
+    discovery_status,
     read_runs,
     recorded,
     run_all,
@@ -305,6 +306,10 @@ def test_the_record_survives_a_read_back_and_says_what_an_operator_must_do(
     assert path.stat().st_mode & 0o777 == 0o644, "ober health (another user) reads it for the metrics"
     runs = read_runs(config)
     assert runs == {run.group: run for run in report.runs}
+    shown = discovery_status(config, 1030.0)  # ober status --json, ober backends list --json
+    assert shown["ceph-a"]["last_run"]["lost"] == [A1] and shown["ceph-a"]["age"] == 30.0
+    assert shown["ceph-b"]["source"] == "file /opt/ober/run/rgw.yaml" and shown["ceph-b"]["interval"] == 300.0
+    assert shown["ceph-b"]["last_run"]["error"].endswith("SERVFAIL")
     lines = status_lines(config, 1030.0)
     assert (
         True,

@@ -17,11 +17,13 @@ class Built:
 
     rendered: Rendered
     checks: list[CheckResult] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    """What the check could not cover (an ACME certificate not issued yet), one line each."""
 
     @property
     def notes(self) -> list[str]:
-        """What the tools warned about, one line each."""
-        return [f"{check.tool}: {warning}" for check in self.checks for warning in check.warnings]
+        """What the tools warned about, and what was not checked, one line each."""
+        return [f"{check.tool}: {warning}" for check in self.checks for warning in check.warnings] + self.unchecked
 
     @property
     def placeholders(self) -> list[str]:
@@ -55,4 +57,13 @@ def build_node(
     rendered = render_node(config, secrets, resolved=resolved.whitelists, run_as=run_as)
     if not check:
         return Built(rendered)
-    return Built(rendered, [haproxy(resolved, secrets), check_exabgp(resolved, secrets)])
+    checks = [haproxy(resolved, secrets), check_exabgp(resolved, secrets)]
+    crt = config.certificates.crt_path(config.install_path)
+    unchecked = []
+    if config.certificates.acme is not None and any(crt in check.placeholders for check in checks):
+        # Not "checked": there is no certificate yet, only the stand-in the check used (and the node starts with).
+        unchecked.append(
+            f"certificates: no ACME certificate in {crt} here, so none was checked (HAProxy was, with a placeholder); "
+            "the node starts on a placeholder until 'ober fleet certs renew'"
+        )
+    return Built(rendered, checks, unchecked)

@@ -1,6 +1,6 @@
-"""Certificates with the openssl CLI: self-signed ones, and inspecting the PEMs HAProxy serves.
+"""Certificates: self-signed ones, what a PEM's certificate says, and inspecting the PEMs HAProxy serves.
 
-The self-signed ones are placeholders for config checks, and the lab's. The inspection (expiry, the private key
+Self-signed ones are for config checks, the lab and the ACME placeholder. The inspection (expiry, the private key
 matching, the chain) is what ``ober doctor``, ``ober test`` and ``ober certs reload`` share.
 """
 
@@ -10,8 +10,14 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ober.atomic import write_atomic
 from ober.checks.base import Check
@@ -210,17 +216,20 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
         ca_file: trusted CAs for the chain (default: the system's bundle).
     """
     certificates = config.certificates
-    if certificates.acme is not None or certificates.pem is None:
-        domains = ", ".join(certificates.acme.domains) if certificates.acme else ""
-        return [Check("certificates", "skip", f"obtained by ACME ({domains}): not checked here")]
-    pem = Path(certificates.pem)
+    pem = Path(certificates.crt_path(config.install_path))
+    if certificates.acme is not None:
+        placeholder = acme_placeholder_check(pem)
+        if placeholder is not None:
+            return [placeholder]
     if not pem.exists():
         return [
             Check(
                 "certificates",
                 "fail",
                 f"{pem}: no such file or directory",
-                "install the PEM there (certificate, intermediates, private key; mode 600)",
+                "ober config puts a placeholder there; then ober fleet certs renew on the workstation"
+                if certificates.acme
+                else "install the PEM there (certificate, intermediates, private key; mode 600)",
             )
         ]
     unreadable = "run as root, or fix certificates.pem"
@@ -240,3 +249,151 @@ def check_certificates(config: NodeConfig, now: datetime | None = None, *, ca_fi
         except OberError as exc:  # openssl missing or hung: the same for every file
             return [*checks, Check("certificates", "fail", exc.message, exc.fix)]
     return checks
+
+
+PLACEHOLDER_ORG = "ober placeholder"
+"""The subject organisation of the certificate ober puts where an ACME certificate will be, until the first one."""
+PLACEHOLDER_DAYS = 90
+
+
+@dataclass(frozen=True)
+class CertFacts:
+    """What a PEM's first certificate says: for status, expiry decisions and checking what a node serves."""
+
+    subject: str
+    issuer: str
+    serial: str
+    """Upper-case hex, as openssl and HAProxy show it."""
+    not_before: datetime
+    not_after: datetime
+    names: tuple[str, ...]
+    """The DNS names (subjectAltName) it is valid for."""
+    placeholder: bool
+
+    def days_left(self, now: datetime | None = None) -> float:
+        """Days until it expires (negative once it has)."""
+        return (self.not_after - (now or datetime.now(UTC))).total_seconds() / 86400
+
+    def as_dict(self, now: datetime | None = None) -> dict[str, object]:
+        """The ``--json`` form (no key material)."""
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "days_left": round(self.days_left(now), 1),
+            "names": list(self.names),
+            "placeholder": self.placeholder,
+        }
+
+
+def _name(name: x509.Name) -> str:
+    common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else name.rfc4514_string()
+
+
+def cert_facts(pem_text: str | bytes) -> CertFacts:
+    """The facts of the first PEM certificate in ``pem_text`` (a chain, cert + key, tool output), or of one DER.
+
+    Raises:
+        OberError: there is no readable certificate in it.
+    """
+    data = pem_text.encode() if isinstance(pem_text, str) else pem_text
+    try:
+        start = data.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            certificate = x509.load_pem_x509_certificate(data[start:])
+        else:
+            certificate = x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise OberError("no readable certificate in it", "a PEM with the certificate first, then its chain") from None
+    try:
+        sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(str(name) for name in sans.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = ()
+    organisation = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return CertFacts(
+        subject=_name(certificate.subject),
+        issuer=_name(certificate.issuer),
+        serial=f"{certificate.serial_number:X}",
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        names=names,
+        placeholder=bool(organisation) and organisation[0].value == PLACEHOLDER_ORG,
+    )
+
+
+def placeholder_pem(domains: Sequence[str], days: int = PLACEHOLDER_DAYS) -> str:
+    """A self-signed certificate + key for ``domains``, marked as ober's placeholder (what HAProxy starts with).
+
+    HAProxy refuses a ``crt`` directory without a certificate, so an ACME node serves this until the fleet's first
+    ``ober fleet certs renew``; ``ober doctor`` and ``ober fleet certs status`` say it is a placeholder.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, PLACEHOLDER_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, domains[0] if domains else "ober"),
+        ]
+    )
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+    )
+    if domains:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), False)
+    certificate = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode() + key_pem.decode()
+
+
+def installed(config: NodeConfig) -> list[tuple[str, CertFacts | None, str | None]]:
+    """Each certificate file HAProxy's ``crt`` reads on this node: (path, its facts, or why they cannot be read)."""
+    crt = Path(config.certificates.crt_path(config.install_path))
+    try:
+        files = sorted(p for p in crt.iterdir() if p.suffix == ".pem") if crt.is_dir() else [crt]
+    except OSError as exc:
+        return [(str(crt), None, exc.strerror or str(exc))]
+    found: list[tuple[str, CertFacts | None, str | None]] = []
+    for path in files:
+        try:
+            found.append((str(path), cert_facts(path.read_bytes()), None))
+        except OSError as exc:
+            found.append((str(path), None, exc.strerror or str(exc)))
+        except OberError as exc:
+            found.append((str(path), None, exc.message))
+    return found
+
+
+def certificate_documents(found: list[tuple[str, CertFacts | None, str | None]]) -> list[dict[str, object]]:
+    """:func:`installed` as JSON (``ober status``, ``ober certs show``): each file, its facts or its problem."""
+    return [
+        {"path": path, **(facts.as_dict() if facts else {}), **({"error": problem} if problem else {})}
+        for path, facts, problem in found
+    ]
+
+
+def acme_placeholder_check(directory: Path) -> Check | None:
+    """A warning when an ACME node still serves ober's placeholder (no certificate issued yet); None otherwise."""
+    try:
+        found = [cert_facts(path.read_bytes()) for path in pem_files(directory)] if directory.is_dir() else []
+    except (OSError, OberError):
+        return None  # the checks of the files say what is wrong with them
+    if any(facts.placeholder for facts in found):
+        return Check(
+            "certificates",
+            "warn",
+            f"{directory}: ober's self-signed placeholder, no ACME certificate yet",
+            "on the workstation: ober fleet certs renew",
+        )
+    return None

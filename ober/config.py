@@ -37,6 +37,9 @@ NETWORK_MANAGERS = ("netplan", "networkd", "networkmanager")
 KERNEL_PROFILES = ("default", "throughput", "none")
 HTTP_MODES = ("redirect", "serve", "off")
 CHECK_METHODS = ("GET", "HEAD", "OPTIONS")
+REUSE_MODES = ("auto", "always", "never")
+"""How HAProxy treats its connections to a group's RGWs (see :mod:`ober.keepalive`): ``auto`` keeps them alive
+unless answers stall on them, ``always`` keeps them alive, ``never`` opens a new one per request."""
 OLDEST_HAPROXY = (2, 6)
 DEFAULT_SLOTS = 4
 """Spare server slots per backend group for servers added at runtime (free again at the next reload)."""
@@ -171,6 +174,8 @@ class BackendGroup:
     drained: tuple[Server, ...] = ()
     discovery: Discovery | None = None
     """Where the servers are discovered (None: they change only by hand, ``ober backends``)."""
+    reuse: str = "auto"
+    """Connection reuse toward the servers: one of REUSE_MODES."""
 
     def server(self, host: str, port: int) -> Server | None:
         """The server at ``host:port``, if the group has it."""
@@ -188,6 +193,8 @@ class Acme:
     email: str
     directory: str
     domains: tuple[str, ...]
+    ca_bundle: str | None = None
+    """CAs the workstation trusts for the ACME server's own TLS (a private ACME server); default: the system's."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +487,7 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
     slots = fields.integer("slots", DEFAULT_SLOTS, low=0, high=MAX_SLOTS)
     drained = _parse_drained(fields, port, servers)
     discovery = _parse_discovery(fields)
+    reuse = fields.choice("reuse", REUSE_MODES, "auto")
     fields.done()
     if discovery is not None and slots == 0:
         raise ConfigError(
@@ -495,6 +503,7 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
         slots=slots,
         drained=drained,
         discovery=discovery,
+        reuse=reuse,
     )
 
 
@@ -690,6 +699,7 @@ def _parse(top: Fields) -> NodeConfig:
                 hint="an https:// URL",
             ),
             domains=tuple(acme_fields.hosts("domains")),
+            ca_bundle=_path(acme_fields, "ca_bundle"),
         )
         acme_fields.done()
     else:
@@ -702,6 +712,12 @@ def _parse(top: Fields) -> NodeConfig:
         raise ConfigError(
             "certificates: give exactly one of 'pem' (a file or directory of PEMs) or 'acme'",
             "e.g. certificates: {pem: /opt/ober/etc/certs/s3.pem}",
+        )
+    if certificates.acme is not None and certificates.http == "off":
+        # HTTP-01: the ACME server fetches the token from port 80 of the VIP, on whichever node ECMP picks.
+        raise ConfigError(
+            "certificates.http: 'off' leaves no port 80 for ACME's HTTP-01 challenges",
+            "set certificates.http to 'redirect' (the challenge path is answered before the redirect) or 'serve'",
         )
 
     stats_fields = top.section("stats")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ober.acme_node import ensure_placeholder
 from ober.apply import Change, apply, plan
 from ober.build import build_node
 from ober.config import NodeConfig, parse_node_config, read_yaml
@@ -140,6 +141,8 @@ def configure(
     actions = reload_for(config, [c.path for c in changes]) if live else []
     if dry_run:
         return Outcome(changes, actions, None, dry_run, live)
+    # HAProxy refuses a crt directory without a certificate: an ACME node starts on a placeholder until its first.
+    ensure_placeholder(config, root)
     if not changes:
         # Unchanged, yet maybe serving less than it says (a server that never resolved): a push must hear it.
         return Outcome(changes, actions, None, False, live, _degraded_now(config) if live else [])

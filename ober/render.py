@@ -19,6 +19,7 @@ import jinja2
 from ober.config import CONFIG_RELATIVE, SLOT_PREFIX, NodeConfig, Whitelists, dump_config
 from ober.errors import RenderError
 from ober.hostlists import is_ipv4
+from ober.keepalive import template_values
 from ober.secrets import pick
 
 TEMPLATES_HINT = "reinstall ober: its templates are missing"
@@ -108,6 +109,10 @@ def listening_ports(config: NodeConfig, within: tuple[int, int] = (1, 65535)) ->
     ports = {443, config.stats.port} | ({80} if config.certificates.http != "off" else set())
     return sorted(port for port in ports if within[0] <= port <= within[1])
 
+
+ACME_PEM_NAME = "ober-acme.pem"
+"""The ACME certificate's file in the node's ACME directory: always this name, so a renewal replaces the certificate
+HAProxy loaded first (its default for clients without SNI) instead of adding a second one."""
 
 FLEET_STATE_DIR = "/var/lib/ober/fleet"
 """The fleet controller's state on a node: its lock, the roll records (``roll.json`` until a roll finished with the
@@ -200,6 +205,10 @@ def install_paths(install_path: str, root: str = "") -> dict[str, str]:
         "ledger": f"{etc}/.bootstrap.json",
         "maintenance_file": f"{etc}/maintenance",
         "backup": f"{install_path}/backup",
+        # ACME: the one certificate file in the crt directory (a placeholder until the fleet's first renew), and the
+        # HTTP-01 tokens HAProxy answers, empty on disk: the fleet adds tokens at runtime (see ober.acme_node).
+        "acme_pem": f"{etc}/certs/acme/{ACME_PEM_NAME}",
+        "acme_map": f"{etc}/acme-challenges.map",
         "run_dir": run,
         "admin_socket": f"{run}/haproxy.sock",
         # Read-only (`show stat`), for `ober health`, which runs as the BGP user: see RunAs.
@@ -302,6 +311,7 @@ def _context(
         "sandbox": sandbox(config),
         "discovery_groups": discovery_groups(config),
         "discovery_interval": seconds(discovery_interval(config)),
+        "stall": template_values(),
     }
 
 
@@ -327,6 +337,8 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
         ),
         ("journald.conf.j2", "/etc/systemd/journald.conf.d/90-ober.conf", 0o644),
     ]
+    if config.certificates.acme is not None:
+        plan.append(("acme-challenges.map.j2", p["acme_map"], 0o644))
     for name in ("routers", "frontend-http", "backend-http"):
         plan.append((f"whitelist.lst.j2#{name.replace('-', '_')}", f"{p['whitelist_dir']}/{name}.lst", 0o644))
     if config.network.manager == "netplan":

@@ -84,7 +84,7 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         actions.append("restart systemd-journald")
     if any(path.startswith(NETWORK_DIRS[config.network.manager]) for path in changed):
         actions.append(NETWORK_APPLY[config.network.manager])
-    http_inputs = {p["haproxy_cfg"], p["secrets_env"], "/etc/systemd/system/ober-http.service"}
+    http_inputs = {p["haproxy_cfg"], p["secrets_env"], p["acme_map"], "/etc/systemd/system/ober-http.service"}
     if changed & http_inputs or any(path.startswith(p["whitelist_dir"]) for path in changed):
         actions.append("reload ober-http")
     if changed & {f"/etc/systemd/system/ober-certs.{kind}" for kind in ("path", "service")}:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ober import __version__
+from ober.certs import certificate_documents, installed
 from ober.config import NodeConfig
 from ober.discovery_run import discovery_status
 from ober.drain import read_drain, s3_sessions
@@ -60,6 +61,8 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
         },
         "units": {unit: unit_state(unit) for unit in UNITS},
     }
+    # What the VIPs' certificate files hold (days to expiry, ACME placeholder): fleet status shows it per node.
+    status["certificates"] = certificate_documents(installed(config))
     drain = read_drain(config)
     status["drained"] = asdict(drain) if drain else None
     status["discovery"] = discovery_status(config, time.time())

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ober.acme_node import ensure_placeholder
 from ober.certs import check_certificates
 from ober.checks.base import Check, scrub
 from ober.checks.bgp import check_bgp_state, check_bgp_tcp, tcp_md5sig
@@ -39,6 +40,7 @@ from ober.checks.rgw import check_rgw
 from ober.cli import main
 from ober.config import NodeConfig, dump_config
 from ober.facts import find_program
+from ober.render import paths
 from ober.resolve import lookup_ipv4
 from tests.conftest import DATA, SECRETS, require
 
@@ -544,11 +546,33 @@ def test_certificate_directory_and_errors(
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     assert cert_checks(node, garbage, now=now())["expiry"].status == "fail"
-    acme = make_config(certificates={"acme": {"email": "ops@example.com", "domains": ["s3.example.com"]}})
-    [skipped] = check_certificates(acme, now())
-    assert skipped.status == "skip" and "s3.example.com" in skipped.detail
     for check in check_certificates(node(pem=certs["valid"]), now()):
         assert "PRIVATE KEY" not in check.detail
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a path short enough for an install path (HAProxy's socket path is limited)."""
+    directory = Path(tempfile.mkdtemp(prefix="ober-c-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_acme_certificates_checked_once_there(
+    certs: dict[str, Path], short_dir: Path, make_config: Callable[..., NodeConfig]
+) -> None:
+    acme_settings = {"acme": {"email": "ops@example.com", "domains": ["s3.example.com"]}}
+    acme = make_config(install_path=str(short_dir / "opt"), certificates=acme_settings)
+    [none_yet] = check_certificates(acme, now())
+    assert none_yet.status == "fail" and "no such file" in none_yet.detail
+    assert "ober fleet certs renew" in (none_yet.fix or "")
+    assert ensure_placeholder(acme)
+    [placeholder] = check_certificates(acme, now())
+    assert placeholder.status == "warn" and "placeholder" in placeholder.detail
+    assert placeholder.fix == "on the workstation: ober fleet certs renew"
+    assert not ensure_placeholder(acme)  # a certificate is there: left alone
+    bundle(Path(paths(acme)["acme_pem"]), certs["valid"])
+    assert [check.status for check in check_certificates(acme, now())][:2] == ["ok", "ok"]  # checked as any PEM
 
 
 # --- composed: ober test, ober doctor -------------------------------------------------------------------------

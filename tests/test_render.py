@@ -44,8 +44,13 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
     elif name == "three-groups-sni-dir":
         data["backends"] = {
             "ceph-a": {"servers": "100.64.1.[11-13]:7480", "check": {"method": "HEAD", "path": "/"}},
-            "ceph-b": {"servers": "100.64.2.[11-12]", "tls": {"enabled": True, "verify": False}},
-            "ceph-c": {"servers": ["100.64.3.11:8080"], "check": {"interval": "500ms", "rise": 1, "fall": 2}},
+            # Every connection reuse mode (ceph-a: auto, the default).
+            "ceph-b": {"servers": "100.64.2.[11-12]", "tls": {"enabled": True, "verify": False}, "reuse": "never"},
+            "ceph-c": {
+                "servers": ["100.64.3.11:8080"],
+                "check": {"interval": "500ms", "rise": 1, "fall": 2},
+                "reuse": "always",
+            },
         }
         data["vips"] = [
             {"address": "198.51.100.10", "backend": "ceph-a"},
@@ -58,12 +63,24 @@ def _variant(node_data: dict[str, Any], name: str) -> dict[str, Any]:
         data["network"] = {"manager": "networkmanager"}
         data["stats"] = {"bind": "127.0.0.1", "port": 9404}
         data["haproxy"] = {"per_source": {"connections": 200, "rate": 500, "period": "30s"}}
+    elif name == "acme-whitelisted":
+        # HTTP-01 answered from the runtime map before the redirect; port 80 open to validators past the allow-list.
+        data["certificates"] = {"acme": {"email": "ops@example.com", "domains": "s3.example.com"}, "http": "redirect"}
+    elif name == "acme-serve-open":
+        data["certificates"] = {"acme": {"email": "ops@example.com", "domains": "s3.example.com"}, "http": "serve"}
+        data["whitelists"] = {"backend_http": "198.18.0.0/15"}  # no frontend_http: S3 clients from anywhere
     else:  # pragma: no cover - a typo in the parameter list
         raise AssertionError(name)
     return data
 
 
-VARIANTS = ["single-vip-plain", "multi-vip-tls-whitelists", "three-groups-sni-dir"]
+VARIANTS = [
+    "single-vip-plain",
+    "multi-vip-tls-whitelists",
+    "three-groups-sni-dir",
+    "acme-whitelisted",
+    "acme-serve-open",
+]
 
 
 @pytest.fixture(params=VARIANTS)

@@ -12,6 +12,7 @@ By concern:
 * :mod:`ober.checks.config`: ``ober.yaml``, the files it renders, the stats page's exposure.
 * :mod:`ober.checks.bgp`: TCP (MD5) to each neighbor, the BGP sessions, each VIP's announcement.
 * :mod:`ober.checks.rgw`: each RGW server's health check, the SSE-C round trip.
+* :mod:`ober.checks.keepalive`: whether an RGW stalls answers on kept-alive connections (`backends.<group>.reuse`).
 * :mod:`ober.certs`: the served certificates (expiry, key, chain); also what ``ober certs reload`` refuses.
 * :mod:`ober.checks.doctor`: ``run_doctor`` and ``run_test``, the checks of each command in order.
 """

@@ -19,6 +19,7 @@ from ober.checks.host import (
     check_units,
     read_os_release,
 )
+from ober.checks.keepalive import check_keepalive
 from ober.checks.rgw import check_rgw, check_sse_c
 from ober.errors import SecretsError
 from ober.secrets import load_secrets
@@ -106,6 +107,7 @@ def run_doctor(
     if down:
         checks += check_bgp_tcp(config, timeout, secrets=secrets, neighbors=down, port=bgp_port)
     checks += check_rgw(config, timeout)
+    checks += check_keepalive(config, timeout)
     checks += check_sse_c(config, secrets, timeout, through="vip")
     checks += check_certificates(config, now)
     return scrub(checks, secrets)

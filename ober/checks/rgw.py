@@ -15,7 +15,7 @@ from ober.resolve import Lookup, lookup_ipv4
 from ober.s3probe import Credentials, Endpoint, sse_c_round_trip
 
 
-def _tls_context(group: BackendGroup) -> ssl.SSLContext:
+def tls_context(group: BackendGroup) -> ssl.SSLContext:
     """TLS as HAProxy does it for this group: TLS 1.2+, the chain verified against ca_file (or the system's)."""
     if group.tls.verify:
         context = ssl.create_default_context(cafile=group.tls.ca_file)
@@ -57,7 +57,7 @@ def _rgw_probe(config: NodeConfig, group: BackendGroup, server: Server, timeout:
             f"add it to DNS or /etc/hosts on this node, or give its address in {where}.servers",
         )
     try:
-        context = _tls_context(group) if group.tls.enabled else None
+        context = tls_context(group) if group.tls.enabled else None
     except (OSError, ssl.SSLError) as exc:
         return Check(name, "fail", f"CA file {group.tls.ca_file}: {exc.strerror or exc}", f"fix {where}.tls.ca_file")
     request = f"{group.check.method} {group.check.path}"
@@ -191,7 +191,7 @@ def _rgw_target(config: NodeConfig, group: BackendGroup, lookup: Lookup) -> _Sse
         return _SseTarget(name, where, None, f"{server.host} does not resolve")
     if group.tls.enabled:
         return _SseTarget(
-            name, where, Endpoint(addresses[0], server.port, where, True, _tls_context(group)), behind_proxy=False
+            name, where, Endpoint(addresses[0], server.port, where, True, tls_context(group)), behind_proxy=False
         )
     # What HAProxy adds to a request that reached a VIP over TLS.
     forwarded = {"X-Forwarded-Proto": "https", "Forwarded": f"for={config.bgp.local_address};proto=https"}

@@ -55,6 +55,7 @@ required_targets_argument = click.argument("targets", shell_complete=complete_ta
 FLEET_COMMANDS = {
     "backends": "ober.cli.fleet_backends:backends_cmd",
     "bootstrap": "ober.cli.fleet_bootstrap:bootstrap_cmd",
+    "certs": "ober.cli.fleet_certs:certs_cmd",
     "diff": "ober.cli.fleet_ops:diff_cmd",
     "drain": "ober.cli.fleet_ops:drain_cmd",
     "lock": "ober.cli.fleet_roll:lock_cmd",
@@ -225,6 +226,8 @@ def render_cmd(
     else:
         where = f"on {checker.host}" if checker.host else "here"
         checked = f"checked by haproxy -c {where} (HAProxy {checker.version or '?'}) and exabgp validate"
+        if any(b.unchecked for _name, b in built):
+            checked += "; no ACME certificate to check yet"
     out.print(f"[green]✓[/] {len(built)} nodes rendered to {out_dir} ({checked})")
 
 

@@ -20,7 +20,7 @@ from ober.inventory import Inventory, InventoryNode, load_inventory
 from ober.remote import fleetops
 from ober.remote.guard import Decision
 from ober.remote.lock import FleetLock
-from ober.remote.nodeclient import Liveness, NodeView
+from ober.remote.nodeclient import Liveness, NodeCert, NodeView
 from ober.remote.push import Drift, PushResult
 from ober.remote.routerconfig import FLAVORS, router_config
 from ober.secrets import load_secrets
@@ -89,7 +89,8 @@ def status_cmd(
         _fail_if(out, bool(bad))
         return
     table = Table(title=f"site {inventory.site}: {len(rows)} nodes")
-    for column in ("node", "ober", "HAProxy", "ExaBGP", "units", "BGP", "announced", "drained", "sessions", "drift"):
+    columns = ("node", "ober", "HAProxy", "ExaBGP", "units", "BGP", "announced", "drained", "sessions", "cert", "drift")
+    for column in columns:
         table.add_column(column)
     table.add_column("problems", overflow="fold")
     for view, drift, why in rows:
@@ -126,6 +127,7 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
             "-",
             "-",
             "-",
+            "-",
             f"[red]unreachable[/]: {escape(view.error or '')}",
         ]
     versions = [view.versions.get(name) or "-" for name in ("ober", "haproxy", "exabgp")]
@@ -151,9 +153,28 @@ def _status_row(view: NodeView, drift: Drift | None, why: str | None) -> list[st
         "[yellow]unknown[/]" if not view.known else ", ".join(view.announced) or "none",
         drained,
         "-" if view.sessions is None else str(view.sessions),
+        _cert_cell(view),
         drift_text,
         _problems_cell(problems, view.degraded),
     ]
+
+
+def _cert_cell(view: NodeView) -> str:
+    """The VIPs' certificate that expires first: days left (a placeholder says so)."""
+    dated = [cert for cert in view.certificates if cert.days_left is not None]
+    if not dated:
+        return "-"
+    first = min(dated, key=lambda cert: cert.days_left or 0.0)
+    text = days_cell(first) + "d"
+    return f"{text} [yellow]placeholder[/]" if any(cert.placeholder for cert in view.certificates) else text
+
+
+def days_cell(cert: NodeCert) -> str:
+    """Days to expiry, coloured: red within 7 days (or gone), yellow within 30 or for a placeholder."""
+    if cert.days_left is None:
+        return "-"
+    colour = "red" if cert.days_left < 7 else "yellow" if cert.days_left < 30 or cert.placeholder else "green"
+    return f"[{colour}]{cert.days_left:.0f}[/]"
 
 
 def _problems_cell(problems: str, degraded: Sequence[str]) -> str:

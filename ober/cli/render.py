@@ -48,6 +48,7 @@ def render(out: Output, config_path: Path, out_dir: Path, secrets_path: Path | N
                 "out": str(target.absolute()),
                 "digest": built.rendered.digest,
                 "checked": not no_check,
+                "unchecked": built.unchecked,
                 "notes": built.notes,
                 "placeholders": built.placeholders,
                 "files": [{"path": f.path, "mode": f"{f.mode:04o}", "sha256": f.sha256} for f in built.rendered.files],
@@ -55,4 +56,6 @@ def render(out: Output, config_path: Path, out_dir: Path, secrets_path: Path | N
         )
         return
     checked = "checked by haproxy -c and exabgp validate" if not no_check else "not checked (--no-check)"
+    if built.unchecked:
+        checked += "; no ACME certificate to check yet"
     out.print(f"[green]✓[/] {config.name}: {len(written)} files written to {target} ({checked})")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ober.acme_node import ensure_placeholder
 from ober.config import NodeConfig, parse_node_config
 from ober.errors import OberError
 from ober.facts import find_program
@@ -111,6 +112,7 @@ def write_install(config: NodeConfig, secrets: Mapping[str, str]) -> dict[str, s
     p = paths(config)
     for directory in (p["run_dir"], p["chroot"]):
         Path(directory).mkdir(parents=True, exist_ok=True)
+    ensure_placeholder(config)  # as `ober config` does: HAProxy needs a certificate in an ACME directory
     return p
 
 

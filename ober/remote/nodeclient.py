@@ -45,6 +45,33 @@ ACTIVE_UNIT_STATES = ("active", "unknown")
 """Unit states that are not a problem ("unknown": the node runs without systemd, e.g. a process lab node)."""
 
 
+@dataclass(frozen=True)
+class NodeCert:
+    """One certificate file on a node, as its ``ober status``/``ober certs show`` told (bounded, untrusted)."""
+
+    path: str
+    serial: str | None = None
+    issuer: str | None = None
+    not_after: str | None = None
+    days_left: float | None = None
+    names: tuple[str, ...] = ()
+    placeholder: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        return {
+            "path": self.path,
+            "serial": self.serial,
+            "issuer": self.issuer,
+            "not_after": self.not_after,
+            "days_left": self.days_left,
+            "names": list(self.names),
+            "placeholder": self.placeholder,
+            "error": self.error,
+        }
+
+
 class Liveness(StrEnum):
     """Whether a node serves, as far as the fleet controller can know."""
 
@@ -91,6 +118,8 @@ class NodeView:
     """How the node's HAProxy serves less than its config (servers left out or down, startup alerts)."""
     graceful_restart: dict[str, bool | None] | None = None
     """Neighbor → graceful restart negotiated with it (None inside: no OPEN yet); None: the node did not say."""
+    certificates: tuple[NodeCert, ...] = ()
+    """The certificate files the VIPs serve from (empty from an older ober, which does not say)."""
 
     @property
     def known(self) -> bool:
@@ -171,6 +200,7 @@ class NodeView:
             "health_stale": self.health_stale,
             "degraded": list(self.degraded),
             "graceful_restart": self.graceful_restart,
+            "certificates": [cert.to_dict() for cert in self.certificates],
         }
 
 
@@ -225,6 +255,17 @@ class BackendsAnswer:
     """``add``, ``undrain``, ``drain``, ``remove``, or ``none`` (it was so already)."""
     message: str
     requests_left: int | None = None
+
+
+@dataclass(frozen=True)
+class InstallAnswer:
+    """What ``ober certs install --json`` said: what it did, the certificate's serial, and what each VIP serves."""
+
+    action: str
+    serial: str
+    served: dict[str, str]
+    """VIP → the serial a new TLS handshake with it on the node got (or ``error: …``)."""
+    detail: str
 
 
 def ober_program(node: InventoryNode) -> str:
@@ -374,6 +415,62 @@ class NodeClient:
             raise self._command_failed("backends list", result, data)
         return groups[:MAX_PROBLEMS]
 
+    def certificates(self, timeout: float = STATUS_TIMEOUT) -> tuple[NodeCert, ...]:
+        """``ober certs show --json``: the certificate files the node's VIPs serve from.
+
+        Raises:
+            NodeCommandFailed: the node could not tell; OberError: the SSH connection.
+        """
+        argv = [self.program, "--json", "certs", "show", "--config", self.config]
+        result = self.conn.run(argv, timeout=timeout)
+        data = _document(result)
+        if not result.ok or data is None or "error" in data:
+            raise self._command_failed("certs show", result, data)
+        try:
+            return parse_certificates(data.get("certificates"))
+        except BadStatus as exc:
+            raise self._command_failed("certs show", result, {"error": exc.message}) from None
+
+    def acme_challenge(self, verb: str, *args: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+        """``ober certs challenge add TOKEN KEYAUTH`` or ``remove TOKEN…``: HTTP-01 tokens in the running HAProxy.
+
+        Raises:
+            NodeCommandFailed: the node refused; OberError: the SSH connection.
+        """
+        argv = [self.program, "--json", "certs", "challenge", verb, "--config", self.config, *args]
+        result = self.conn.run(argv, timeout=timeout)
+        data = _document(result)
+        if not result.ok or data is None or "error" in data:
+            raise self._command_failed(f"certs challenge {verb}", result, data)
+        return data
+
+    def certs_install(self, staged: str, timeout: float = BACKENDS_TIMEOUT) -> InstallAnswer:
+        """``ober certs install --from STAGED``: the node checks the PEM, swaps it in hitlessly and says what it serves.
+
+        Raises:
+            NodeCommandFailed: refused, or HAProxy did not take it (the node serves its old certificate); OberError:
+                the SSH connection.
+        """
+        argv = [self.program, "--json", "certs", "install", "--config", self.config, "--from", staged]
+        result = self.conn.run(argv, timeout=timeout)
+        data = _document(result)
+        certificate = data.get("certificate") if data else None
+        served = data.get("served") if data else None
+        if (
+            not result.ok
+            or data is None
+            or "error" in data
+            or not isinstance(certificate, dict)
+            or not isinstance(served, dict)
+        ):
+            raise self._command_failed("certs install", result, data)
+        return InstallAnswer(
+            action=str(data.get("action", ""))[:32],
+            serial=_short(certificate.get("serial")) or "",
+            served={str(vip)[:64]: str(serial)[:MAX_PROBLEM] for vip, serial in list(served.items())[:MAX_PROBLEMS]},
+            detail=str(data.get("detail", ""))[:MAX_PROBLEM],
+        )
+
     def _command_failed(self, what: str, result: Result, data: dict[str, Any] | None) -> NodeCommandFailed:
         why = str((data or {}).get("error") or result.last_line())[:300]
         fix = str(data["fix"])[:200] if data and data.get("fix") else f"see: ober fleet status {self.node.name}"
@@ -479,7 +576,41 @@ def parse_status(node: InventoryNode, data: object) -> NodeView:
         health_stale=_stale(top.get("health")),
         degraded=_degraded(top.get("degraded", [])),
         graceful_restart=_graceful(bgp.get("graceful_restart")),
+        certificates=parse_certificates(top.get("certificates", [])),
     )
+
+
+def parse_certificates(value: object) -> tuple[NodeCert, ...]:
+    """A node's list of certificate documents (``ober status``, ``ober certs show``) → NodeCerts.
+
+    Raises:
+        BadStatus: not a list of mappings with the fields ober writes.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise BadStatus("malformed ober status: certificates is not a list of mappings")
+    found: list[NodeCert] = []
+    for item in value[:MAX_PROBLEMS]:
+        days = item.get("days_left")
+        names = item.get("names", [])
+        if not isinstance(names, list):
+            raise BadStatus("malformed ober status: a certificate's names are not a list")
+        found.append(
+            NodeCert(
+                path=str(item.get("path", "?"))[:MAX_PROBLEM],
+                serial=_short(item.get("serial")),
+                issuer=_short(item.get("issuer")),
+                not_after=_short(item.get("not_after")),
+                days_left=float(days) if isinstance(days, (int, float)) and not isinstance(days, bool) else None,
+                names=tuple(str(name)[:253] for name in names[:MAX_PROBLEMS]),
+                placeholder=item.get("placeholder") is True,
+                error=_short(item.get("error")),
+            )
+        )
+    return tuple(found)
+
+
+def _short(value: object) -> str | None:
+    return None if value is None else str(value)[:MAX_PROBLEM]
 
 
 MAX_PROBLEMS, MAX_PROBLEM = 50, 300

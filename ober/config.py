@@ -130,6 +130,32 @@ class BackendTls:
     ca_file: str | None
 
 
+DISCOVERY_SOURCES = ("file", "ceph-orch", "dns-srv")
+"""Where ``backends.<group>.discovery`` reads the group's servers (see :mod:`ober.discovery`)."""
+DISCOVERY_INTERVAL = 60.0
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+# An SRV name has '_' labels (_rgw._tcp.example.org), which a hostname may not.
+_SRV_NAME = re.compile(rf"^(?=.{{1,253}}\.?\Z){_LABEL}(?:\.{_LABEL})+\.?\Z")
+_SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """Where a backend group's RGW servers are discovered, and how often (a timer runs ``ober backends reconcile``).
+
+    ``file``: a YAML or JSON file ``{GROUP: [host:port, ...]}``; ``ceph-orch``: a file holding ``ceph orch ps
+    --daemon_type rgw --format json`` (of the daemons of ``service`` only, when set); ``dns-srv``: the SRV records of
+    ``name``, asked of ``resolver`` (``address[:port]``; default: /etc/resolv.conf's first nameserver).
+    """
+
+    source: str
+    path: str | None = None
+    service: str | None = None
+    name: str | None = None
+    resolver: str | None = None
+    interval: float = DISCOVERY_INTERVAL
+
+
 @dataclass(frozen=True)
 class BackendGroup:
     """A set of RGW servers of one Ceph cluster.
@@ -146,6 +172,8 @@ class BackendGroup:
     """The port of a server given without one."""
     slots: int = 4
     drained: tuple[Server, ...] = ()
+    discovery: Discovery | None = None
+    """Where the servers are discovered (None: they change only by hand, ``ober backends``)."""
     reuse: str = "auto"
     """Connection reuse toward the servers: one of REUSE_MODES."""
 
@@ -458,11 +486,81 @@ def _parse_backend(name: str, fields: Fields, health: Health) -> BackendGroup:
     tls_fields.done()
     slots = fields.integer("slots", DEFAULT_SLOTS, low=0, high=MAX_SLOTS)
     drained = _parse_drained(fields, port, servers)
+    discovery = _parse_discovery(fields)
     reuse = fields.choice("reuse", REUSE_MODES, "auto")
     fields.done()
+    if discovery is not None and slots == 0:
+        raise ConfigError(
+            f"{fields.at('slots')}: 0, but discovery adds servers into spare slots",
+            f"set backends.{name}.slots (e.g. {DEFAULT_SLOTS}), or remove 'discovery:'",
+        )
     return BackendGroup(
-        name=name, servers=servers, check=check, tls=tls, port=port, slots=slots, drained=drained, reuse=reuse
+        name=name,
+        servers=servers,
+        check=check,
+        tls=tls,
+        port=port,
+        slots=slots,
+        drained=drained,
+        discovery=discovery,
+        reuse=reuse,
     )
+
+
+def _parse_discovery(fields: Fields) -> Discovery | None:
+    """``discovery: {source: file|ceph-orch|dns-srv, path|name: ..., service, resolver, interval}``, or None."""
+    if not fields.has("discovery"):
+        fields.raw("discovery", None)
+        return None
+    section = fields.section("discovery")
+    source = section.choice("source", DISCOVERY_SOURCES)
+    # Only the keys the source reads: a 'name' next to 'source: file' is a mistake to point out, not to ignore.
+    wanted = {"file": ("path",), "ceph-orch": ("path", "service"), "dns-srv": ("name", "resolver")}[source]
+    for key in ("path", "service", "name", "resolver"):
+        if key not in wanted and section.has(key):
+            raise ConfigError(
+                f"{section.at(key)}: not used by source {source}",
+                f"remove it; source {source} reads: {', '.join(wanted)}",
+            )
+
+    def optional(key: str, pattern: re.Pattern[str], hint: str) -> str | None:
+        if key not in wanted or not section.has(key):
+            section.raw(key, None)
+            return None
+        return section.string(key, pattern=pattern, hint=hint)
+
+    name = optional("name", _SRV_NAME, "an SRV name like _rgw._tcp.example.org")
+    discovery = Discovery(
+        source=source,
+        path=_path(section, "path") if "path" in wanted else None,
+        service=optional("service", _SERVICE, "a ceph orch service name, e.g. rgw.s3"),
+        name=name.rstrip(".").lower() if name else None,
+        resolver=_resolver(section) if "resolver" in wanted else None,
+        interval=section.duration("interval", DISCOVERY_INTERVAL, low=1.0, high=86400.0),
+    )
+    section.done()
+    if "path" in wanted and not discovery.path:
+        raise ConfigError(f"{section.at('path')}: required for source {source}", "give the discovery file's path")
+    if "name" in wanted and not discovery.name:
+        raise ConfigError(
+            f"{section.at('name')}: required for source {source}", "give the SRV name, e.g. _rgw._tcp.example.org"
+        )
+    return discovery
+
+
+def _resolver(fields: Fields) -> str | None:
+    if not fields.has("resolver"):
+        fields.raw("resolver", None)
+        return None
+    text = fields.string("resolver")
+    host, colon, port = text.partition(":")
+    good_port = not colon or (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535)
+    if not is_ipv4(host) or not good_port:
+        raise ConfigError(
+            f"{fields.at('resolver')}: {text!r} is not a DNS server's address",
+            "write an IPv4 address, with a port if not 53, e.g. 127.0.0.1:8600",
+        )
+    return text
 
 
 def _parse_drained(fields: Fields, port: int, servers: tuple[Server, ...]) -> tuple[Server, ...]:

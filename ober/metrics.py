@@ -127,6 +127,38 @@ FAMILIES: tuple[Family, ...] = (
         ("id", "operation", "done"),
     ),
     Family("ober_fleet_roll_timestamp_seconds", "gauge", "When the last fleet roll last wrote its record here."),
+    Family(
+        "ober_discovery_last_run_timestamp_seconds",
+        "gauge",
+        "When discovery last ran for the backend group (Unix time; ober-discovery.timer).",
+        ("backend",),
+    ),
+    Family(
+        "ober_discovery_ok",
+        "gauge",
+        "1 when the group's last discovery run read its source and made its change; 0 when the source failed or "
+        "the change was refused (nothing changed: see the ober-discovery journal).",
+        ("backend",),
+    ),
+    Family(
+        "ober_discovery_listed_servers",
+        "gauge",
+        "RGW servers the group's discovery source listed at its last run (absent when it could not be read).",
+        ("backend",),
+    ),
+    Family(
+        "ober_discovery_lost_servers",
+        "gauge",
+        "Drained servers of the group discovery no longer lists: never removed automatically, an operator's to "
+        "remove (ober backends remove).",
+        ("backend",),
+    ),
+    Family(
+        "ober_discovery_pending_changes",
+        "gauge",
+        "Changes discovery still has to make to the group (one per run).",
+        ("backend",),
+    ),
     Family("process_cpu_seconds_total", "counter", "CPU time of ober health (user and system)."),
     Family("process_resident_memory_bytes", "gauge", "Resident memory of ober health."),
     Family("process_start_time_seconds", "gauge", "When ober health started (Unix time)."),
@@ -228,6 +260,18 @@ class Roll:
 
 
 @dataclass(frozen=True)
+class DiscoveryFacts:
+    """A backend group's last discovery run."""
+
+    backend: str
+    at: float
+    ok: bool
+    listed: int | None
+    lost: int
+    pending: int
+
+
+@dataclass(frozen=True)
 class Process:
     """ober health's own footprint."""
 
@@ -249,6 +293,7 @@ class NodeMetrics:
     drain: Drain | None
     roll: Roll | None
     process: Process | None
+    discovery: tuple[DiscoveryFacts, ...] = ()
 
 
 def service_digest(config: NodeConfig) -> str:
@@ -349,6 +394,7 @@ def render(facts: NodeMetrics) -> str:
         roll = facts.roll
         out.add("ober_fleet_roll_info", 1, id=roll.id, operation=roll.operation, done=str(roll.done).lower())
         out.add("ober_fleet_roll_timestamp_seconds", roll.at)
+    _discovery(out, facts.discovery)
     if facts.process is not None:
         out.add("process_cpu_seconds_total", facts.process.cpu_seconds)
         out.add("process_resident_memory_bytes", facts.process.rss_bytes)
@@ -406,6 +452,20 @@ def _bgp(out: Exposition, neighbors: tuple[Neighbor, ...] | None) -> None:
     for peer in neighbors:
         if peer.graceful_restart is not None:
             out.add("ober_bgp_graceful_restart", peer.graceful_restart, neighbor=peer.address)
+
+
+def _discovery(out: Exposition, groups: tuple[DiscoveryFacts, ...]) -> None:
+    for group in groups:
+        out.add("ober_discovery_last_run_timestamp_seconds", group.at, backend=group.backend)
+    for group in groups:
+        out.add("ober_discovery_ok", group.ok, backend=group.backend)
+    for group in groups:
+        if group.listed is not None:
+            out.add("ober_discovery_listed_servers", group.listed, backend=group.backend)
+    for group in groups:
+        out.add("ober_discovery_lost_servers", group.lost, backend=group.backend)
+    for group in groups:
+        out.add("ober_discovery_pending_changes", group.pending, backend=group.backend)
 
 
 def _drain(out: Exposition, drain: Drain | None) -> None:

@@ -30,6 +30,8 @@ from importlib import metadata
 from pathlib import Path
 
 from ober import __version__
+from ober.config import NodeConfig
+from ober.discovery_run import read_runs
 from ober.drain import read_drain
 from ober.errors import OberError
 from ober.exabgp_cli import parse_graceful_restart, parse_neighbors, parse_uptimes
@@ -38,6 +40,7 @@ from ober.healthd import ConfigSource, HealthLoop, Pipe, health_socket, log
 from ober.metrics import (
     CONTENT_TYPE,
     ConfigFacts,
+    DiscoveryFacts,
     Drain,
     HealthFacts,
     Histogram,
@@ -114,6 +117,16 @@ def own_process() -> Process | None:
     return Process((int(stat[11]) + int(stat[12])) / TICKS, int(stat[21]) * PAGE, started)
 
 
+def discovery_facts(config: NodeConfig) -> tuple[DiscoveryFacts, ...]:
+    """The last discovery run of each group that has discovery (and has run), from the node's record."""
+    runs = read_runs(config)
+    wanted = [group.name for group in config.backends if group.discovery is not None and group.name in runs]
+    return tuple(
+        DiscoveryFacts(name, runs[name].at, runs[name].ok, runs[name].found, len(runs[name].lost), runs[name].pending)
+        for name in wanted
+    )
+
+
 @dataclass
 class Gatherer:
     """What one scrape shows: the loop's summary plus what is read at scrape time."""
@@ -166,6 +179,7 @@ class Gatherer:
             drain=Drain(drain.by, drain.since, drain.reason) if drain else None,
             roll=read_roll(self.roll_dir),
             process=own_process(),
+            discovery=discovery_facts(config),
         )
 
     def text(self) -> str:

@@ -168,6 +168,7 @@ def sandbox(config: NodeConfig) -> Sandbox:
         config.certificates.crt_path(config.install_path),
         config.health.maintenance_file,
         *(group.tls.ca_file for group in config.backends if group.tls.ca_file),
+        *(g.discovery.path for g in config.backends if g.discovery and g.discovery.path),
     ]
     if _under(config.install_path, HOME_DIRS):
         home = "no"
@@ -253,6 +254,20 @@ def metrics_socket_name(config: NodeConfig) -> str:
     return f"ober-metrics-{digest}"
 
 
+UNIT_DIR = "/etc/systemd/system"
+DISCOVERY_UNITS = ("ober-discovery.timer", "ober-discovery.service")
+
+
+def discovery_groups(config: NodeConfig) -> list[str]:
+    """The backend groups whose servers are discovered (and reconciled by ``ober-discovery.timer``)."""
+    return [group.name for group in config.backends if group.discovery is not None]
+
+
+def discovery_interval(config: NodeConfig) -> float:
+    """How often the discovery timer runs: the smallest interval of the groups (each runs on its own interval)."""
+    return min((g.discovery.interval for g in config.backends if g.discovery), default=0.0)
+
+
 def _whitelist(entries: tuple[str, ...], field: str) -> list[str]:
     for entry in entries:
         if "/" not in entry and not is_ipv4(entry):
@@ -294,6 +309,8 @@ def _context(
         "reserved_ports": listening_ports(config, EPHEMERAL),
         "run_as": run_as,
         "sandbox": sandbox(config),
+        "discovery_groups": discovery_groups(config),
+        "discovery_interval": seconds(discovery_interval(config)),
         "stall": template_values(),
     }
 
@@ -312,6 +329,12 @@ def _plan(config: NodeConfig, p: Mapping[str, str]) -> list[tuple[str, str, int]
         ("systemd/ober-certs.path.j2", "/etc/systemd/system/ober-certs.path", 0o644),
         ("systemd/ober-certs.service.j2", "/etc/systemd/system/ober-certs.service", 0o644),
         ("sysctl.conf.j2", "/etc/sysctl.d/90-ober.conf", 0o644),
+        *(
+            # Backend groups with discovery are reconciled by a timer (see ober.discovery_run).
+            [(f"systemd/{unit}.j2", f"{UNIT_DIR}/{unit}", 0o644) for unit in DISCOVERY_UNITS]
+            if discovery_groups(config)
+            else []
+        ),
         ("journald.conf.j2", "/etc/systemd/journald.conf.d/90-ober.conf", 0o644),
     ]
     if config.certificates.acme is not None:

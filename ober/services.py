@@ -14,7 +14,7 @@ from ober.drain import wake_health
 from ober.errors import OberError
 from ober.haproxy_runtime import snapshot
 from ober.healthd import file_digest, state_file
-from ober.render import paths
+from ober.render import DISCOVERY_UNITS, UNIT_DIR, discovery_groups, paths
 from ober.status import unit_state
 
 SYSTEMCTL_TIMEOUT = 90.0
@@ -64,6 +64,9 @@ def command(argv: list[str]) -> None:
 
 CERTS_WATCH = "restart ober-certs.path"
 BGP_RESTART = "restart ober-bgp"
+DISCOVERY_START = "restart ober-discovery.timer"
+DISCOVERY_STOP = "stop ober-discovery.timer"
+DISCOVERY_SERVICE = "ober-discovery.service"
 HEALTH_RELOAD = "reread ober-health"
 """Not systemctl: the running ``ober health`` reads ober.yaml again, and ``ober config`` waits until it has."""
 
@@ -88,6 +91,15 @@ def reload_for(config: NodeConfig, changed: Iterable[str]) -> list[str]:
         # The certificate watcher starts with ober-http (Wants=); on a node already serving, start it (or take its
         # new settings) now, or a renewed certificate would wait for the next HAProxy restart.
         actions.append(CERTS_WATCH)
+    if changed & {f"{UNIT_DIR}/{unit}" for unit in DISCOVERY_UNITS}:
+        if discovery_groups(config):
+            # Like the certificate watcher: started with ober-http (Wants=), so start it (or take its new interval)
+            # now on a node already serving.
+            actions.append(DISCOVERY_START)
+        else:
+            # No group has discovery any more, and its unit files are gone: stopped first, while systemd still has
+            # them (after the daemon-reload, a timer whose service is gone is left "failed", not stopped).
+            actions.insert(0, DISCOVERY_STOP)
     if changed & {p["exabgp_conf"], "/etc/systemd/system/ober-bgp.service"}:
         # Restart, not reload: exabgp.conf holds only the neighbors, and ExaBGP 5.0's reload (SIGUSR1) gives a new
         # or renamed neighbor (router-id, ASNs, addresses) an empty RIB while `ober health`, which is not restarted,
@@ -115,7 +127,15 @@ def run_actions(actions: list[str], config: NodeConfig | None = None) -> list[st
                 health_takes(config)
             done.append(action)
             continue
-        if action == CERTS_WATCH and unit_state("ober-http") != "active":
+        if action in (CERTS_WATCH, DISCOVERY_START) and unit_state("ober-http") != "active":
+            continue
+        if action == DISCOVERY_STOP:
+            if unit_state(unit) in ("active", "activating"):
+                systemctl("stop", unit)
+            # A failed last run would stay listed as failed (systemctl --failed) with no unit file left to fix.
+            if unit_state(DISCOVERY_SERVICE) == "failed":
+                systemctl("reset-failed", DISCOVERY_SERVICE)
+            done.append(action)
             continue
         if action in NETWORK_APPLY.values():
             command(action.split())

@@ -13,6 +13,7 @@ from typing import Any
 from ober import __version__
 from ober.certs import certificate_documents, installed
 from ober.config import NodeConfig
+from ober.discovery_run import discovery_status
 from ober.drain import read_drain, s3_sessions
 from ober.errors import OberError
 from ober.exabgp_cli import bgp_facts
@@ -64,6 +65,7 @@ def node_status(config: NodeConfig, *, exabgp_root: str | None = None) -> dict[s
     status["certificates"] = certificate_documents(installed(config))
     drain = read_drain(config)
     status["drained"] = asdict(drain) if drain else None
+    status["discovery"] = discovery_status(config, time.time())
     status["health"] = health_state(config)
     try:
         seen = snapshot(paths(config)["admin_socket"], config.health.timeout)

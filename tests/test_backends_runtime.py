@@ -7,8 +7,10 @@ A client keeps sending requests through the VIP the whole time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import threading
 import time
@@ -22,7 +24,8 @@ import yaml
 from ober.cli import main
 from ober.haproxy_runtime import query
 from ober.haproxy_state import parse_pid
-from ober.render import paths
+from ober.render import paths, render_node
+from tests.dns_server import answering, dns_server
 from tests.test_haproxy_serving import (
     BACKEND_SCRIPT,
     HOST,
@@ -280,3 +283,107 @@ def test_reconcile_adds_what_discovery_lists_then_drains_what_it_lost_never_remo
     source.write_text(yaml.safe_dump({"ceph-a": []}))
     code, doc = ober(capsys, *argv)
     assert code == 1 and "refusing to drain every server" in doc["error"], doc
+
+
+def timer_command(lab: Lab) -> list[str]:
+    """What ober-discovery.timer runs (the ExecStart= of ober-discovery.service as rendered), as ober's arguments."""
+    assert lab.config is not None
+    unit = render_node(lab.config).file("/etc/systemd/system/ober-discovery.service").content
+    [line] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert argv[0] == paths(lab.config)["ober"], argv
+    return argv[1:]
+
+
+def until_due(seconds: float = 1.1) -> None:
+    """Past the group's discovery interval (1 s here), so the next run of the timer's command runs it."""
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("source", ["file", "dns-srv"])
+def test_the_discovery_timer_adds_what_discovery_lists_and_drains_what_it_lost_one_change_per_run(
+    labs: Labs,  # noqa: F811 - the shared fixture of test_haproxy_serving
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    source: str,
+) -> None:
+    a, a2 = f"{RGW_A}:{RGW_PORT}", f"{RGW_A2}:{RGW_PORT}"
+    listed: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if source == "file":
+            rgw = tmp_path / "rgw.yaml"
+
+            def publish(entries: list[str]) -> None:
+                rgw.write_text(yaml.safe_dump({"ceph-a": entries}))
+                listed[:] = entries
+
+            discovery: dict[str, Any] = {"source": "file", "path": str(rgw)}
+        else:
+            # SRV targets are host names; these are the stand-ins' addresses written as names (HAProxy and ober
+            # take them without a resolver that knows them).
+            records = lambda: [(10, 10, RGW_PORT, entry.split(":")[0] + ".") for entry in listed]  # noqa: E731
+            server = stack.enter_context(dns_server(answering(records)))
+
+            def publish(entries: list[str]) -> None:
+                listed[:] = entries
+
+            discovery = {"source": "dns-srv", "name": "_rgw._tcp.lab.example", "resolver": server.resolver}
+        publish([a, a2])
+        check = {"method": "GET", "path": "/", "interval": "200ms", "rise": 1, "fall": 2}
+        lab = labs.start(
+            backends={
+                "ceph-a": {"servers": a, "check": check, "slots": 2, "discovery": {**discovery, "interval": "1s"}},
+                "ceph-b": {"servers": [f"100.64.2.11:{RGW_PORT}"], "check": check},
+            }
+        )
+        start_rgw(lab, RGW_A2)
+        assert lab.haproxy is not None
+        master, first = lab.haproxy.pid, worker(lab)
+        argv = timer_command(lab)
+        assert argv[:3] == ["backends", "reconcile", "--all"]
+        with Client(lab) as client:
+            code, doc = ober(capsys, *argv)
+            assert code == 0, doc
+            [run] = doc["groups"]
+            assert (run["action"], run["server"], run["changed"], run["found"]) == ("add", a2, True, 2), run
+            wait_for("the added RGW up", lambda: members(capsys, lab)[a2]["state"] == "serving", 10.0, lab.dead)
+
+            publish([a2])  # discovery lost RGW A
+            code, doc = ober(capsys, *argv)
+            assert code == 0 and doc["groups"] == [], "run again before its interval: nothing asked, nothing done"
+            assert [w["group"] for w in doc["waiting"]] == ["ceph-a"]
+            until_due()
+            code, doc = ober(capsys, *argv)
+            assert code == 0, doc
+            [run] = doc["groups"]
+            assert (run["action"], run["server"], run["changed"]) == ("drain", a, True), run
+            assert members(capsys, lab)[a]["state"] == "drained"
+
+            until_due()
+            code, doc = ober(capsys, *argv)
+            [run] = doc["groups"]
+            assert code == 0 and run["action"] == "none" and run["lost"] == [a], run
+            capsys.readouterr()
+            assert main(["backends", "list", "--config", config_file(lab)]) == 0
+            shown = capsys.readouterr()
+            assert f"remove it when sure (ober backends remove ceph-a {a})" in shown.err.replace("\n", " ")
+            assert "in line with discovery (1 servers listed)" in shown.out
+
+            publish([])  # a source that lists nothing is refused, not obeyed
+            until_due()
+            code, doc = ober(capsys, *argv)
+            [run] = doc["groups"]
+            assert code == 1 and run["action"] == "error" and "refusing to drain every server" in run["error"], doc
+            time.sleep(0.5)
+        listed_now = members(capsys, lab)
+        assert (listed_now[a]["state"], listed_now[a2]["state"]) == ("drained", "serving"), "never removed"
+        assert client.sent > 20, "the client hardly ran"
+        assert client.failed == [], client.failed
+        assert (lab.haproxy.pid, worker(lab)) == (master, first), "HAProxy was reloaded or restarted"
+
+        code, doc = ober(capsys, "backends", "list", "--config", config_file(lab))
+        [group] = [g for g in doc["groups"] if g["group"] == "ceph-a"]
+        assert group["discovery"]["last_run"]["action"] == "error" and group["discovery"]["interval"] == 1.0
+        saved = yaml.safe_load(Path(config_file(lab)).read_text())["backends"]["ceph-a"]
+        assert saved["servers"] == [a, a2] and saved["drained"] == [a]
+        assert saved["discovery"]["source"] == source, "the discovery block survives the rewrites of ober.yaml"

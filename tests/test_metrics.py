@@ -28,7 +28,8 @@ import pytest
 import yaml
 
 from ober import metrics_server
-from ober.config import NodeConfig
+from ober.config import NodeConfig, parse_node_config
+from ober.discovery_run import GroupRun, write_runs
 from ober.drain import set_drain
 from ober.healthd import ConfigSource, HealthLoop, Pipe
 from ober.metrics import (
@@ -36,6 +37,7 @@ from ober.metrics import (
     CONTENT_TYPE,
     FAMILIES,
     ConfigFacts,
+    DiscoveryFacts,
     Drain,
     HealthFacts,
     Histogram,
@@ -299,6 +301,36 @@ def test_the_last_roll_is_the_unfinished_one_else_the_last_finished(node: Node, 
     assert read_roll(fleet) is None
 
 
+def test_discovery_shows_each_groups_last_run_and_what_waits_for_an_operator(
+    node_data: dict[str, Any], tmp_path: Path, short: Path
+) -> None:
+    node_data.update(install_path=str(short), bgp={**node_data["bgp"], "router_id": "100.64.0.11"})
+    node_data["health"]["maintenance_file"] = str(tmp_path / "maint")
+    node_data["backends"]["ceph-a"]["discovery"] = {"source": "dns-srv", "name": "_rgw._tcp.example.org"}
+    config = parse_node_config(node_data)
+    exabgp = FakeExaBGP(None)
+    try:
+        scraped = Node(config, exabgp, tmp_path / "fleet")
+        assert "ober_discovery_ok" not in scraped.scrape(), "no series before discovery ran"
+        lost = GroupRun("ceph-a", "dns-srv _rgw._tcp.example.org", 1.7e9, "none", found=3, lost=["rgw1:7480"])
+        # ceph-b has no discovery (any more): its record is not shown.
+        stale = GroupRun("ceph-b", "file /x", 1.6e9, "error", error="gone")
+        write_runs(config, {"ceph-a": lost, "ceph-b": stale})
+        samples = scraped.scrape()
+        assert samples["ober_discovery_ok"] == [({"backend": "ceph-a"}, 1)]
+        assert value(samples, "ober_discovery_last_run_timestamp_seconds", backend="ceph-a") == 1.7e9
+        assert value(samples, "ober_discovery_listed_servers", backend="ceph-a") == 3
+        assert value(samples, "ober_discovery_lost_servers", backend="ceph-a") == 1
+        assert value(samples, "ober_discovery_pending_changes", backend="ceph-a") == 0
+        failed = GroupRun("ceph-a", "dns-srv _rgw._tcp.example.org", 1.8e9, "error", error="SERVFAIL")
+        write_runs(config, {"ceph-a": failed})
+        samples = scraped.scrape()
+        assert value(samples, "ober_discovery_ok", backend="ceph-a") == 0
+        assert "ober_discovery_listed_servers" not in samples, "nothing listed when the source failed"
+    finally:
+        exabgp.close()
+
+
 def test_the_service_digest_is_equal_across_nodes_and_changes_with_what_they_serve(
     make_config: Callable[..., NodeConfig],
 ) -> None:
@@ -353,6 +385,7 @@ def full_facts() -> NodeMetrics:
         drain=Drain("alice@ws1", 1.7e9, "disk swap"),
         roll=Roll("abc", "restart", True, 1.7e9),
         process=Process(1.25, 30_000_000, 1.7e9),
+        discovery=(DiscoveryFacts("ceph-a", 1.7e9, True, 3, 1, 0),),
     )
 
 

@@ -438,3 +438,44 @@ def test_ober_stop_withdraws_before_the_units_stop(systemd_lab: SystemdLab) -> N
     assert float(withdrawn[-1].split()[0]) < float(stopping[-1].split()[0])
     node.run(f"{OBER} start", timeout=60)
     systemd_lab.wait_hops([NODE])
+
+
+def test_the_discovery_timer_runs_reconcile_in_its_sandbox_and_stops_when_discovery_goes(
+    systemd_lab: SystemdLab,
+) -> None:
+    """The timer's service as systemd runs it (root in its sandbox): it drains the RGW discovery lost, no reload."""
+    node = systemd_lab.node
+    kept, lost = (f"{address}:7480" for address in RGW)
+    node.run(f"echo 'ceph-a: [\"{kept}\"]' > /opt/ober/etc/rgw.yaml")
+    data = config_data()
+    data["backends"]["ceph-a"]["discovery"] = {"source": "file", "path": "/opt/ober/etc/rgw.yaml", "interval": "2s"}
+    wanted = systemd_lab.lab.path("cfg") / "ober-discovery.yaml"
+    wanted.write_text(yaml.safe_dump(data))
+    node.put(wanted, "/root/ober-discovery.yaml")
+    main_pid = systemd_lab.main_pid("ober-http")
+    try:
+        done = node.run(f"{OBER} --json config --from /root/ober-discovery.yaml", timeout=120)
+        assert "restart ober-discovery.timer" in yaml.safe_load(done.stdout)["actions"]
+        assert systemd_lab.active("ober-discovery.timer") == "active"
+        deadline = time.monotonic() + 60  # the first run 10 s after the timer starts
+        listed: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            doc = yaml.safe_load(node.run(f"{OBER} --json backends list").stdout)
+            [group] = doc["groups"]
+            listed = {m["server"]: m["state"] for m in group["servers"]}
+            if listed.get(lost) == "drained":
+                break
+            time.sleep(1)
+        journal = node.run("journalctl -u ober-discovery -n 20 --no-pager", check=False).stdout
+        assert listed == {kept: "serving", lost: "drained"}, f"{listed}\n{journal}"
+        assert f"ceph-a (file /opt/ober/etc/rgw.yaml): drain {lost} in ceph-a" in journal, journal
+        last = group["discovery"]["last_run"]
+        assert last["action"] in ("drain", "none") and last["error"] is None, last
+        assert systemd_lab.main_pid("ober-http") == main_pid, "discovery's change needs no reload"
+        assert systemd_lab.hops() == [NODE]
+    finally:
+        # Back as the module's other tests want it: no discovery (its timer stopped), both RGWs serving.
+        restored = node.run(f"{OBER} --json config --from /root/ober-new.yaml --replace", timeout=120).stdout
+    assert systemd_lab.active("ober-discovery.timer") == "inactive", restored
+    assert systemd_lab.active("ober-discovery.service") == "inactive", "stopped, not left failed"
+    assert node.run("test -e /etc/systemd/system/ober-discovery.timer", check=False).returncode == 1

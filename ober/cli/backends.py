@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -11,8 +12,19 @@ from rich.table import Table
 from ober.backends import Outcome, Request, change, current_view, runtime
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
-from ober.config import load_config
-from ober.discovery import FORMATS, discovered, reconcile
+from ober.config import BackendGroup, NodeConfig, load_config
+from ober.discovery import FORMATS, discovered, from_config, reconcile
+from ober.discovery_run import (
+    Make,
+    Report,
+    discovery_status,
+    read_runs,
+    recorded,
+    run_all,
+    run_group,
+    status_lines,
+    write_runs,
+)
 from ober.errors import OberError
 
 wait_option = click.option(
@@ -45,8 +57,11 @@ def list_cmd(out: Output, config_path: Path) -> None:
     """Every backend group's servers: where they run in HAProxy, their state, requests, free slots."""
     config = load_config(config_path)
     view = current_view(config, runtime(config)[1])
+    now = time.time()
     if out.as_json:
-        out.json({"node": config.name, "worker": view.worker, "groups": [g.to_dict() for g in view.groups]})
+        found = discovery_status(config, now)
+        groups = [{**g.to_dict(), "discovery": found.get(g.name)} for g in view.groups]
+        out.json({"node": config.name, "worker": view.worker, "groups": groups})
         return
     table = Table(title=f"node {config.name}: backend groups")
     for column in ("group", "server", "state", "HAProxy", "check", "requests", "where"):
@@ -66,6 +81,16 @@ def list_cmd(out: Output, config_path: Path) -> None:
     out.table(table)
     for group in view.groups:
         out.print(f"{group.name}: {group.live} serving, {len(group.free_slots)} of {group.slots} spare slots free")
+    show_discovery(out, config, now)
+
+
+def show_discovery(out: Output, config: NodeConfig, now: float) -> None:
+    """The discovery lines: each group's last run, and the drained servers discovery lost (as warnings)."""
+    for ok, line in status_lines(config, now):
+        if ok:
+            out.print(escape(line))
+        else:
+            out.warn(line)
 
 
 def _coloured(state: str) -> str:
@@ -136,35 +161,119 @@ def remove_cmd(
 
 @backends.command("reconcile")
 @config_option
-@click.argument("group")
-@click.option("--from", "source", required=True, type=click.Path(path_type=Path), help="The discovery output (a file).")
+@click.argument("group", required=False)
+@click.option("--all", "every", is_flag=True, help="Every group with discovery in ober.yaml whose interval has passed.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A discovery file to use instead of the group's discovery in ober.yaml.",
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
     default="servers",
     show_default=True,
-    help="servers: {GROUP: [host:port, ...]}; ceph-orch: 'ceph orch ps --daemon_type rgw --format json'.",
+    help="--from: servers is {GROUP: [host:port, ...]}; ceph-orch is 'ceph orch ps --daemon_type rgw --format json'.",
 )
-@click.option("--service", default=None, help="ceph-orch: only the daemons of this service (e.g. rgw.s3).")
+@click.option("--service", default=None, help="--from with ceph-orch: only the daemons of this service (e.g. rgw.s3).")
 @dry_run_option
 @json_option
 @click.pass_obj
 def reconcile_cmd(
-    out: Output, config_path: Path, group: str, source: Path, fmt: str, service: str | None, dry_run: bool
+    out: Output,
+    config_path: Path,
+    group: str | None,
+    every: bool,
+    source: Path | None,
+    fmt: str,
+    service: str | None,
+    dry_run: bool,
 ) -> None:
     """Make ONE change toward what discovery lists: add a new server, else drain one it lost; never remove.
 
-    Run it from a timer: each run makes at most one change, and says what it left for the next runs or for you.
+    GROUP uses its discovery in ober.yaml (or --from FILE); --all runs every group with discovery that is due, as
+    ober-discovery.timer does. Each run makes at most one change per group and says what it left for the next runs
+    or for you (drained servers discovery lost: remove them with 'ober backends remove' once sure).
     """
+    if every == (group is not None):
+        raise click.UsageError("give a GROUP or --all (not both)")
+    if source is not None and every:
+        raise click.UsageError("--from goes with one GROUP, not --all")
     config = load_config(config_path)
+    if source is not None and group is not None:
+        _reconcile_from(out, config_path, config, group, source, fmt, service, dry_run)
+        return
+    last = read_runs(config)
+    make = _maker(config_path, dry_run)
+    if group is not None:
+        target = _group(config, group)
+        if target.discovery is None:
+            from_config(target)  # says how to give it one
+        run = run_group(target, discover=from_config, make=make, now=time.time())
+        if not dry_run:
+            write_runs(config, recorded(config, last, [run]))
+        if run.error is not None and run.found is None:
+            raise OberError(run.error, run.fix)
+        _show_runs(out, Report([run], []))
+        if not run.ok:
+            raise click.exceptions.Exit(1)
+        return
+    report = run_all(config, discover=from_config, make=make, now=time.time(), last=last)
+    if not dry_run:
+        write_runs(config, recorded(config, last, report.runs))
+    _show_runs(out, report)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+def _group(config: NodeConfig, name: str) -> BackendGroup:
     try:
-        target = config.backend(group)
+        return config.backend(name)
     except StopIteration:
         raise OberError(
-            f"no backend group named {group!r} on this node",
+            f"no backend group named {name!r} on this node",
             f"use one of: {', '.join(g.name for g in config.backends)}",
         ) from None
+
+
+def _maker(config_path: Path, dry_run: bool) -> Make:
+    def make(verb: str, group: str, entry: str) -> Outcome:
+        return change(config_path, Request(verb, group, entry, dry_run=dry_run))
+
+    return make
+
+
+def _show_runs(out: Output, report: Report) -> None:
+    if out.as_json:
+        out.json(report.to_dict())
+        return
+    # One line per group, each whole: under the timer, every line is a journal entry of its own.
+    for run in report.runs:
+        if run.ok:
+            out.print(escape(run.summary()), force=True)
+        else:
+            fix = f" (fix: {run.fix})" if run.fix else ""
+            out.errors.print(f"[bold red]error:[/] {escape(run.summary() + fix)}")
+        for note in run.notes:
+            out.warn(f"{run.group}: {note}")
+    for name, left in report.waiting:
+        out.print(f"{name}: not due yet (next run in {left:.0f}s)")
+
+
+def _reconcile_from(
+    out: Output,
+    config_path: Path,
+    config: NodeConfig,
+    group: str,
+    source: Path,
+    fmt: str,
+    service: str | None,
+    dry_run: bool,
+) -> None:
+    target = _group(config, group)
     decision = reconcile(target, discovered(source, target, fmt, service))
     outcome = None
     if decision.verb and decision.server:

@@ -9,9 +9,10 @@ from typing import Any
 import click
 from rich.table import Table
 
+from ober.cli.backends import show_discovery
 from ober.cli.options import config_option
 from ober.cli.output import Output, json_option
-from ober.config import load_config
+from ober.config import NodeConfig, load_config
 from ober.status import announced_vips, exabgp_root, node_status
 
 
@@ -26,10 +27,10 @@ def status(out: Output, config_path: Path) -> None:
     if out.as_json:
         out.json(data)
         return
-    _show(out, data)
+    _show(out, data, config)
 
 
-def _show(out: Output, data: dict[str, Any]) -> None:
+def _show(out: Output, data: dict[str, Any], config: NodeConfig) -> None:
     versions = ", ".join(f"{k} {v or 'not installed'}" for k, v in data["versions"].items())
     out.print(f"[bold]{data['node']}[/]  {versions}")
     out.print("units: " + ", ".join(f"{unit} {state}" for unit, state in data["units"].items()))
@@ -71,6 +72,7 @@ def _show(out: Output, data: dict[str, Any]) -> None:
     for name, state in haproxy["backends"].items():
         servers.add_row(name, f"{state['up']}/{state['servers']}", str(state.get("in_flight", "-")))
     out.table(servers)
+    show_discovery(out, config, time.time())
 
 
 def _negotiated(value: bool | None) -> str:

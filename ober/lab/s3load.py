@@ -345,8 +345,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.config)
     config = LoadConfig(**json.loads(path.read_text()))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The handlers only note the signal: Event.set() in a handler can deadlock on the lock the main thread holds
+    # inside stop.wait() (as it froze ober health); the loop below sets the event within 0.1 s.
+    signalled: list[int] = []
+    signal.signal(signal.SIGTERM, lambda number, _frame: signalled.append(number))
+    signal.signal(signal.SIGINT, lambda number, _frame: signalled.append(number))
     s3 = _client(config)
     try:
         s3.create_bucket(Bucket=config.bucket)
@@ -362,10 +365,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     for thread in threads:
         thread.start()
     ready = path.parent / "s3load.ready"
-    while not stop.is_set():
+    while not signalled:
         if not ready.exists() and counts.result.sent > counts.result.failed:
             ready.touch()  # the first request went through: the caller may start what it measures
-        stop.wait(0.1)
+        time.sleep(0.1)
+    stop.set()
     # Bounded: a request in hand may wait on botocore's timeouts; what it would add is not worth a lost result.
     deadline = time.monotonic() + FINISH_TIMEOUT
     for thread in threads:

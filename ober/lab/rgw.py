@@ -45,7 +45,9 @@ OSD_ID = 0
 USER = "ober-lab"
 PROGRAMS = ("ceph", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool")
 INSTALL_HINT = "apt-get install --no-install-recommends radosgw ceph-mon ceph-osd (Debian 12's Ceph 16)"
-MEMSTORE_BYTES = 1 << 30
+# 4 GiB, held in RAM only as far as used: a whole CI session's S3 load (16 MiB multipart uploads; parts of uploads an
+# accident cut off wait for an abort or for garbage collection) filled 1 GiB, and a full OSD blocks every write.
+MEMSTORE_BYTES = 4 << 30
 PG_NUM = 8
 GC_MIN_WAIT = 10
 START_TIMEOUT = 120.0

@@ -290,12 +290,20 @@ def _worker(index: int, config: LoadConfig, counts: _Counts, stop: threading.Eve
 
 
 def _clean(s3: Any, config: LoadConfig, index: int) -> None:
-    """Remove what this worker wrote, so repeated runs do not fill the backend (not counted: the load is over)."""
+    """Remove what this worker wrote, so repeated runs do not fill the backend (not counted: the load is over).
+
+    Also the parts of multipart uploads an accident cut off (this run's or an earlier one's): RGW keeps them until
+    aborted, and the lab's OSD holds everything in RAM.
+    """
     with contextlib.suppress(Exception):
         listed = s3.list_objects_v2(Bucket=config.bucket, Prefix=f"w{index}/")
         keys = [{"Key": item["Key"]} for item in listed.get("Contents", [])]
         if keys:
             s3.delete_objects(Bucket=config.bucket, Delete={"Objects": keys, "Quiet": True})
+    with contextlib.suppress(Exception):
+        uploads = s3.list_multipart_uploads(Bucket=config.bucket, Prefix=f"w{index}/").get("Uploads", [])
+        for upload in uploads:
+            s3.abort_multipart_upload(Bucket=config.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 def _multipart(s3: Any, config: LoadConfig, key: str, big: bytes, digest: str, counts: _Counts) -> None:

@@ -130,8 +130,11 @@ def run_actions(actions: list[str], config: NodeConfig | None = None) -> list[st
         if action in (CERTS_WATCH, DISCOVERY_START) and unit_state("ober-http") != "active":
             continue
         if action == DISCOVERY_STOP:
-            if unit_state(unit) in ("active", "activating"):
-                systemctl("stop", unit)
+            # The timer first (it starts no run after that), then a run it started just before, which may be going
+            # on against the new ober.yaml without discovery (it would fail: nothing to do) and end "failed" later.
+            for each in (unit, DISCOVERY_SERVICE):
+                if unit_state(each) in ("active", "activating"):
+                    systemctl("stop", each)
             # A failed last run would stay listed as failed (systemctl --failed) with no unit file left to fix.
             if unit_state(DISCOVERY_SERVICE) == "failed":
                 systemctl("reset-failed", DISCOVERY_SERVICE)

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,11 @@ def haproxy30() -> Tool:
         require(False, f"cannot build the Debian 13 image: {exc}")
         raise
     return Tool(("haproxy",), chroot=image)
+
+
+@pytest.fixture
+def short() -> Iterator[Path]:
+    """A directory short enough for an install path (ober caps it at 64 characters: Unix socket paths are short)."""
+    path = Path(tempfile.mkdtemp(prefix="ober-"))
+    yield path
+    shutil.rmtree(path)

@@ -10,8 +10,6 @@ import copy
 import json
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,13 +137,6 @@ def test_a_discovery_file_under_home_or_tmp_stays_visible_to_the_service(node_da
     assert "ProtectHome=read-only" in home
     tmp = unit(with_discovery(node_data, ceph_a={"source": "file", "path": "/tmp/rgw.yaml"}), "ober-discovery.service")
     assert "PrivateTmp=yes" not in tmp and "ReadWritePaths=/tmp" in tmp
-
-
-@pytest.fixture
-def short() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ober-disc-"))
-    yield path
-    shutil.rmtree(path)
 
 
 def test_systemd_accepts_the_units_and_rates_the_service_sandboxed(node_data: dict[str, Any], short: Path) -> None:

@@ -7,12 +7,10 @@ import io
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -415,14 +413,13 @@ def test_running_counts_an_unreaped_zombie_as_gone(tmp_path: Path) -> None:
 
 
 def test_a_storm_of_drain_signals_never_freezes_the_running_helper(
-    node_data: dict[str, object], tmp_path: Path, request: pytest.FixtureRequest
+    node_data: dict[str, object], tmp_path: Path, short: Path
 ) -> None:
     """`ober drain` wakes `ober health` with SIGUSR1. A handler that took a lock the loop held (threading.Event)
     froze the helper for good in the lab, the drained node staying announced. The real `ober health` process, as
     ExaBGP runs it, gets thousands of SIGUSR1s: it keeps checking (its state file keeps changing) and stops on
     SIGTERM, withdrawing."""
-    install = Path(tempfile.mkdtemp(prefix="ober-h-"))  # an install path is at most 64 characters
-    request.addfinalizer(lambda: shutil.rmtree(install))
+    install = short
     data = copy.deepcopy(node_data)
     data["install_path"] = str(install)
     data["health"] = {"interval": "0.1s", "maintenance_file": str(tmp_path / "maint")}

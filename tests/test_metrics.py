@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,14 +122,6 @@ class Node:
 
     def scrape(self) -> Samples:
         return parse_exposition(self.gatherer.text())
-
-
-@pytest.fixture
-def short() -> Iterator[Path]:
-    """A directory short enough for an install path (ober caps it at 64 characters: Unix socket paths are short)."""
-    path = Path(tempfile.mkdtemp(prefix="ober-metrics-"))
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.fixture
